@@ -1,0 +1,234 @@
+//! The outbox: local changes waiting to be pushed (protocol §7.2). The store's
+//! triggers fill it; this module reads it in push order and removes or sets aside
+//! entries once the central has answered.
+//!
+//! What must hold: an entry leaves only after the central confirmed the batch that
+//! carried it, and only if it was not edited meanwhile (its `seq` and `version`
+//! still match what was sent) — an edit during a push is pushed next time.
+
+use rusqlite::{params, Connection};
+
+use crate::error::StoreError;
+
+/// One pending entry as the batch needs it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub table: String,
+    pub id: String,
+    pub seq: i64,
+    pub version: i64,
+    pub delete: bool,
+    /// The current row (JSON text); `None` for deletes.
+    pub data: Option<String>,
+}
+
+/// What a confirmed batch removes: identified by `seq`, which changes on every edit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub seq: i64,
+    pub version: i64,
+}
+
+pub fn pending_count(conn: &Connection) -> Result<u64, StoreError> {
+    conn.query_row(
+        "SELECT count(*) FROM outbox WHERE state = 'pending'",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(|e| StoreError::sqlite("counting the outbox", e))
+}
+
+pub fn rejected_count(conn: &Connection) -> Result<u64, StoreError> {
+    conn.query_row(
+        "SELECT count(*) FROM outbox WHERE state = 'rejected'",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(|e| StoreError::sqlite("counting rejected records", e))
+}
+
+/// Streams pending entries in push order (§7.3): upserts by rank then sequence,
+/// then deletes children first. `f` returns `false` to stop early.
+pub fn for_each_pending(
+    conn: &Connection,
+    mut f: impl FnMut(Entry) -> bool,
+) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT o.table_name, o.record_id, o.seq, o.version, o.action, r.data \
+             FROM outbox o \
+             LEFT JOIN record r ON r.table_name = o.table_name AND r.record_id = o.record_id \
+             LEFT JOIN registry g ON g.table_name = o.table_name \
+             WHERE o.state = 'pending' \
+             ORDER BY o.action = 'Delete', \
+                      CASE WHEN o.action = 'Delete' THEN -coalesce(g.rank, 10000) ELSE coalesce(g.rank, 10000) END, \
+                      o.seq",
+        )
+        .map_err(|e| StoreError::sqlite("reading the outbox", e))?;
+    let mut rows = stmt
+        .query([])
+        .map_err(|e| StoreError::sqlite("reading the outbox", e))?;
+    while let Some(row) = rows
+        .next()
+        .map_err(|e| StoreError::sqlite("reading the outbox", e))?
+    {
+        let get = |e| StoreError::sqlite("reading the outbox", e);
+        let action: String = row.get(4).map_err(get)?;
+        let data: Option<String> = row.get(5).map_err(get)?;
+        // An Update whose row vanished (deleted by a program that bypassed the
+        // triggers) can only be pushed as a delete.
+        let delete = action == "Delete" || data.is_none();
+        let entry = Entry {
+            table: row.get(0).map_err(get)?,
+            id: row.get(1).map_err(get)?,
+            seq: row.get(2).map_err(get)?,
+            version: row.get(3).map_err(get)?,
+            delete,
+            data: if delete { None } else { data },
+        };
+        if !f(entry) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Removes confirmed entries that were not edited since they were read.
+pub fn remove_sent(conn: &Connection, sent: &[Sent]) -> Result<u64, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("DELETE FROM outbox WHERE seq = ?1 AND version = ?2")
+        .map_err(|e| StoreError::sqlite("confirming pushed records", e))?;
+    let mut n = 0;
+    for s in sent {
+        n += stmt
+            .execute(params![s.seq, s.version])
+            .map_err(|e| StoreError::sqlite("confirming pushed records", e))? as u64;
+    }
+    Ok(n)
+}
+
+/// Sets an entry aside (central refused it, or it is too large to send). Returns
+/// whether an entry was found.
+pub fn reject(conn: &Connection, table: &str, id: &str, reason: &str) -> Result<bool, StoreError> {
+    conn.execute(
+        "UPDATE outbox SET state = 'rejected', reason = ?3 WHERE table_name = ?1 AND record_id = ?2",
+        params![table, id, reason],
+    )
+    .map(|n| n > 0)
+    .map_err(|e| StoreError::sqlite("setting a record aside", e))
+}
+
+/// Puts rejected entries back in the queue (all, or one record).
+pub fn retry(conn: &Connection, only: Option<(&str, &str)>) -> Result<u64, StoreError> {
+    let n = match only {
+        Some((t, id)) => conn.execute(
+            "UPDATE outbox SET state = 'pending', reason = NULL \
+             WHERE state = 'rejected' AND table_name = ?1 AND record_id = ?2",
+            params![t, id],
+        ),
+        None => conn.execute(
+            "UPDATE outbox SET state = 'pending', reason = NULL WHERE state = 'rejected'",
+            [],
+        ),
+    };
+    n.map(|n| n as u64)
+        .map_err(|e| StoreError::sqlite("retrying rejected records", e))
+}
+
+/// A listing row for `fieldsync queue`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed {
+    pub seq: i64,
+    pub table: String,
+    pub id: String,
+    pub action: String,
+    pub state: String,
+    pub reason: Option<String>,
+}
+
+pub fn list(conn: &Connection, rejected_only: bool, limit: u64) -> Result<Vec<Listed>, StoreError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, table_name, record_id, action, state, reason FROM outbox \
+             WHERE ?1 = 0 OR state = 'rejected' ORDER BY seq LIMIT ?2",
+        )
+        .map_err(|e| StoreError::sqlite("listing the outbox", e))?;
+    let rows = stmt
+        .query_map(params![rejected_only as i64, limit as i64], |r| {
+            Ok(Listed {
+                seq: r.get(0)?,
+                table: r.get(1)?,
+                id: r.get(2)?,
+                action: r.get(3)?,
+                state: r.get(4)?,
+                reason: r.get(5)?,
+            })
+        })
+        .map_err(|e| StoreError::sqlite("listing the outbox", e))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(|e| StoreError::sqlite("listing the outbox", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use serde_json::json;
+
+    #[test]
+    fn push_order_is_rank_then_seq_with_deletes_children_first() {
+        let mut s = Store::open_in_memory().unwrap();
+        s.set_site_identity(1, "S").unwrap();
+        s.put("transact", &json!({"ID": "T1", "store_ID": "S"}))
+            .unwrap();
+        s.put("trans_line", &json!({"ID": "L1", "transaction_ID": "T1"}))
+            .unwrap();
+        s.put("transact", &json!({"ID": "T2", "store_ID": "S"}))
+            .unwrap();
+        s.put("trans_line", &json!({"ID": "L2", "transaction_ID": "T2"}))
+            .unwrap();
+        s.put("Location", &json!({"ID": "LOC", "store_ID": "S"}))
+            .unwrap();
+        s.delete("trans_line", "L2").unwrap();
+        s.delete("transact", "T2").unwrap();
+        let mut order = vec![];
+        for_each_pending(s.conn(), |e| {
+            order.push(format!("{}{}", if e.delete { "-" } else { "+" }, e.id));
+            true
+        })
+        .unwrap();
+        assert_eq!(order, ["+LOC", "+T1", "+L1", "-L2", "-T2"]);
+    }
+
+    #[test]
+    fn an_entry_edited_after_sending_stays() {
+        let mut s = Store::open_in_memory().unwrap();
+        s.set_site_identity(1, "S").unwrap();
+        s.put("transact", &json!({"ID": "T1", "store_ID": "S"}))
+            .unwrap();
+        let mut sent = vec![];
+        for_each_pending(s.conn(), |e| {
+            sent.push(Sent {
+                seq: e.seq,
+                version: e.version,
+            });
+            true
+        })
+        .unwrap();
+        s.put(
+            "transact",
+            &json!({"ID": "T1", "comment": "edited during push"}),
+        )
+        .unwrap();
+        assert_eq!(remove_sent(s.conn(), &sent).unwrap(), 0);
+        assert_eq!(pending_count(s.conn()).unwrap(), 1);
+        assert!(reject(s.conn(), "transact", "T1", "other_store").unwrap());
+        assert_eq!(pending_count(s.conn()).unwrap(), 0);
+        assert_eq!(
+            list(s.conn(), true, 10).unwrap()[0].reason.as_deref(),
+            Some("other_store")
+        );
+        assert_eq!(retry(s.conn(), None).unwrap(), 1);
+        assert_eq!(pending_count(s.conn()).unwrap(), 1);
+    }
+}

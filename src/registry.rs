@@ -1,0 +1,301 @@
+//! The table registry: what each legacy mSupply table is, who owns a row of it,
+//! and where it sits in the integration order.
+//!
+//! Both sides read it: the agent's store turns it into SQL triggers that refuse
+//! writes the site does not own, and the reference central uses it to judge pushes
+//! and route changes. The rows follow the tables of protocol §1 and the rank order
+//! of §7.4; a table not listed here is unknown, kept as read-only central data when
+//! it arrives and refused for local writes.
+
+/// The data types of protocol §1 ("Data types"), which decide who may edit a row
+/// and where it flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Edited on the central only; reaches every site through the change log.
+    Central,
+    /// Belongs to a store but is edited centrally (`store`, `pref`, …).
+    CentralStore,
+    /// Edited at the site where the owning store is active.
+    Store,
+    /// Patients and prescribers: edited where their home store is active.
+    Patient,
+    /// `name`: a patient when `type` is `"patient"`, central data otherwise.
+    Name,
+    /// `name_store_join`: central store data, except that it is patient data when it
+    /// joins a patient homed here to the active store.
+    NameStoreJoin,
+    /// Created anywhere, never edited.
+    Message,
+    /// `user`: new users may be created on a site [PC].
+    User,
+    /// Never leaves the device.
+    Local,
+}
+
+impl Kind {
+    /// The word the store's SQL triggers use for this kind.
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            Kind::Central => "central",
+            Kind::CentralStore => "central_store",
+            Kind::Store => "store",
+            Kind::Patient => "patient",
+            Kind::Name => "name",
+            Kind::NameStoreJoin => "name_store_join",
+            Kind::Message => "message",
+            Kind::User => "user",
+            Kind::Local => "local",
+        }
+    }
+}
+
+/// How the owning store of a row is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    None,
+    /// The row names its store in this field.
+    Field(&'static str),
+    /// The row names a parent row in `field`; the parent's `parent_field` names the store.
+    Parent {
+        field: &'static str,
+        table: &'static str,
+        parent_field: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Table {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub owner: Owner,
+    /// Position in the one total integration order of §7.4: parents precede children.
+    pub order: u16,
+}
+
+/// Rank given to tables the registry does not know: after everything it knows.
+pub const UNKNOWN_ORDER: u16 = 10_000;
+
+const fn t(name: &'static str, kind: Kind, owner: Owner) -> Table {
+    Table {
+        name,
+        kind,
+        owner,
+        order: 0,
+    }
+}
+
+const STORE_ID: Owner = Owner::Field("store_ID");
+
+/// Every known table, listed in the rank order of protocol §7.4 (line by line, left
+/// to right); `order` is filled from this position. Local tables come last.
+const TABLES: &[Table] = &[
+    // rank 1
+    t("currency", Kind::Central, Owner::None),
+    t("unit", Kind::Central, Owner::None),
+    t("item_category", Kind::Central, Owner::None),
+    t("Location_type", Kind::Central, Owner::None),
+    t("options", Kind::Central, Owner::None),
+    t("periodSchedule", Kind::Central, Owner::None),
+    t("name_tag", Kind::Central, Owner::None),
+    t("abbreviation", Kind::Central, Owner::None),
+    t("item_direction", Kind::Central, Owner::None),
+    t("diagnosis", Kind::Central, Owner::None),
+    t("insuranceProvider", Kind::Central, Owner::None),
+    // rank 2
+    t("item", Kind::Central, Owner::None),
+    t("period", Kind::Central, Owner::None),
+    // rank 3
+    t("barcode", Kind::Central, Owner::None),
+    t("list_master", Kind::Central, Owner::None),
+    t("list_master_line", Kind::Central, Owner::None),
+    t("name", Kind::Name, Owner::Field("supplying_store_id")),
+    // rank 4
+    t("store", Kind::CentralStore, Owner::Field("ID")),
+    t("Location", Kind::Store, STORE_ID),
+    t("sensor", Kind::Store, Owner::Field("storeID")),
+    // rank 5
+    t("pref", Kind::CentralStore, STORE_ID),
+    t("name_store_join", Kind::NameStoreJoin, STORE_ID),
+    t("item_store_join", Kind::CentralStore, STORE_ID),
+    t("list_master_name_join", Kind::Central, Owner::None),
+    t("name_tag_join", Kind::Central, Owner::None),
+    t("clinician", Kind::Patient, STORE_ID),
+    t("clinician_store_join", Kind::Patient, STORE_ID),
+    t(
+        "nameInsuranceJoin",
+        Kind::Patient,
+        Owner::Parent {
+            field: "nameID",
+            table: "name",
+            parent_field: "supplying_store_id",
+        },
+    ),
+    t("user", Kind::User, Owner::None),
+    // rank 6
+    t("item_line", Kind::Store, STORE_ID),
+    // rank 7
+    t("requisition", Kind::Store, STORE_ID),
+    t(
+        "requisition_line",
+        Kind::Store,
+        Owner::Parent {
+            field: "requisition_ID",
+            table: "requisition",
+            parent_field: "store_ID",
+        },
+    ),
+    // rank 8
+    t("transact", Kind::Store, STORE_ID),
+    t(
+        "trans_line",
+        Kind::Store,
+        Owner::Parent {
+            field: "transaction_ID",
+            table: "transact",
+            parent_field: "store_ID",
+        },
+    ),
+    // rank 9
+    t("Stock_take", Kind::Store, STORE_ID),
+    t(
+        "Stock_take_lines",
+        Kind::Store,
+        Owner::Parent {
+            field: "stock_take_ID",
+            table: "Stock_take",
+            parent_field: "store_ID",
+        },
+    ),
+    t("location_movement", Kind::Store, STORE_ID),
+    t("temperature_breach", Kind::Store, STORE_ID),
+    t("temperature_log", Kind::Store, STORE_ID),
+    t("name_note", Kind::Store, STORE_ID),
+    t("message", Kind::Message, Owner::Field("fromStoreID")),
+    // Local data: number counters, logs, permissions, message read state [PC].
+    t("number", Kind::Local, Owner::None),
+    t("log", Kind::Local, Owner::None),
+    t("permission", Kind::Local, Owner::None),
+    t("message_read", Kind::Local, Owner::None),
+];
+
+/// Every known table with its rank filled in.
+pub fn tables() -> impl Iterator<Item = Table> {
+    TABLES.iter().enumerate().map(|(i, t)| Table {
+        order: i as u16 + 1,
+        ..*t
+    })
+}
+
+/// The registry entry for `name` (exact, case-sensitive: `Location` ≠ `location`).
+pub fn lookup(name: &str) -> Option<Table> {
+    tables().find(|t| t.name == name)
+}
+
+/// Integration rank of a table; unknown tables go last.
+pub fn order(name: &str) -> u16 {
+    lookup(name).map_or(UNKNOWN_ORDER, |t| t.order)
+}
+
+/// The effective kind of one row: `name` rows are patients only when `type` says so,
+/// and unknown tables count as central data (read-only, §1).
+pub fn row_kind(table: &str, row: &serde_json::Value) -> Kind {
+    match lookup(table) {
+        None => Kind::Central,
+        Some(t) if t.kind == Kind::Name => {
+            if row.get("type").and_then(|v| v.as_str()) == Some("patient") {
+                Kind::Patient
+            } else {
+                Kind::Central
+            }
+        }
+        Some(t) => t.kind,
+    }
+}
+
+/// Whether rows of this kind are ever pushed to the central.
+pub fn is_pushable(kind: Kind) -> bool {
+    !matches!(kind, Kind::Local)
+}
+
+/// A short fingerprint of the registry, so the store rewrites its copy of the table
+/// only when this list changes.
+pub fn fingerprint() -> u64 {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for t in tables() {
+        let line = format!(
+            "{}|{}|{:?}|{};",
+            t.name,
+            t.kind.sql_name(),
+            t.owner,
+            t.order
+        );
+        for b in line.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Fields through which rows refer to a record of a mergeable table; a merge of
+/// that table repoints them (§7.4). Joins listed in `MERGE_JOINS` also lose duplicates.
+pub fn merge_reference_fields(table: &str) -> &'static [&'static str] {
+    match table {
+        "item" => &["item_ID", "itemID"],
+        "name" => &["name_ID", "nameID", "supplier_ID"],
+        "clinician" => &["clinician_ID", "prescriber_ID"],
+        _ => &[],
+    }
+}
+
+/// Join tables that must not end up with two rows for the same pair after a merge:
+/// (join table, field pointing at the merged table, the other side of the pair).
+pub const MERGE_JOINS: &[(&str, &str, &str)] = &[
+    ("item_store_join", "item_ID", "store_ID"),
+    ("name_store_join", "name_ID", "store_ID"),
+    ("list_master_name_join", "name_ID", "list_master_ID"),
+    ("name_tag_join", "name_ID", "name_tag_ID"),
+    ("clinician_store_join", "prescriber_ID", "store_ID"),
+];
+
+/// Tables whose rows may be merged centrally (§3, "Merge").
+pub fn is_mergeable(table: &str) -> bool {
+    matches!(table, "item" | "name" | "clinician")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rank_puts_parents_before_children() {
+        assert!(order("transact") < order("trans_line"));
+        assert!(order("requisition") < order("requisition_line"));
+        assert!(order("Stock_take") < order("Stock_take_lines"));
+        assert!(order("name") < order("nameInsuranceJoin"));
+        assert!(order("currency") < order("item"));
+        assert!(order("item") < order("item_line"));
+        assert_eq!(order("no_such_table"), UNKNOWN_ORDER);
+    }
+
+    #[test]
+    fn names_are_patients_only_by_type() {
+        assert_eq!(row_kind("name", &json!({"type": "patient"})), Kind::Patient);
+        assert_eq!(row_kind("name", &json!({"type": "store"})), Kind::Central);
+        assert_eq!(row_kind("mystery", &json!({})), Kind::Central);
+        assert_eq!(row_kind("transact", &json!({})), Kind::Store);
+    }
+
+    #[test]
+    fn table_names_are_case_sensitive_and_unique() {
+        assert!(lookup("Location").is_some());
+        assert!(lookup("location").is_none());
+        let mut names: Vec<_> = tables().map(|t| t.name).collect();
+        names.sort_unstable();
+        let len = names.len();
+        names.dedup();
+        assert_eq!(names.len(), len);
+    }
+}

@@ -1,0 +1,307 @@
+//! What field staff and helpers see: the status snapshot file and the `status`
+//! command's view.
+//!
+//! The snapshot is JSON, written atomically (temp file + rename) after each step, so
+//! the LED, `status` and any script (`jq`) can read the state without opening
+//! SQLite, even while a sync holds the write lock. JSON rather than postcard: its
+//! readers are people and shell tools, and it is a few hundred bytes.
+//! Wall-clock times here are for display only ("last sync 5 min ago"); nothing is
+//! ordered or decided by them.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cycle::{Outcome, Report, Step};
+use crate::error::{Class, StoreError};
+use crate::led::Pattern;
+use crate::store::{key, Store};
+use crate::{buffer, outbox};
+
+/// The snapshot file beside the database.
+pub fn snapshot_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".status.json");
+    PathBuf::from(p)
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub step: Option<Step>,
+    pub done: u64,
+    pub total: Option<u64>,
+    pub led: Option<Pattern>,
+    pub last: Option<Attempt>,
+}
+
+/// The last finished cycle, as the status shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attempt {
+    pub outcome: Outcome,
+    pub class: Option<Class>,
+    pub error: Option<String>,
+    pub hint: Option<String>,
+    pub finished_unix: u64,
+    pub report: Report,
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Attempt {
+    pub fn from_report(report: &Report) -> Attempt {
+        Attempt {
+            outcome: report.outcome(),
+            class: report.class,
+            error: report.error.clone(),
+            hint: report.class.map(|c| c.hint().to_string()),
+            finished_unix: now_unix(),
+            report: report.clone(),
+        }
+    }
+}
+
+pub fn write_snapshot(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_vec_pretty(snap).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+pub fn read_snapshot(path: &Path) -> Option<Snapshot> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Saves the attempt in the database too (same file as the data, so a copied
+/// database tells its own story); `last_success` only on success.
+pub fn record_attempt(store: &Store, attempt: &Attempt) -> Result<(), StoreError> {
+    let text = serde_json::to_string(attempt).unwrap_or_default();
+    store.set_setting("last_attempt", &text)?;
+    if matches!(
+        attempt.outcome,
+        Outcome::Ok | Outcome::OkWithIntegrationErrors
+    ) {
+        store.set_setting("last_success", &attempt.finished_unix.to_string())?;
+    }
+    Ok(())
+}
+
+/// Everything `fieldsync status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct View {
+    pub site: Option<String>,
+    pub central_url: Option<String>,
+    pub active_store: Option<String>,
+    pub initialised: bool,
+    pub outbox_pending: u64,
+    pub outbox_rejected: u64,
+    pub integration_pending: u64,
+    pub integration_failed: u64,
+    pub integration_errors: Vec<String>,
+    pub last_success_unix: Option<u64>,
+    pub last_attempt: Option<Attempt>,
+    pub running: bool,
+    pub step: Option<Step>,
+    pub progress: Option<String>,
+    pub led: Pattern,
+}
+
+/// Reads the view with plain SELECTs (WAL readers never wait for a writer).
+pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> {
+    let conn = store.conn();
+    let counts = buffer::counts(conn)?;
+    let errors = buffer::first_errors(conn, 5)?
+        .into_iter()
+        .map(|(t, id, e, n)| format!("{t} {id}: {e} (tried {n}×)"))
+        .collect();
+    let last_attempt: Option<Attempt> = store
+        .setting("last_attempt")?
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let running = snap.is_some_and(|s| s.running && s.pid.is_some_and(process_alive));
+    let pending = outbox::pending_count(conn)?;
+    let mut v = View {
+        site: store.setting(key::SITE_NAME)?,
+        central_url: store.setting(key::CENTRAL_URL)?,
+        active_store: store.active_store()?.filter(|s| !s.is_empty()),
+        initialised: store.setting(key::INIT_STATE)?.as_deref() == Some("initialised"),
+        outbox_pending: pending,
+        outbox_rejected: outbox::rejected_count(conn)?,
+        integration_pending: counts.pending,
+        integration_failed: counts.failed,
+        integration_errors: errors,
+        last_success_unix: store.setting("last_success")?.and_then(|t| t.parse().ok()),
+        running,
+        step: if running {
+            snap.and_then(|s| s.step)
+        } else {
+            None
+        },
+        progress: if running {
+            snap.map(|s| match s.total {
+                Some(t) => format!("{} of {t}", s.done),
+                None => format!("{}", s.done),
+            })
+        } else {
+            None
+        },
+        led: Pattern::Synced,
+        last_attempt,
+    };
+    v.led = crate::led::pattern(
+        running,
+        v.last_attempt.as_ref().map(|a| a.outcome),
+        pending,
+        v.outbox_rejected,
+    );
+    Ok(v)
+}
+
+fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// "5 min ago" from two display clocks; a device clock that went backwards shows
+/// "just now" instead of a negative age.
+pub fn ago(then: u64, now: u64) -> String {
+    let d = now.saturating_sub(then);
+    match d {
+        0..=59 => "just now".into(),
+        60..=3599 => format!("{} min ago", d / 60),
+        3600..=86_399 => format!("{} h ago", d / 3600),
+        _ => format!("{} days ago", d / 86_400),
+    }
+}
+
+/// The human view, a few plain lines.
+pub fn render(v: &View, now: u64) -> String {
+    let mut out = String::new();
+    let line = |out: &mut String, k: &str, val: String| out.push_str(&format!("{k:<20} {val}\n"));
+    line(
+        &mut out,
+        "site",
+        v.site
+            .clone()
+            .unwrap_or_else(|| "(not set: run `fieldsync init`)".into()),
+    );
+    line(
+        &mut out,
+        "active store",
+        v.active_store
+            .clone()
+            .unwrap_or_else(|| "(none yet)".into()),
+    );
+    line(
+        &mut out,
+        "initialised",
+        if v.initialised {
+            "yes".into()
+        } else {
+            "no (the first sync does it)".into()
+        },
+    );
+    line(
+        &mut out,
+        "waiting to send",
+        format!("{} record(s)", v.outbox_pending),
+    );
+    if v.outbox_rejected > 0 {
+        line(
+            &mut out,
+            "set aside",
+            format!(
+                "{} record(s): `fieldsync queue --rejected`",
+                v.outbox_rejected
+            ),
+        );
+    }
+    line(
+        &mut out,
+        "last good sync",
+        v.last_success_unix.map_or("never".into(), |t| ago(t, now)),
+    );
+    if let Some(a) = &v.last_attempt {
+        let outcome = serde_json::to_value(a.outcome)
+            .ok()
+            .and_then(|o| o.as_str().map(str::to_string))
+            .unwrap_or_default();
+        line(
+            &mut out,
+            "last attempt",
+            format!("{outcome}, {}", ago(a.finished_unix, now)),
+        );
+        if let Some(e) = &a.error {
+            line(&mut out, "problem", e.clone());
+        }
+        if let Some(h) = &a.hint {
+            line(&mut out, "what to do", h.clone());
+        }
+    }
+    if v.integration_failed > 0 {
+        line(
+            &mut out,
+            "not applied yet",
+            format!("{} received record(s)", v.integration_failed),
+        );
+        for e in &v.integration_errors {
+            out.push_str(&format!("{:<20} {e}\n", ""));
+        }
+    }
+    if v.running {
+        let step = v
+            .step
+            .and_then(|s| serde_json::to_value(s).ok())
+            .and_then(|s| s.as_str().map(str::to_string));
+        line(
+            &mut out,
+            "syncing now",
+            format!(
+                "{} {}",
+                step.unwrap_or_default(),
+                v.progress.clone().unwrap_or_default()
+            ),
+        );
+    }
+    line(&mut out, "light", v.led.meaning().into());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_plainly_and_survive_a_clock_jump() {
+        assert_eq!(ago(1000, 1030), "just now");
+        assert_eq!(ago(1000, 1000 + 300), "5 min ago");
+        assert_eq!(ago(1000, 1000 + 7200), "2 h ago");
+        assert_eq!(ago(5000, 10), "just now", "clock set back to 1970");
+    }
+
+    #[test]
+    fn snapshot_writes_atomically_and_reads_back() {
+        let dir = std::env::temp_dir().join(format!("fs-snap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = snapshot_path(&dir.join("x.sqlite"));
+        let snap = Snapshot {
+            running: true,
+            pid: Some(1),
+            step: Some(Step::Push),
+            done: 3,
+            total: Some(9),
+            ..Default::default()
+        };
+        write_snapshot(&p, &snap).unwrap();
+        let back = read_snapshot(&p).unwrap();
+        assert_eq!(back.step, Some(Step::Push));
+        assert_eq!(back.total, Some(9));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
