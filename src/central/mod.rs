@@ -165,6 +165,14 @@ impl Central {
         Ok(conn)
     }
 
+    /// Marks a site busy, as a long request would (tests of the busy answers).
+    pub fn activity_for_test(&self, site: u32, a: Activity) {
+        self.activity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(site, a);
+    }
+
     // ---- sites ----------------------------------------------------------------
 
     pub fn add_site(&self, name: &str, code: &str, password: &str) -> Result<u32> {

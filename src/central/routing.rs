@@ -266,8 +266,18 @@ fn route(
     row: &Value,
     skip: &[u32],
 ) -> Result<()> {
+    // A join that makes a patient newly visible on a site queues the patient there.
+    let patient = match (table, action) {
+        ("name_store_join", "update") => {
+            get(conn, "name", s(row, "name_ID"))?.filter(|p| s(p, "type") == "patient")
+        }
+        _ => None,
+    };
     for site in recipients(conn, table, row, false)? {
         if !skip.contains(&site) {
+            if let Some(p) = &patient {
+                enqueue(conn, site, "name", s(p, "ID"), "update", Some(p), false)?;
+            }
             enqueue(
                 conn,
                 site,

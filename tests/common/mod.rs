@@ -1,0 +1,216 @@
+//! Shared by the integration tests: a real reference central on 127.0.0.1:0 with
+//! a temporary database, raw HTTP for conformance checks, and the real `fieldsync`
+//! binary for end-to-end runs.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use fieldsync::central::Central;
+use fieldsync::credentials;
+
+pub struct Env {
+    pub dir: PathBuf,
+    pub central: Central,
+    pub addr: SocketAddr,
+}
+
+static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Env {
+    pub fn new(name: &str) -> Env {
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("fieldsync-test-{}-{name}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let central = Central::open(&dir.join("central.sqlite")).unwrap();
+        let addr = fieldsync::central::http::spawn(central.clone(), "127.0.0.1:0").unwrap();
+        Env { dir, central, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A site with an active store `store`.
+    pub fn site(&self, name: &str, store: &str) {
+        self.central
+            .add_site(name, &name.to_uppercase(), &format!("pw-{name}"))
+            .unwrap();
+        self.central
+            .add_store(store, store, &format!("Store {store}"), Some(name))
+            .unwrap();
+    }
+
+    pub fn db(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.sqlite"))
+    }
+
+    /// Runs the real binary against `db`.
+    pub fn agent(&self, db: &Path, args: &[&str]) -> Output {
+        agent_env(db, args, &[])
+    }
+
+    /// `fieldsync init` for site `name` (password pw-NAME), with a fixed hardware id.
+    pub fn init(&self, db: &Path, name: &str) {
+        let out = agent_env(
+            db,
+            &[
+                "init",
+                "--url",
+                &self.url(),
+                "--site",
+                name,
+                "--password-env",
+                "FS_PW",
+            ],
+            &[("FS_PW", &format!("pw-{name}"))],
+        );
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Fast polls in tests.
+        let c = rusqlite::Connection::open(db).unwrap();
+        c.execute(
+            "INSERT OR REPLACE INTO setting VALUES ('init_poll_secs', '1')",
+            [],
+        )
+        .unwrap();
+    }
+
+    pub fn sync(&self, db: &Path) -> (i32, serde_json::Value, String) {
+        let out = self.agent(db, &["sync", "--json"]);
+        let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (
+            out.status.code().unwrap_or(-1),
+            report,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn auth(&self, name: &str) -> String {
+        credentials::basic_auth(name, &credentials::password_digest(&format!("pw-{name}")))
+            .expose()
+            .to_string()
+    }
+
+    pub fn central_count(&self, table: &str) -> i64 {
+        let c = self.central.conn().unwrap();
+        c.query_row(
+            "SELECT count(*) FROM record WHERE table_name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+}
+
+pub fn agent_env(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fieldsync"));
+    cmd.arg("--db")
+        .arg(db)
+        .args(args)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// Local SQL on an agent database, as the clinic's app would do it.
+pub fn sql(db: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    c
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One raw HTTP/1.1 exchange with exactly the headers given.
+pub fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&all[..split]).into_owned();
+    let body = all[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A v5 call as site `name` from device `hw`.
+pub fn v5(env: &Env, name: &str, hw: &str, method: &str, path: &str, body: &[u8]) -> Resp {
+    let auth = env.auth(name);
+    raw(
+        env.addr,
+        method,
+        &format!("/sync/v5{path}"),
+        &[
+            ("Authorization", &auth),
+            ("msupply-site-uuid", hw),
+            ("version", "14"),
+            ("app-name", "test"),
+        ],
+        body,
+    )
+}
