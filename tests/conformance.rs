@@ -297,7 +297,10 @@ fn c12_c13_c16_c18_push_idempotent_and_final_push() {
         json!({"syncIDs": ids}).to_string().as_bytes(),
     );
     init(&env, "kaw", "HW");
-    assert!(!final_push(&env, "kaw", "HW") || true);
+    assert!(
+        final_push(&env, "kaw", "HW"),
+        "final push with nothing staged starts integration"
+    );
     // Lines before their header in one push sequence; the same batch twice.
     let batch = json!([
         upd("2", "trans_line", json!({"ID": "L1", "transaction_ID": "T1", "item_ID": "I1"})),

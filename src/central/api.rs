@@ -58,6 +58,9 @@ impl Reply {
     }
 }
 
+/// site_id, uuid, code, name, password hash, password generation, hardware id, init status.
+type StoredSite = (u32, String, String, String, String, i64, String, String);
+
 struct SiteRow {
     site_id: u32,
     uuid: String,
@@ -186,7 +189,7 @@ impl Central {
         let Some((name, digest)) = decoded.split_once(':') else {
             return Ok(Err(unknown()));
         };
-        let row: Option<(u32, String, String, String, String, i64, String, String)> = conn
+        let row: Option<StoredSite> = conn
             .query_row(
                 "SELECT site_id, uuid, code, name, password_hash, password_gen, hardware_id, init_status \
                  FROM site WHERE name = ?1",

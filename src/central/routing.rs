@@ -398,7 +398,7 @@ pub fn queue_store_data_to(conn: &Connection, store: &str, site: u32) -> Result<
             picked.push((registry::order(&table), table, id, row));
         }
     }
-    picked.sort_by(|a, b| a.0.cmp(&b.0));
+    picked.sort_by_key(|a| a.0);
     for (_, table, id, row) in picked {
         enqueue(conn, site, &table, &id, "update", Some(&row), false)?;
     }
@@ -425,7 +425,7 @@ pub fn initialise(conn: &Connection, site: u32) -> Result<u64> {
             picked.push((registry::order(&table), table, id, row));
         }
     }
-    picked.sort_by(|a, b| a.0.cmp(&b.0));
+    picked.sort_by_key(|a| a.0);
     let n = picked.len() as u64;
     for (_, table, id, row) in picked {
         enqueue(conn, site, &table, &id, "update", Some(&row), false)?;
