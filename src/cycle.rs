@@ -246,7 +246,14 @@ impl<T: Transport> Cycle<'_, T> {
         probe()?;
 
         self.step(Step::SiteInfo, 0, None);
-        let site = self.client.site()?;
+        let site = match self.client.site() {
+            Err(SyncError::Protocol(ProtocolError::Server { code, .. }))
+                if code == crate::protocol::code::SITE_HAS_NO_STORE =>
+            {
+                return Err(self.store_moved_away());
+            }
+            other => other?,
+        };
         self.check_identity(&site)?;
 
         let mut state = InitState::load(self.store)?;
@@ -678,16 +685,45 @@ impl<T: Transport> Cycle<'_, T> {
         Ok(())
     }
 
+    /// The central says this site has no active store any more (moved to another
+    /// site, seed: moving a store): local edits of its data stop until one is
+    /// assigned again; the data stays.
+    fn store_moved_away(&mut self) -> SyncError {
+        let active = self.store.active_store().ok().flatten().unwrap_or_default();
+        if !active.is_empty() {
+            if let Err(e) = self.store.set_setting(key::ACTIVE_STORE, "") {
+                return e.into();
+            }
+        }
+        let which = if active.is_empty() {
+            String::new()
+        } else {
+            format!(" (store {active} is no longer active on this site)")
+        };
+        SyncError::Attention(
+            Class::Site,
+            format!(
+                "the central says this site has no active store{which}; its data here is now read-only — ask \
+                 the administrator which site the store moved to"
+            ),
+        )
+    }
+
     /// After initialisation: the central may move the active store off this site
     /// (seed: moving a store). Local edits of its data stop; a person is told.
     fn check_active_store(&mut self, site: &SiteInfo) -> Result<(), SyncError> {
         let Some(active) = self.store.active_store()? else {
             return Ok(());
         };
+        let stores = active_stores(self.store, site.site_id)?;
         if active.is_empty() {
+            // Assigned again after a move away: editing resumes.
+            if let [only] = stores.as_slice() {
+                self.store.set_setting(key::ACTIVE_STORE, only)?;
+                log::info!("store {only} is active on this site again");
+            }
             return Ok(());
         }
-        let stores = active_stores(self.store, site.site_id)?;
         if !stores.contains(&active) {
             // "" owns nothing: every store-data write is refused as another store's.
             self.store.set_setting(key::ACTIVE_STORE, "")?;
