@@ -216,6 +216,30 @@ mod tests {
             ),
             ("none", "1")
         );
+        // Every pattern on a single status LED.
+        let single = Leds::new(&base, Some("ACT".into()), None);
+        for (p, want) in [
+            (Pattern::Synced, ("none", None)),
+            (Pattern::Waiting, ("timer", Some(("1000", "1000")))),
+            (Pattern::Syncing, ("timer", Some(("100", "100")))),
+            (Pattern::Offline, ("timer", Some(("100", "1900")))),
+            (Pattern::Attention, ("timer", Some(("50", "50")))),
+        ] {
+            single.show(p);
+            assert_eq!(read("ACT", "trigger"), want.0, "{p:?}");
+            if let Some((on, off)) = want.1 {
+                assert_eq!(
+                    (
+                        read("ACT", "delay_on").as_str(),
+                        read("ACT", "delay_off").as_str()
+                    ),
+                    (on, off),
+                    "{p:?}"
+                );
+            } else {
+                assert_eq!(read("ACT", "brightness"), "1");
+            }
+        }
         // A missing LED is a warning, not a failure.
         Leds::new(&base, Some("nope".into()), None).show(Pattern::Synced);
         std::fs::remove_dir_all(base).unwrap();

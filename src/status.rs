@@ -286,6 +286,56 @@ mod tests {
     }
 
     #[test]
+    fn every_result_class_renders_its_hint() {
+        use Class::*;
+        for class in [
+            Offline,
+            Transient,
+            Credentials,
+            HardwareId,
+            Version,
+            Site,
+            Rejected,
+            Integration,
+            Local,
+            Busy,
+        ] {
+            let report = Report {
+                class: Some(class),
+                error: Some(format!("{} happened", class.as_str())),
+                ..Default::default()
+            };
+            let v = View {
+                site: Some("kaw".into()),
+                central_url: None,
+                active_store: Some("S_KAW".into()),
+                initialised: true,
+                outbox_pending: 2,
+                outbox_rejected: 0,
+                integration_pending: 0,
+                integration_failed: 0,
+                integration_errors: vec![],
+                last_success_unix: None,
+                last_attempt: Some(Attempt::from_report(&report)),
+                running: false,
+                step: None,
+                progress: None,
+                led: crate::led::pattern(false, Some(report.outcome()), 2, 0),
+            };
+            let text = render(&v, now_unix());
+            assert!(text.contains(class.hint()), "{class:?}: {text}");
+            assert!(
+                text.contains(&format!("{} happened", class.as_str())),
+                "{text}"
+            );
+            let json = serde_json::to_value(&v).unwrap();
+            assert_eq!(json["last_attempt"]["hint"], class.hint());
+        }
+        let hw = Class::HardwareId.hint();
+        assert!(hw.contains("ask the administrator to reset the hardware id"));
+    }
+
+    #[test]
     fn snapshot_writes_atomically_and_reads_back() {
         let dir = std::env::temp_dir().join(format!("fs-snap-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

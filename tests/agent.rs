@@ -481,3 +481,100 @@ fn kill_during_initialisation_then_resume_without_duplicates() {
         .unwrap();
     assert_eq!(queued, 0, "everything acknowledged");
 }
+
+#[test]
+fn under_journald_lines_carry_syslog_priorities_and_no_timestamp() {
+    let env = Env::new("journal");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let db = env.db("j");
+    let url = format!("http://127.0.0.1:{port}");
+    assert!(common::agent_env(
+        &db,
+        &["init", "--url", &url, "--site", "x", "--password-env", "P"],
+        &[("P", "secret-pw")]
+    )
+    .status
+    .success());
+    let out = common::agent_env(&db, &["sync"], &[("JOURNAL_STREAM", "8:1234")]);
+    assert_eq!(out.status.code(), Some(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("fieldsync:"))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("<6>sync started")),
+        "{err}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("<4>sync offline")),
+        "{err}"
+    );
+    assert!(
+        lines.iter().all(|l| l.starts_with('<')),
+        "every journald line has a priority: {err}"
+    );
+    assert!(
+        !err.contains("secret-pw") && !err.contains("Basic "),
+        "{err}"
+    );
+}
+
+fn import_peak_rss(env: &Env, name: &str, n: usize) -> u64 {
+    let db = env.db(name);
+    assert!(env
+        .agent(
+            &db,
+            &["dev", "set-identity", "--site-id", "2", "--store", "S"]
+        )
+        .status
+        .success());
+    let file = env.dir.join(format!("{name}.jsonl"));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+    for i in 0..n {
+        writeln!(
+            f,
+            "{}",
+            json!({"table": "transact", "record": {"ID": format!("T{i:07}"), "store_ID": "S", "type": "ci", "status": "fn",
+                   "invoice_num": i, "comment": "imported from the old system", "entry_date": "2026-11-22"}})
+        )
+        .unwrap();
+    }
+    drop(f);
+    let out = common::agent_env(
+        &db,
+        &["import", file.to_str().unwrap()],
+        &[("FIELDSYNC_PEAK_RSS", "1")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(outbox_len(&db), n as i64);
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find_map(|l| l.strip_prefix("peak-rss-kib: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_100k_import_does_not_grow_memory_with_the_file() {
+    let env = Env::new("importrss");
+    let small = import_peak_rss(&env, "small", 10_000);
+    let large = import_peak_rss(&env, "large", 100_000);
+    eprintln!("import peak RSS: {small} KiB for 10,000 records, {large} KiB for 100,000");
+    // Ten times the records, (almost) the same memory: streaming plus SQLite's
+    // bounded page cache. 2 MiB of slack covers allocator noise.
+    assert!(
+        large < small + 2048,
+        "peak RSS grew with the file: {small} KiB for 10k, {large} KiB for 100k"
+    );
+}

@@ -78,7 +78,14 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    match real_main() {
+    let result = real_main();
+    // For the memory tests and the bench: the process's own peak RSS.
+    if std::env::var_os("FIELDSYNC_PEAK_RSS").is_some() {
+        if let Some(kib) = peak_rss_kib() {
+            eprintln!("peak-rss-kib: {kib}");
+        }
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("fieldsync: {}", f.message);
@@ -276,4 +283,11 @@ impl TakeLimited for std::io::Stdin {
     fn take_limited(self) -> std::io::Take<std::io::Stdin> {
         std::io::Read::take(self, fieldsync::store::MAX_RECORD_BYTES as u64 + 1)
     }
+}
+
+/// VmHWM from /proc/self/status (Linux), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
