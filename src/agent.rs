@@ -210,11 +210,20 @@ pub fn setup(store: &Store) -> Result<Setup, Failure> {
     let allow = store.setting(key::ALLOW_HTTP)?.as_deref() == Some("1");
     let origin =
         Origin::parse(&url, allow).map_err(|e| Failure::new(Class::Input, e.to_string()))?;
-    let client = Client::new(
+    let mut client = Client::new(
         HttpTransport::new(origin.clone()),
         credentials::basic_auth(&site, &digest),
         hw,
     );
+    // `retry_base_ms` scales the 2-4-8 s retry delays (tests and the link emulator
+    // use a few milliseconds).
+    if let Some(base) = store
+        .setting("retry_base_ms")?
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        client =
+            client.with_retry_delays((0..3).map(|i| Duration::from_millis(base << i)).collect());
+    }
     let mut config = Config::default();
     if let Some(n) = store
         .setting(key::BATCH_RECORDS)?
@@ -243,8 +252,15 @@ pub fn setup(store: &Store) -> Result<Setup, Failure> {
     let led_dir = std::env::var("FIELDSYNC_LED_DIR").unwrap_or_else(|_| led::SYS_LEDS.into());
     let leds = Leds::new(
         led_dir,
-        store.setting("led")?.filter(|l| l != "none"),
-        store.setting("attention_led")?.filter(|l| l != "none"),
+        // The package's /etc/default/fieldsync may name the LEDs for every site.
+        std::env::var("FIELDSYNC_LED")
+            .ok()
+            .or(store.setting("led")?)
+            .filter(|l| !l.is_empty() && l != "none"),
+        std::env::var("FIELDSYNC_ATTENTION_LED")
+            .ok()
+            .or(store.setting("attention_led")?)
+            .filter(|l| !l.is_empty() && l != "none"),
     );
     Ok(Setup {
         origin,

@@ -206,8 +206,16 @@ impl<T: Transport> Client<T> {
             let bytes = self.read_body(reader, MAX_SMALL_BODY)?;
             return Err(protocol::error_from_response(status, &bytes).into());
         }
-        let mut counted = Counting::new(reader);
-        let result = protocol::decode_pull(&mut counted, each);
+        // Per-record byte budget: once one record has taken more than
+        // MAX_RECORD_BYTES_ON_WIRE without completing, the reader refuses to read
+        // on, so a single giant or endless record cannot grow memory.
+        let since = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let mut counted = Counting::new(reader, since.clone());
+        let mut per_record = |rec: SyncRecord| {
+            since.set(0);
+            each(rec)
+        };
+        let result = protocol::decode_pull(&mut counted, &mut per_record);
         self.traffic.bytes_received += counted.n;
         result.map_err(|m| {
             if counted.io_failed {
@@ -243,23 +251,35 @@ struct Counting<R> {
     inner: R,
     n: u64,
     io_failed: bool,
+    since_record: std::rc::Rc<std::cell::Cell<u64>>,
 }
 
+/// Bytes one record may take on the wire (escapes included) before decoding is
+/// abandoned: twice the store's record limit.
+const MAX_RECORD_BYTES_ON_WIRE: u64 = 2 * crate::store::MAX_RECORD_BYTES as u64;
+
 impl<R> Counting<R> {
-    fn new(inner: R) -> Self {
+    fn new(inner: R, since_record: std::rc::Rc<std::cell::Cell<u64>>) -> Self {
         Counting {
             inner,
             n: 0,
             io_failed: false,
+            since_record,
         }
     }
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.since_record.get() > MAX_RECORD_BYTES_ON_WIRE {
+            return Err(std::io::Error::other(format!(
+                "a single record is over {MAX_RECORD_BYTES_ON_WIRE} bytes; refusing to read on"
+            )));
+        }
         match self.inner.read(buf) {
             Ok(n) => {
                 self.n += n as u64;
+                self.since_record.set(self.since_record.get() + n as u64);
                 Ok(n)
             }
             Err(e) => {

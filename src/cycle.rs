@@ -515,11 +515,18 @@ impl<T: Transport> Cycle<'_, T> {
             self.step(Step::CentralRecords, self.report.pulled_central, None);
             let tx = self.store.tx()?;
             let mut last = cursor;
+            let (mut count, limit) = (0u32, self.cfg.pull_limit);
             let mut violation: Option<String> = None;
             let mut store_err: Option<StoreError> = None;
             let header = self
                 .client
                 .central_records(cursor, self.cfg.pull_limit, &mut |rec| {
+                    if count >= limit {
+                        let m = format!("more records than the limit of {limit} asked for");
+                        violation = Some(m.clone());
+                        return Err(m);
+                    }
+                    count += 1;
                     let id = rec
                         .id
                         .ok_or_else(|| "central record without \"ID\"".to_string())?;
@@ -724,7 +731,16 @@ impl<T: Transport> Cycle<'_, T> {
             }
             return Ok(());
         }
-        if !stores.contains(&active) {
+        // Only a store row that names another site is a move; a missing row is an
+        // inconsistency to report, not a reason to stop local work.
+        let moved = match self.store.get("store", &active)? {
+            Some(row) => !stores.contains(&active) && row.get("sync_id_remote_site").is_some(),
+            None => {
+                log::warn!("this site holds no store row for its active store {active}");
+                false
+            }
+        };
+        if moved {
             // "" owns nothing: every store-data write is refused as another store's.
             self.store.set_setting(key::ACTIVE_STORE, "")?;
             return Err(SyncError::Attention(

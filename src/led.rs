@@ -27,14 +27,17 @@ pub enum Pattern {
 }
 
 impl Pattern {
-    /// (trigger, brightness, delay_on ms, delay_off ms).
-    fn settings(self) -> (&'static str, u32, u32, u32) {
+    /// (delay_on ms, delay_off ms) under the `timer` trigger. The LED stays on the
+    /// timer trigger for good: switching triggers makes the kernel recreate
+    /// delay_on/delay_off owned by root, which an unprivileged agent could then not
+    /// write. delay_off 0 is steady on, delay_on 0 is off (kernel led-core).
+    fn delays(self) -> (u32, u32) {
         match self {
-            Pattern::Synced => ("none", 1, 0, 0),
-            Pattern::Waiting => ("timer", 1, 1000, 1000),
-            Pattern::Syncing => ("timer", 1, 100, 100),
-            Pattern::Offline => ("timer", 1, 100, 1900),
-            Pattern::Attention => ("timer", 1, 50, 50),
+            Pattern::Synced => (1, 0),
+            Pattern::Waiting => (1000, 1000),
+            Pattern::Syncing => (100, 100),
+            Pattern::Offline => (100, 1900),
+            Pattern::Attention => (50, 50),
         }
     }
 
@@ -127,22 +130,23 @@ impl Leds {
 }
 
 fn write_led(dir: &Path, p: Pattern) -> std::io::Result<()> {
-    let (trigger, brightness, on, off_ms) = p.settings();
-    std::fs::write(dir.join("trigger"), trigger).map_err(|e| with_path(e, dir))?;
-    if trigger == "timer" {
-        // The timer trigger creates delay_on/delay_off; write them after it.
-        std::fs::write(dir.join("delay_on"), on.to_string()).map_err(|e| with_path(e, dir))?;
-        std::fs::write(dir.join("delay_off"), off_ms.to_string()).map_err(|e| with_path(e, dir))?;
-    } else {
-        std::fs::write(dir.join("brightness"), brightness.to_string())
-            .map_err(|e| with_path(e, dir))?;
-    }
-    Ok(())
+    let (on, off) = p.delays();
+    write_delays(dir, on, off)
 }
 
 fn off(dir: &Path) -> std::io::Result<()> {
-    std::fs::write(dir.join("trigger"), "none").map_err(|e| with_path(e, dir))?;
-    std::fs::write(dir.join("brightness"), "0").map_err(|e| with_path(e, dir))
+    write_delays(dir, 0, 1000)
+}
+
+fn write_delays(dir: &Path, on: u32, off: u32) -> std::io::Result<()> {
+    // The kernel lists every trigger with the active one in brackets; the
+    // package's udev rule selects "timer" when the LED appears.
+    let trigger = std::fs::read_to_string(dir.join("trigger")).unwrap_or_default();
+    if !trigger.contains("[timer]") && trigger.trim() != "timer" {
+        std::fs::write(dir.join("trigger"), "timer").map_err(|e| with_path(e, dir))?;
+    }
+    std::fs::write(dir.join("delay_on"), on.to_string()).map_err(|e| with_path(e, dir))?;
+    std::fs::write(dir.join("delay_off"), off.to_string()).map_err(|e| with_path(e, dir))
 }
 
 fn with_path(e: std::io::Error, dir: &Path) -> std::io::Error {
@@ -188,58 +192,33 @@ mod tests {
         for n in ["ACT", "PWR"] {
             std::fs::create_dir_all(base.join(n)).unwrap();
         }
-        let leds = Leds::new(&base, Some("ACT".into()), Some("PWR".into()));
-        leds.show(Pattern::Offline);
         let read = |n: &str, f: &str| std::fs::read_to_string(base.join(n).join(f)).unwrap();
-        assert_eq!(read("ACT", "trigger"), "timer");
-        assert_eq!(
-            (
-                read("ACT", "delay_on").as_str(),
-                read("ACT", "delay_off").as_str()
-            ),
-            ("100", "1900")
-        );
-        assert_eq!(
-            (
-                read("PWR", "trigger").as_str(),
-                read("PWR", "brightness").as_str()
-            ),
-            ("none", "0")
-        );
-        leds.show(Pattern::Attention);
-        assert_eq!(read("PWR", "trigger"), "timer");
-        assert_eq!(read("PWR", "delay_on"), "50");
-        assert_eq!(
-            (
-                read("ACT", "trigger").as_str(),
-                read("ACT", "brightness").as_str()
-            ),
-            ("none", "1")
-        );
+        let delays = |n: &str| (read(n, "delay_on"), read(n, "delay_off"));
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
         // Every pattern on a single status LED.
         let single = Leds::new(&base, Some("ACT".into()), None);
         for (p, want) in [
-            (Pattern::Synced, ("none", None)),
-            (Pattern::Waiting, ("timer", Some(("1000", "1000")))),
-            (Pattern::Syncing, ("timer", Some(("100", "100")))),
-            (Pattern::Offline, ("timer", Some(("100", "1900")))),
-            (Pattern::Attention, ("timer", Some(("50", "50")))),
+            (Pattern::Synced, s("1", "0")),
+            (Pattern::Waiting, s("1000", "1000")),
+            (Pattern::Syncing, s("100", "100")),
+            (Pattern::Offline, s("100", "1900")),
+            (Pattern::Attention, s("50", "50")),
         ] {
             single.show(p);
-            assert_eq!(read("ACT", "trigger"), want.0, "{p:?}");
-            if let Some((on, off)) = want.1 {
-                assert_eq!(
-                    (
-                        read("ACT", "delay_on").as_str(),
-                        read("ACT", "delay_off").as_str()
-                    ),
-                    (on, off),
-                    "{p:?}"
-                );
-            } else {
-                assert_eq!(read("ACT", "brightness"), "1");
-            }
+            assert_eq!(read("ACT", "trigger"), "timer", "{p:?}");
+            assert_eq!(delays("ACT"), want, "{p:?}");
         }
+        // A kernel trigger file already on the timer is left alone.
+        std::fs::write(base.join("ACT/trigger"), "none mmc0 [timer] heartbeat").unwrap();
+        single.show(Pattern::Offline);
+        assert_eq!(read("ACT", "trigger"), "none mmc0 [timer] heartbeat");
+        // With an attention LED, attention shows there only.
+        let two = Leds::new(&base, Some("ACT".into()), Some("PWR".into()));
+        two.show(Pattern::Offline);
+        assert_eq!(delays("PWR"), s("0", "1000"), "attention LED off");
+        two.show(Pattern::Attention);
+        assert_eq!(delays("PWR"), s("50", "50"));
+        assert_eq!(delays("ACT"), s("1", "0"));
         // A missing LED is a warning, not a failure.
         Leds::new(&base, Some("nope".into()), None).show(Pattern::Synced);
         std::fs::remove_dir_all(base).unwrap();

@@ -14,6 +14,8 @@ pub mod demo;
 pub mod error;
 pub mod integration;
 pub mod led;
+#[cfg(feature = "testkit")]
+pub mod linkem;
 pub mod logging;
 pub mod notify;
 pub mod outbox;

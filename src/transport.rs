@@ -136,7 +136,7 @@ impl HttpTransport {
         let tls = ureq::tls::TlsConfig::builder()
             .root_certs(system_roots())
             .build();
-        let config = ureq::Agent::config_builder()
+        let config = ureq::config::Config::builder()
             .http_status_as_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(REQUEST_TIMEOUT))
@@ -145,10 +145,31 @@ impl HttpTransport {
             .tls_config(tls)
             .user_agent(format!("fieldsync/{}", crate::protocol::APP_VERSION))
             .build();
-        HttpTransport {
-            origin,
-            agent: config.into(),
-        }
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            SyncResolver,
+        );
+        HttpTransport { origin, agent }
+    }
+}
+
+/// Resolves host names on the calling thread. ureq's default resolver starts a
+/// thread per request whenever a timeout is set; the agent stays single-threaded
+/// instead (one lookup per request through the system resolver, whose own
+/// timeouts apply; the connect and request timeouts still bound the exchange).
+#[derive(Debug)]
+struct SyncResolver;
+
+impl ureq::unversioned::resolver::Resolver for SyncResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        mut timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        timeout.after = ureq::unversioned::transport::time::Duration::NotHappening;
+        ureq::unversioned::resolver::DefaultResolver::default().resolve(uri, config, timeout)
     }
 }
 

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Builds the .deb for a given agent binary and checks it: contents, control data,
+# units (systemd-analyze verify, security exposure), then a real install and purge
+# on this machine (root needed for that part; skipped otherwise).
+#
+#   packaging/check.sh ARCH BINARY
+set -euo pipefail
+cd "$(dirname "$0")/.."
+arch=$1
+bin=$2
+deb=$(packaging/build-deb.sh "$arch" "$bin" target/deb)
+echo "package: $deb ($(stat -c %s "$deb") bytes)"
+
+contents=$(dpkg-deb -c "$deb")
+for path in ./usr/bin/fieldsync ./usr/lib/systemd/system/fieldsync-sync.service \
+  ./usr/lib/systemd/system/fieldsync-sync.timer ./usr/lib/systemd/system/fieldsync.service \
+  ./usr/lib/udev/rules.d/60-fieldsync-leds.rules ./etc/default/fieldsync \
+  ./etc/NetworkManager/dispatcher.d/90-fieldsync ./etc/networkd-dispatcher/routable.d/50-fieldsync; do
+  grep -q " $path\$" <<<"$contents" || { echo "missing in package: $path" >&2; exit 1; }
+done
+if grep -q "fieldsync-central" <<<"$contents"; then echo "the device package must not carry the central" >&2; exit 1; fi
+[ "$(dpkg-deb -f "$deb" Architecture)" = "$arch" ] || { echo "wrong Architecture" >&2; exit 1; }
+dpkg-deb -f "$deb" Depends | grep -q systemd
+
+if command -v systemd-analyze >/dev/null; then
+  tmp=$(mktemp -d)
+  for u in systemd/*.service systemd/*.timer; do
+    sed "s#/usr/bin/fieldsync#$(readlink -f "$bin")#" "$u" > "$tmp/$(basename "$u")"
+  done
+  getent group fieldsync >/dev/null 2>&1 || [ "$(id -u)" != 0 ] || useradd --system --no-create-home fieldsync
+  out=$(systemd-analyze verify "$tmp"/*.service "$tmp"/*.timer 2>&1 || true)
+  # An ExecStart binary for another architecture cannot be checked here.
+  out=$(grep -v "is not executable\|Exec format error" <<<"$out" || true)
+  if [ -n "$out" ]; then echo "systemd-analyze verify:" >&2; echo "$out" >&2; exit 1; fi
+  for s in fieldsync-sync.service fieldsync.service; do
+    systemd-analyze security --offline=true "$tmp/$s" 2>/dev/null | grep "Overall exposure"
+  done
+  rm -rf "$tmp"
+fi
+
+if [ "$(id -u)" = 0 ] && [ "$arch" = "$(dpkg --print-architecture)" ]; then
+  dpkg -i "$deb" >/dev/null
+  /usr/bin/fieldsync version
+  getent passwd fieldsync >/dev/null
+  [ -d /var/lib/fieldsync ]
+  [ -e /etc/systemd/system/timers.target.wants/fieldsync-sync.timer ] || [ -d /run/systemd/system ]
+  dpkg --purge fieldsync >/dev/null
+  for p in /usr/bin/fieldsync /usr/lib/systemd/system/fieldsync-sync.timer /etc/default/fieldsync /var/lib/fieldsync \
+    /etc/systemd/system/timers.target.wants/fieldsync-sync.timer; do
+    [ ! -e "$p" ] || { echo "left behind after purge: $p" >&2; exit 1; }
+  done
+  echo "install, run and purge: ok"
+fi
+echo "package check passed"

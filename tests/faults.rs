@@ -1,0 +1,372 @@
+//! Proven under faults (issue 7): an agent and the reference central exchanging
+//! records in both directions through the link emulator with random faults, and
+//! agents killed with SIGKILL at random points; afterwards a few clean syncs
+//! converge to exactly the same records on both sides.
+//!
+//! CI runs a seeded slice. The long version:
+//!   FIELDSYNC_LONG=1 cargo test --release --test faults -- --nocapture
+//! FIELDSYNC_SEED=N replays a run.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{sql, Env};
+use fieldsync::linkem::{Linkem, Plan, Shape};
+use serde_json::{json, Value};
+
+fn long() -> bool {
+    std::env::var_os("FIELDSYNC_LONG").is_some()
+}
+
+fn seed() -> u64 {
+    std::env::var("FIELDSYNC_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261122)
+}
+
+/// xorshift for the test's own choices (edits, kill times).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Exit codes a sync may end with under faults; anything else (a panic's 101, a
+/// signal) is a bug.
+const ACCEPTABLE: &[i32] = &[0, 10, 11, 15, 17];
+
+fn table(db: &Path, t: &str) -> BTreeMap<String, Value> {
+    let c = sql(db);
+    let mut stmt = c
+        .prepare("SELECT record_id, data FROM record WHERE table_name = ?1")
+        .unwrap();
+    stmt.query_map([t], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })
+    .unwrap()
+    .map(|r| {
+        let (id, d) = r.unwrap();
+        (id, serde_json::from_str(&d).unwrap())
+    })
+    .collect()
+}
+
+fn central_table(env: &Env, t: &str) -> BTreeMap<String, Value> {
+    let c = env.central.conn().unwrap();
+    let mut stmt = c
+        .prepare("SELECT record_id, data FROM record WHERE table_name = ?1")
+        .unwrap();
+    stmt.query_map([t], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })
+    .unwrap()
+    .map(|r| {
+        let (id, d) = r.unwrap();
+        (id, serde_json::from_str(&d).unwrap())
+    })
+    .collect()
+}
+
+/// Clean syncs until the outbox is empty and a sync is ok; then both sides hold
+/// exactly the same records, nothing is left in flight, and the file is sound.
+fn assert_converged(env: &Env, db: &Path, expected_local: &BTreeMap<String, Value>) {
+    let mut last = String::new();
+    for _ in 0..6 {
+        let (code, report, stderr) = env.sync(db);
+        last = format!("{code} {report} {stderr}");
+        if code == 0
+            && report["outbox_left"] == 0
+            && report["pushed"] == 0
+            && report["pulled_queue"] == 0
+        {
+            break;
+        }
+    }
+    let c = sql(db);
+    let outbox: i64 = c
+        .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+        .unwrap();
+    let buffer: i64 = c
+        .query_row("SELECT count(*) FROM buffer", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        (outbox, buffer),
+        (0, 0),
+        "nothing left in flight; last sync: {last}"
+    );
+    let ok: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    // Pushed: every local record is on the central, identical; none lost, none extra.
+    let local = table(db, "item_line");
+    assert_eq!(
+        &local, expected_local,
+        "local store holds exactly what was written"
+    );
+    assert_eq!(
+        central_table(env, "item_line"),
+        local,
+        "central holds exactly the site's records"
+    );
+    // Pulled: central data and central store data arrived, each exactly once.
+    assert_eq!(table(db, "item"), central_table(env, "item"));
+    let central_prefs: BTreeMap<_, _> = central_table(env, "pref");
+    assert_eq!(table(db, "pref"), central_prefs);
+    let queued: i64 = env
+        .central
+        .conn()
+        .unwrap()
+        .query_row("SELECT count(*) FROM sync_out", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(queued, 0, "every queued record acknowledged");
+}
+
+fn put_local(env: &Env, db: &Path, rows: &[Value]) {
+    let file = env.dir.join("batch.jsonl");
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&file, text).unwrap();
+    let out = env.agent(
+        db,
+        &["import", file.to_str().unwrap(), "--table", "item_line"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn random_link_faults_then_convergence() {
+    let rounds = if long() { 200 } else { 25 };
+    let mut rng = Rng(seed());
+    let env = Env::new("converge");
+    env.site("kaw", "S_KAW");
+    let link = Linkem::start(env.addr, Shape::LOOPBACK, Plan::clean()).unwrap();
+    let db = env.db("kaw");
+    let out = common::agent_env(
+        &db,
+        &[
+            "init",
+            "--url",
+            &format!("http://{}", link.addr),
+            "--site",
+            "kaw",
+            "--password-env",
+            "P",
+        ],
+        &[("P", "pw-kaw")],
+    );
+    assert!(out.status.success());
+    {
+        let c = sql(&db);
+        c.execute(
+            "INSERT OR REPLACE INTO setting VALUES ('retry_base_ms', '5')",
+            [],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT OR REPLACE INTO setting VALUES ('init_poll_secs', '1')",
+            [],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT OR REPLACE INTO setting VALUES ('batch_records', '50')",
+            [],
+        )
+        .unwrap();
+    }
+    for i in 0..300 {
+        env.central
+            .put(
+                "item",
+                &json!({"ID": format!("I{i}"), "item_name": format!("item {i}")}),
+            )
+            .unwrap();
+    }
+    link.set_plan(Plan {
+        seed: seed(),
+        fault_rate: 0.35,
+        scripted: Default::default(),
+    });
+    let mut expected: BTreeMap<String, Value> = BTreeMap::new();
+    let mut next = 0u64;
+    let mut codes: BTreeMap<i32, u32> = BTreeMap::new();
+    for round in 0..rounds {
+        // Central side: new and changed central data and central store data.
+        for _ in 0..rng.below(20) {
+            let i = rng.below(400);
+            env.central
+                .put(
+                    "item",
+                    &json!({"ID": format!("I{i}"), "item_name": format!("item {i} r{round}")}),
+                )
+                .unwrap();
+        }
+        for _ in 0..rng.below(15) {
+            let i = rng.below(200);
+            env.central
+                .put(
+                    "pref",
+                    &json!({"ID": format!("P{i}"), "store_ID": "S_KAW", "v": round}),
+                )
+                .unwrap();
+        }
+        // Local side, once initialised: new records and edits of earlier ones.
+        let initialised = sql(&db)
+            .query_row(
+                "SELECT value FROM setting WHERE key = 'init_state'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .map(|s| s == "initialised")
+            .unwrap_or(false);
+        if initialised {
+            let mut rows = Vec::new();
+            for _ in 0..(20 + rng.below(60)) {
+                let id = if next > 0 && rng.below(4) == 0 {
+                    format!("IL{}", rng.below(next))
+                } else {
+                    next += 1;
+                    format!("IL{}", next - 1)
+                };
+                let row = json!({"ID": id, "store_ID": "S_KAW", "item_ID": format!("I{}", rng.below(300)), "quantity": rng.below(1000), "round": round});
+                let merged = match expected.get(&id) {
+                    Some(Value::Object(old)) => {
+                        let mut m = old.clone();
+                        for (k, v) in row.as_object().unwrap() {
+                            m.insert(k.clone(), v.clone());
+                        }
+                        Value::Object(m)
+                    }
+                    _ => row.clone(),
+                };
+                expected.insert(id, merged);
+                rows.push(row);
+            }
+            put_local(&env, &db, &rows);
+        }
+        let (code, _, stderr) = env.sync(&db);
+        assert!(
+            ACCEPTABLE.contains(&code),
+            "round {round}: exit {code}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        *codes.entry(code).or_default() += 1;
+    }
+    let faults = link.faults();
+    link.set_plan(Plan::clean());
+    assert_converged(&env, &db, &expected);
+    eprintln!(
+        "convergence: seed {}, {rounds} rounds, {faults} faults injected over {} connections, {} local records, {} items, exit codes {codes:?}; lost 0, duplicated 0",
+        seed(),
+        link.stats.connections.load(std::sync::atomic::Ordering::Relaxed),
+        expected.len(),
+        central_table(&env, "item").len()
+    );
+    assert!(
+        faults >= if long() { 300 } else { 30 },
+        "too few faults to mean anything: {faults}"
+    );
+}
+
+#[test]
+fn sigkill_at_random_points_then_convergence() {
+    let kills = if long() { 300 } else { 30 };
+    let mut rng = Rng(seed() ^ 0x5eed);
+    let env = Env::new("crash");
+    env.site("kaw", "S_KAW");
+    for i in 0..1500 {
+        env.central
+            .put(
+                "item",
+                &json!({"ID": format!("I{i}"), "item_name": format!("item {i}")}),
+            )
+            .unwrap();
+    }
+    for i in 0..1500 {
+        env.central
+            .put("pref", &json!({"ID": format!("P{i}"), "store_ID": "S_KAW"}))
+            .unwrap();
+    }
+    let db = env.db("kaw");
+    env.init(&db, "kaw");
+    sql(&db)
+        .execute(
+            "INSERT OR REPLACE INTO setting VALUES ('batch_records', '200')",
+            [],
+        )
+        .unwrap();
+    let mut expected: BTreeMap<String, Value> = BTreeMap::new();
+    let mut next = 0u64;
+    let mut killed = 0;
+    for k in 0..kills {
+        let initialised = sql(&db)
+            .query_row(
+                "SELECT value FROM setting WHERE key = 'init_state'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .map(|s| s == "initialised")
+            .unwrap_or(false);
+        if initialised {
+            let rows: Vec<Value> = (0..(200 + rng.below(800)))
+                .map(|_| {
+                    next += 1;
+                    let row = json!({"ID": format!("IL{}", next - 1), "store_ID": "S_KAW", "item_ID": "I1", "quantity": k});
+                    expected.insert(format!("IL{}", next - 1), row.clone());
+                    row
+                })
+                .collect();
+            put_local(&env, &db, &rows);
+            for _ in 0..rng.below(30) {
+                let i = rng.below(2000);
+                env.central
+                    .put(
+                        "item",
+                        &json!({"ID": format!("I{i}"), "item_name": format!("kill {k}")}),
+                    )
+                    .unwrap();
+            }
+        }
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fieldsync"))
+            .args(["--db", db.to_str().unwrap(), "sync"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill early: most syncs here take tens of milliseconds.
+        std::thread::sleep(Duration::from_millis(2 + rng.below(60)));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+        let ok: String = sql(&db)
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok", "after kill {k}");
+    }
+    assert_converged(&env, &db, &expected);
+    eprintln!(
+        "crash: seed {}, {kills} runs, {killed} SIGKILLs mid-sync, {} local records pushed, {} items pulled; lost 0, duplicated 0",
+        seed(),
+        expected.len(),
+        central_table(&env, "item").len()
+    );
+    assert!(
+        killed >= kills / 3,
+        "most runs should be killed mid-sync: {killed} of {kills}"
+    );
+}

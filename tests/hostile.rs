@@ -1,0 +1,322 @@
+//! Hostile input (issue 7): a central that answers the v5 endpoints with crafted
+//! bodies. Each case gives a clear error or a quarantined record, never a crash,
+//! never unbounded memory, never a lost local change.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use common::{agent_env, sql, Env};
+use serde_json::json;
+
+type Body = Arc<dyn Fn(&str) -> Vec<u8> + Send + Sync>;
+
+/// A fake central: the site is initialised and in order; `central` and `queue`
+/// give the bodies of the two pulls (called with the request path).
+struct Fake {
+    addr: SocketAddr,
+    acks: Arc<Mutex<Vec<String>>>,
+}
+
+fn fake(central: Body, queue: Body) -> Fake {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acks: Arc<Mutex<Vec<String>>> = Arc::default();
+    let acks2 = acks.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(stream) = conn else { continue };
+            let (central, queue, acks) = (central.clone(), queue.clone(), acks2.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut w = stream;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let mut len = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        reader.read_line(&mut h).unwrap();
+                        if h == "\r\n" || h.is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    reader.read_exact(&mut body).unwrap();
+                    let path = target
+                        .strip_prefix("/sync/v5")
+                        .unwrap_or(&target)
+                        .to_string();
+                    let (status, out): (u16, Vec<u8>) = if path == "/site" {
+                        (200, json!({"id": "FAKE", "siteId": 2, "code": "K", "name": "kaw", "initialisationStatus": "completed",
+                                     "isOmSupplyCentralServer": false, "omSupplyCentralServerUrl": "", "mSupplyCentralSiteId": 1}).to_string().into_bytes())
+                    } else if path.starts_with("/queued_records?") {
+                        (200, queue(&path))
+                    } else if path == "/queued_records" {
+                        (200, br#"{"integrationStarted":true}"#.to_vec())
+                    } else if path == "/site_status" {
+                        (
+                            200,
+                            br#"{"code":"idle","message":"idle","data":null}"#.to_vec(),
+                        )
+                    } else if path.starts_with("/central_records") {
+                        (200, central(&path))
+                    } else if path == "/acknowledged_records" {
+                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        for id in v["syncIDs"].as_array().unwrap() {
+                            acks.lock().unwrap().push(id.as_str().unwrap().to_string());
+                        }
+                        (204, vec![])
+                    } else {
+                        (404, b"{}".to_vec())
+                    };
+                    let head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\r\n", out.len());
+                    if w.write_all(head.as_bytes()).is_err() || w.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Fake { addr, acks }
+}
+
+fn empty_central() -> Body {
+    Arc::new(|_| br#"{"maxCursor":0,"data":[]}"#.to_vec())
+}
+
+/// Serves the body once, then an empty queue (so the cycle ends).
+fn once(body: Vec<u8>) -> Body {
+    let served = Arc::new(Mutex::new(false));
+    Arc::new(move |_| {
+        let mut s = served.lock().unwrap();
+        if *s {
+            br#"{"queueLength":0,"data":[]}"#.to_vec()
+        } else {
+            *s = true;
+            body.clone()
+        }
+    })
+}
+
+/// An initialised agent database pointing at the fake, with one local change
+/// waiting (which must survive every case).
+fn agent(env: &Env, fake: &Fake, name: &str) -> std::path::PathBuf {
+    let db = env.db(name);
+    let out = agent_env(
+        &db,
+        &[
+            "init",
+            "--url",
+            &format!("http://{}", fake.addr),
+            "--site",
+            "kaw",
+            "--password-env",
+            "P",
+        ],
+        &[("P", "pw")],
+    );
+    assert!(out.status.success());
+    assert!(env
+        .agent(
+            &db,
+            &["dev", "set-identity", "--site-id", "2", "--store", "S_KAW"]
+        )
+        .status
+        .success());
+    let c = sql(&db);
+    c.execute(
+        "INSERT OR REPLACE INTO setting VALUES ('site_uuid', 'FAKE')",
+        [],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT OR REPLACE INTO setting VALUES ('retry_base_ms', '1')",
+        [],
+    )
+    .unwrap();
+    c.execute("INSERT INTO record (table_name, record_id, data) VALUES ('transact', 'MINE', '{\"ID\":\"MINE\",\"store_ID\":\"S_KAW\",\"comment\":\"local\"}')", []).unwrap();
+    db
+}
+
+fn sync_rss(db: &Path) -> (i32, String, u64) {
+    let out = agent_env(db, &["sync"], &[("FIELDSYNC_PEAK_RSS", "1")]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let rss = err
+        .lines()
+        .find_map(|l| l.strip_prefix("peak-rss-kib: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(!err.contains("panicked"), "{err}");
+    (out.status.code().unwrap_or(-1), err, rss)
+}
+
+fn local_change_survives(db: &Path) {
+    let c = sql(db);
+    let comment: String = c
+        .query_row(
+            "SELECT json_extract(data,'$.comment') FROM record WHERE record_id='MINE'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(comment, "local");
+}
+
+#[test]
+fn huge_or_endless_record_is_refused_with_bounded_memory() {
+    let env = Env::new("huge");
+    // One 40 MB string inside a record.
+    let big = format!(
+        r#"{{"maxCursor":9,"data":[{{"ID":5,"tableName":"unit","recordId":"U","action":"update","recordData":{{"ID":"U","x":"{}"}}}}]}}"#,
+        "a".repeat(40 << 20)
+    );
+    let f = fake(
+        Arc::new(move |_| big.clone().into_bytes()),
+        once(br#"{"queueLength":0,"data":[]}"#.to_vec()),
+    );
+    let db = agent(&env, &f, "huge");
+    let (code, err, rss) = sync_rss(&db);
+    assert_eq!(code, 15, "{err}");
+    assert!(err.contains("single record is over"), "{err}");
+    assert!(
+        rss < 40_000,
+        "peak RSS {rss} KiB: memory must not follow the record"
+    );
+    local_change_survives(&db);
+    let cursor: Option<String> = sql(&db)
+        .query_row(
+            "SELECT value FROM setting WHERE key='central_cursor'",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    assert_eq!(cursor, None, "cursor not moved past a refused batch");
+}
+
+#[test]
+fn deeply_nested_and_wrong_types_are_protocol_errors() {
+    let env = Env::new("nested");
+    let nested = format!(
+        r#"{{"maxCursor":1,"data":[{{"ID":1,"tableName":"unit","recordId":"U","action":"update","recordData":{{"ID":"U","x":{}1{}}}}}]}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let f = fake(
+        Arc::new(move |_| nested.clone().into_bytes()),
+        once(b"{}".to_vec()),
+    );
+    let db = agent(&env, &f, "nested");
+    let (code, err, _) = sync_rss(&db);
+    assert_eq!(code, 15, "{err}");
+    assert!(err.contains("recursion limit"), "{err}");
+    local_change_survives(&db);
+
+    let f = fake(
+        Arc::new(|_| br#"{"maxCursor":"nine","data":[]}"#.to_vec()),
+        once(b"{}".to_vec()),
+    );
+    let db = agent(&env, &f, "types");
+    let (code, err, _) = sync_rss(&db);
+    assert_eq!(code, 15, "{err}");
+    assert!(err.contains("protocol error"), "{err}");
+}
+
+#[test]
+fn cursor_going_backwards_is_refused_and_nothing_is_stored() {
+    let env = Env::new("backwards");
+    let calls = Arc::new(Mutex::new(0));
+    let central: Body = Arc::new(move |_| {
+        let mut n = calls.lock().unwrap();
+        *n += 1;
+        if *n == 1 {
+            br#"{"maxCursor":10,"data":[{"ID":10,"tableName":"unit","recordId":"U1","action":"update","recordData":{"ID":"U1"}}]}"#.to_vec()
+        } else {
+            br#"{"maxCursor":10,"data":[{"ID":11,"tableName":"unit","recordId":"U2","action":"update","recordData":{"ID":"U2"}},{"ID":3,"tableName":"unit","recordId":"U3","action":"update","recordData":{"ID":"U3"}}]}"#.to_vec()
+        }
+    });
+    let f = fake(central, once(b"{}".to_vec()));
+    let db = agent(&env, &f, "backwards");
+    let (code, err, _) = sync_rss(&db);
+    assert_eq!(code, 15, "{err}");
+    assert!(err.contains("must ascend"), "{err}");
+    let c = sql(&db);
+    let cursor: String = c
+        .query_row(
+            "SELECT value FROM setting WHERE key='central_cursor'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(cursor, "10", "the good page committed, the bad one not");
+    let u2: i64 = c
+        .query_row(
+            "SELECT count(*) FROM buffer WHERE record_id IN ('U2','U3')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(u2, 0);
+    local_change_survives(&db);
+}
+
+#[test]
+fn odd_but_harmless_queues_integrate() {
+    let env = Env::new("odd");
+    // queueLength below the batch, a duplicated syncOutId, unknown fields, an
+    // unknown table, an unknown action, and a record claiming our own store.
+    let body = json!({"queueLength": 1, "extra": {"x": 1}, "data": [
+        {"syncOutId": "7", "tableName": "mystery_table", "recordId": "Q1", "action": "insert", "recordData": {"ID": "Q1", "v": 1}, "unexpected": true},
+        {"syncOutId": "7", "tableName": "unit", "recordId": "U1", "action": "INSERT", "recordData": {"ID": "U1"}},
+        {"syncOutId": "8", "tableName": "unit", "recordId": "U2", "action": "explode", "recordData": {"ID": "U2"}},
+        {"syncOutId": "9", "tableName": "transact", "recordId": "MINE", "action": "update", "recordData": {"ID": "MINE", "store_ID": "S_KAW", "comment": "central overwrote you"}}
+    ]}).to_string().into_bytes();
+    let f = fake(empty_central(), once(body));
+    let db = agent(&env, &f, "odd");
+    let (code, err, _) = sync_rss(&db);
+    assert_eq!(
+        code, 17,
+        "the unknown action is quarantined, visible as an integration error: {err}"
+    );
+    assert!(err.contains("queueLength 1 but sent 4"), "{err}");
+    let mut acks = f.acks.lock().unwrap().clone();
+    acks.sort();
+    assert_eq!(
+        acks,
+        ["7", "8", "9"],
+        "each id acknowledged once, after storing"
+    );
+    let c = sql(&db);
+    assert_eq!(
+        c.query_row(
+            "SELECT count(*) FROM record WHERE table_name='mystery_table'",
+            [],
+            |r| r.get::<_, i64>(0)
+        )
+        .unwrap(),
+        1,
+        "unknown tables kept as read-only central data"
+    );
+    local_change_survives(&db);
+    // The local change was pushed (this fake accepts pushes) and the pulled
+    // "update" of it was ignored: the row still holds the local value.
+    let outbox: i64 = c
+        .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(outbox, 0);
+    let status = env.agent(&db, &["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("unknown action"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+}
