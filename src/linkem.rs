@@ -35,7 +35,7 @@ pub enum Fault {
     NotJson,
     /// Answer 200 with valid JSON of the wrong shape.
     WrongShape,
-    /// Forward the response one byte every this many milliseconds.
+    /// Forward the response 16 bytes every this many milliseconds.
     SlowDrip(u64),
 }
 
@@ -239,16 +239,14 @@ fn handle(
         Some(Fault::SlowDrip(ms)) => Some(Duration::from_millis(ms)),
         _ => None,
     };
-    let up = pump(
-        client.try_clone()?,
-        server.try_clone()?,
-        shape.up_bps,
-        shape.up_latency,
-        up_limit,
-        None,
-        None,
-        &stats.bytes_up,
-    );
+    // Both directions at once: a kept-alive request must see its response while
+    // the client's side stays open.
+    let (c2, s2) = (client.try_clone()?, server.try_clone()?);
+    let (up_bps, up_latency) = (shape.up_bps, shape.up_latency);
+    let stats_up = Arc::new(AtomicU64::new(0));
+    let su = stats_up.clone();
+    let up =
+        std::thread::spawn(move || pump(c2, s2, up_bps, up_latency, up_limit, None, None, &su));
     let down = pump(
         server,
         client,
@@ -259,7 +257,11 @@ fn handle(
         drip,
         &stats.bytes_down,
     );
-    let _ = (up, down);
+    let _ = up.join();
+    stats
+        .bytes_up
+        .fetch_add(stats_up.load(Ordering::Relaxed), Ordering::Relaxed);
+    let _ = down;
     Ok(())
 }
 
@@ -343,9 +345,11 @@ fn pump(
                 data = &data[..data.len().min(room)];
             }
             let ok = if let Some(d) = drip {
-                data.iter().all(|b| {
+                // A trickle: 16 bytes per tick (16 KB/s at 1 ms), so a response
+                // arrives in many tiny reads without taking minutes.
+                data.chunks(16).all(|c| {
                     std::thread::sleep(d);
-                    writer_to.write_all(&[*b]).is_ok()
+                    writer_to.write_all(c).is_ok()
                 })
             } else {
                 if bps > 0 {
@@ -406,5 +410,85 @@ mod tests {
         assert_ne!(pick(7), pick(8));
         let n = pick(7).iter().filter(|f| f.is_some()).count();
         assert!((10..=40).contains(&n), "{n} faults of 50 at rate 0.5");
+    }
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+
+    fn echo_server() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let mut c = c.unwrap();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 || c.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn latency_and_bandwidth_shape_the_link_both_ways() {
+        let shape = Shape {
+            up_bps: 0,
+            down_bps: 64_000,
+            up_latency: Duration::from_millis(50),
+            down_latency: Duration::from_millis(50),
+        };
+        let link = Linkem::start(echo_server(), shape, Plan::clean()).unwrap();
+        let mut c = TcpStream::connect(link.addr).unwrap();
+        let t = Instant::now();
+        c.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        assert!(
+            t.elapsed() >= Duration::from_millis(100),
+            "round trip includes both latencies"
+        );
+        // 32 KB back at 64 KB/s: at least half a second.
+        let t = Instant::now();
+        c.write_all(&[7u8; 32_000]).unwrap();
+        let mut back = vec![0u8; 32_000];
+        c.read_exact(&mut back).unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(450),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn scripted_faults_hit_in_order() {
+        let plan = Plan {
+            seed: 1,
+            fault_rate: 0.0,
+            scripted: VecDeque::from([Fault::Refuse, Fault::Status(502)]),
+        };
+        let link = Linkem::start(echo_server(), Shape::LOOPBACK, plan).unwrap();
+        let mut c = TcpStream::connect(link.addr).unwrap();
+        let mut buf = Vec::new();
+        let _ = c.read_to_end(&mut buf);
+        assert!(buf.is_empty(), "refused");
+        let mut c = TcpStream::connect(link.addr).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        c.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+        let mut c = TcpStream::connect(link.addr).unwrap();
+        c.write_all(b"clean").unwrap();
+        let mut got = [0u8; 5];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"clean");
+        assert_eq!(link.faults(), 2);
     }
 }

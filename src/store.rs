@@ -26,6 +26,16 @@ const TRIGGERS: &str = include_str!("triggers.sql");
 /// save, short enough that a stuck lock is reported within a sync.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The busy timeout in force: `FIELDSYNC_BUSY_TIMEOUT_MS` overrides the default
+/// (a deployer whose app holds long transactions; tests).
+fn busy_timeout() -> Duration {
+    std::env::var("FIELDSYNC_BUSY_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(BUSY_TIMEOUT)
+}
+
 /// Largest record the store accepts (serialised JSON). Defaults to 1 MiB: legacy
 /// rows are a few hundred bytes; anything near this is a broken export.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
@@ -94,7 +104,7 @@ impl Store {
         }
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
             .map_err(|e| StoreError::sqlite(format!("opening {}", path.display()), e))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
+        conn.busy_timeout(busy_timeout())
             .map_err(|e| StoreError::sqlite("busy timeout", e))?;
         let store = Store {
             conn,
@@ -117,7 +127,7 @@ impl Store {
     }
 
     fn setup(conn: Connection, path: PathBuf) -> Result<Store, StoreError> {
-        conn.busy_timeout(BUSY_TIMEOUT)
+        conn.busy_timeout(busy_timeout())
             .map_err(|e| StoreError::sqlite("busy timeout", e))?;
         // WAL: the clinic's app and `status` read while a sync writes. FULL: a
         // commit is on the card before we tell the central anything (ack, cursor).

@@ -150,7 +150,7 @@ fn put_local(env: &Env, db: &Path, rows: &[Value]) {
 
 #[test]
 fn random_link_faults_then_convergence() {
-    let rounds = if long() { 200 } else { 25 };
+    let rounds = if long() { 500 } else { 60 };
     let mut rng = Rng(seed());
     let env = Env::new("converge");
     env.site("kaw", "S_KAW");
@@ -198,7 +198,7 @@ fn random_link_faults_then_convergence() {
     }
     link.set_plan(Plan {
         seed: seed(),
-        fault_rate: 0.35,
+        fault_rate: 0.5,
         scripted: Default::default(),
     });
     let mut expected: BTreeMap<String, Value> = BTreeMap::new();
@@ -346,13 +346,19 @@ fn sigkill_at_random_points_then_convergence() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        // Kill early: most syncs here take tens of milliseconds.
-        std::thread::sleep(Duration::from_millis(2 + rng.below(60)));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            killed += 1;
+        // One run in four finishes, so the site gets through initialisation and
+        // pushes; the others die somewhere in their first ~150 ms (a sync here
+        // takes tens to hundreds of milliseconds).
+        if rng.below(4) == 0 {
+            child.wait().unwrap();
+        } else {
+            std::thread::sleep(Duration::from_millis(2 + rng.below(150)));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+                killed += 1;
+            }
+            child.wait().unwrap();
         }
-        child.wait().unwrap();
         let ok: String = sql(&db)
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .unwrap();
