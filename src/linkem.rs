@@ -91,6 +91,8 @@ impl Plan {
 /// Counters a test reads after a run.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// When the first connection arrived (cold start measurements).
+    pub first_connection: Mutex<Option<Instant>>,
     pub connections: AtomicU64,
     pub faults: AtomicU64,
     pub bytes_up: AtomicU64,
@@ -128,6 +130,10 @@ impl Linkem {
                 }
                 let Ok(client) = conn else { continue };
                 stt.connections.fetch_add(1, Ordering::Relaxed);
+                stt.first_connection
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(Instant::now);
                 let fault = next_fault(&st);
                 if fault.is_some() {
                     stt.faults.fetch_add(1, Ordering::Relaxed);

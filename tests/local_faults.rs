@@ -171,7 +171,11 @@ fn a_clock_in_1970_or_next_year_changes_nothing() {
     let db = env.db("kaw");
     env.init(&db, "kaw");
     let mut n = 0;
-    for when in ["1970-01-01 00:00:10", "2027-11-22 12:00:00", "2016-01-01 00:00:00"] {
+    for when in [
+        "1970-01-01 00:00:10",
+        "2027-11-22 12:00:00",
+        "2016-01-01 00:00:00",
+    ] {
         n += 1;
         let out = env.agent(
             &db,

@@ -77,8 +77,9 @@ fn connection(central: &Central, stream: TcpStream) -> std::io::Result<()> {
         };
         let keep_alive = version == "HTTP/1.1"
             && !header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
-        let gzip_ok = header("accept-encoding")
-            .is_some_and(|a| a.split(',').any(|e| e.trim().starts_with("gzip")));
+        let gzip_ok = central.gzip
+            && header("accept-encoding")
+                .is_some_and(|a| a.split(',').any(|e| e.trim().starts_with("gzip")));
         if header("transfer-encoding").is_some() {
             write_reply(
                 &mut writer,

@@ -104,6 +104,8 @@ pub struct Central {
     pub(crate) verified: Arc<Mutex<HashMap<(u32, i64), String>>>,
     /// API versions accepted (§6 default 14..14).
     pub versions: (u32, u32),
+    /// Gzip answers for clients that accept it [PC]; off only to measure without.
+    pub gzip: bool,
 }
 
 #[derive(Debug)]
@@ -145,6 +147,7 @@ impl Central {
             activity: Arc::default(),
             verified: Arc::default(),
             versions: (crate::protocol::API_VERSION, crate::protocol::API_VERSION),
+            gzip: true,
         };
         let conn = c.conn()?;
         conn.execute_batch(SCHEMA)?;
