@@ -93,7 +93,7 @@ fn site_records(g: &mut Gen, store: &str, n: usize) -> Vec<(&'static str, Value)
 }
 
 fn central_row(g: &mut Gen, i: usize) -> (&'static str, Value) {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         (
             "item",
             json!({"ID": format!("ITEM{i:06}"), "code": format!("I{i:06}"), "item_name": ITEMS[i % ITEMS.len()],

@@ -364,14 +364,16 @@ impl Central {
             let central = self.clone();
             let site_id = site.site_id;
             std::thread::spawn(move || {
+                let started = std::time::Instant::now();
                 let result = central.conn().and_then(|c| {
                     let tx = c.unchecked_transaction()?;
                     let n = routing::integrate(&tx, site_id)?;
                     tx.commit()?;
                     Ok(n)
                 });
-                if let Err(e) = result {
-                    log::error!("integration for site {site_id} failed: {e}");
+                match result {
+                    Ok(n) => log::info!("site {site_id}: integrated {n} record(s) in {:?}", started.elapsed()),
+                    Err(e) => log::error!("integration for site {site_id} failed: {e}"),
                 }
                 central
                     .activity
