@@ -12,9 +12,12 @@ use crate::outbox::{Entry, Sent};
 
 /// Most records in one push (§5 step 3: at most 1024).
 pub const MAX_BATCH_RECORDS: usize = 1024;
-/// Default byte budget of one push body. Defaults to 256 KiB: about 8 s at the
-/// 256 kbit/s of a 2G link, well inside the 120 s request timeout.
-pub const DEFAULT_BATCH_BYTES: usize = 256 << 10;
+/// Byte budget of the first push of a cycle. Defaults to 256 KiB: about 8 s at
+/// the 256 kbit/s of a 2G link, well inside the 120 s request timeout.
+pub const START_BATCH_BYTES: usize = 256 << 10;
+/// Largest push body the adaptive sizing grows to on a fast link. Defaults to
+/// 1 MiB (the record limit of 1024 usually binds first); configurable.
+pub const DEFAULT_BATCH_BYTES: usize = 1 << 20;
 /// Smallest byte budget the adaptive sizing goes down to. Defaults to 8 KiB.
 pub const MIN_BATCH_BYTES: usize = 8 << 10;
 /// Largest single record ever sent. Defaults to 1 MiB (the store's record limit):

@@ -31,7 +31,8 @@ use crate::transport::Transport;
 pub struct Config {
     /// Records per push (≤ 1024). Defaults to 1024.
     pub batch_records: usize,
-    /// Byte budget per push. Defaults to 256 KiB (about 8 s over 2G).
+    /// Largest push body. Defaults to 1 MiB; each cycle starts at 256 KiB (about
+    /// 8 s over 2G) and adapts to the link within this bound.
     pub batch_bytes: usize,
     /// Target duration of one push request for adaptive sizing. Defaults to 8 s.
     pub target_request: Duration,
@@ -276,10 +277,19 @@ impl<T: Transport> Cycle<'_, T> {
             }
         }
 
+        let mut waited = true;
         if state == InitState::Initialised {
-            self.push()?;
+            waited = self.push()?;
         }
-        self.pull_central()?;
+        match self.pull_central() {
+            // The central may still be integrating a push staged by an earlier,
+            // interrupted cycle: wait for it this once, then pull.
+            Err(e) if e.class() == Class::Busy && !waited => {
+                self.wait_integration()?;
+                self.pull_central()?;
+            }
+            other => other?,
+        }
         self.pull_queue()?;
         self.integrate(state == InitState::Initialised)?;
         if state == InitState::Requested {
@@ -385,8 +395,13 @@ impl<T: Transport> Cycle<'_, T> {
     }
 
     /// §5 step 3–4: drain the outbox in bounded batches, then the final empty push.
-    fn push(&mut self) -> Result<(), SyncError> {
-        let mut budget = self.cfg.batch_bytes;
+    /// Returns whether it waited for the central's integration (it does when this
+    /// cycle sent or set aside records; an idle cycle saves that round trip).
+    fn push(&mut self) -> Result<bool, SyncError> {
+        // Start at a 2G-sized body; adapt_bytes moves it towards what the link
+        // carries in the target time, within [MIN_BATCH_BYTES, batch_bytes].
+        let mut budget = batch::START_BATCH_BYTES.min(self.cfg.batch_bytes);
+        let sent_before = self.report.pushed + self.report.rejected;
         loop {
             let total = outbox::pending_count(self.store.conn())?;
             self.step(
@@ -400,14 +415,18 @@ impl<T: Transport> Cycle<'_, T> {
                 max_bytes: budget,
             };
             let mut too_large: Vec<(String, String, usize)> = Vec::new();
-            outbox::for_each_pending(self.store.conn(), |e| match b.offer(&e, limits) {
-                Offer::Added => true,
-                Offer::Full => false,
-                Offer::TooLarge(n) => {
-                    too_large.push((e.table, e.id, n));
-                    true
-                }
-            })?;
+            outbox::for_each_pending(
+                self.store.conn(),
+                limits.max_records.clamp(1, batch::MAX_BATCH_RECORDS) + 1,
+                |e| match b.offer(&e, limits) {
+                    Offer::Added => true,
+                    Offer::Full => false,
+                    Offer::TooLarge(n) => {
+                        too_large.push((e.table, e.id, n));
+                        true
+                    }
+                },
+            )?;
             for (t, id, n) in &too_large {
                 log::warn!("{t} {id} is {n} bytes, over the send limit; set aside (see `fieldsync queue --rejected`)");
                 outbox::reject(self.store.conn(), t, id, &format!("too_large: {n} bytes"))?;
@@ -474,7 +493,11 @@ impl<T: Transport> Cycle<'_, T> {
                 Err(e) => return Err(e),
             }
         }
-        self.wait_integration()
+        if self.report.pushed + self.report.rejected == sent_before {
+            return Ok(false);
+        }
+        self.wait_integration()?;
+        Ok(true)
     }
 
     fn wait_integration(&mut self) -> Result<(), SyncError> {

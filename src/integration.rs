@@ -61,10 +61,10 @@ pub fn integrate(
                 tx.execute_batch("SAVEPOINT row").map_err(|e| StoreError::sqlite("savepoint", e))?;
                 match apply(tx, site, row) {
                     Ok(outcome) => {
-                        tx.execute(
+                        tx.prepare_cached(
                             "DELETE FROM buffer WHERE table_name = ?1 AND record_id = ?2 AND merge_drop = ?3",
-                            params![row.table, row.id, row.merge_drop],
                         )
+                        .and_then(|mut st| st.execute(params![row.table, row.id, row.merge_drop]))
                         .map_err(|e| StoreError::sqlite("clearing the buffer", e))?;
                         tx.execute_batch("RELEASE row").map_err(|e| StoreError::sqlite("savepoint", e))?;
                         match outcome {

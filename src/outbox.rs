@@ -6,7 +6,7 @@
 //! carried it, and only if it was not edited meanwhile (its `seq` and `version`
 //! still match what was sent) — an edit during a push is pushed next time.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::StoreError;
 
@@ -47,44 +47,54 @@ pub fn rejected_count(conn: &Connection) -> Result<u64, StoreError> {
     .map_err(|e| StoreError::sqlite("counting rejected records", e))
 }
 
-/// Streams pending entries in push order (§7.3): upserts by rank then sequence,
-/// then deletes children first. `f` returns `false` to stop early.
+/// Streams up to `limit` pending entries in push order (§7.3): upserts by rank
+/// then sequence, then deletes children first. `f` returns `false` to stop early.
+///
+/// Only the keys are sorted (a top-`limit` sort over small tuples); each row's
+/// data is read by key afterwards. Sorting whole rows made every batch spill the
+/// entire outbox to temp files: quadratic time, and flash wear.
 pub fn for_each_pending(
     conn: &Connection,
+    limit: usize,
     mut f: impl FnMut(Entry) -> bool,
 ) -> Result<(), StoreError> {
-    let mut stmt = conn
+    let err = |e| StoreError::sqlite("reading the outbox", e);
+    let mut keys = conn
         .prepare_cached(
-            "SELECT o.table_name, o.record_id, o.seq, o.version, o.action, r.data \
-             FROM outbox o \
-             LEFT JOIN record r ON r.table_name = o.table_name AND r.record_id = o.record_id \
-             LEFT JOIN registry g ON g.table_name = o.table_name \
+            "SELECT o.table_name, o.record_id, o.seq, o.version, o.action = 'Delete' \
+             FROM outbox o LEFT JOIN registry g ON g.table_name = o.table_name \
              WHERE o.state = 'pending' \
              ORDER BY o.action = 'Delete', \
                       CASE WHEN o.action = 'Delete' THEN -coalesce(g.rank, 10000) ELSE coalesce(g.rank, 10000) END, \
-                      o.seq",
+                      o.seq \
+             LIMIT ?1",
         )
-        .map_err(|e| StoreError::sqlite("reading the outbox", e))?;
-    let mut rows = stmt
-        .query([])
-        .map_err(|e| StoreError::sqlite("reading the outbox", e))?;
-    while let Some(row) = rows
-        .next()
-        .map_err(|e| StoreError::sqlite("reading the outbox", e))?
-    {
-        let get = |e| StoreError::sqlite("reading the outbox", e);
-        let action: String = row.get(4).map_err(get)?;
-        let data: Option<String> = row.get(5).map_err(get)?;
+        .map_err(err)?;
+    let mut data = conn
+        .prepare_cached("SELECT data FROM record WHERE table_name = ?1 AND record_id = ?2")
+        .map_err(err)?;
+    let mut rows = keys.query([limit as i64]).map_err(err)?;
+    while let Some(row) = rows.next().map_err(err)? {
+        let table: String = row.get(0).map_err(err)?;
+        let id: String = row.get(1).map_err(err)?;
+        let is_delete: bool = row.get(4).map_err(err)?;
+        let current: Option<String> = if is_delete {
+            None
+        } else {
+            data.query_row(rusqlite::params![table, id], |r| r.get(0))
+                .optional()
+                .map_err(err)?
+        };
         // An Update whose row vanished (deleted by a program that bypassed the
         // triggers) can only be pushed as a delete.
-        let delete = action == "Delete" || data.is_none();
+        let delete = is_delete || current.is_none();
         let entry = Entry {
-            table: row.get(0).map_err(get)?,
-            id: row.get(1).map_err(get)?,
-            seq: row.get(2).map_err(get)?,
-            version: row.get(3).map_err(get)?,
+            table,
+            id,
+            seq: row.get(2).map_err(err)?,
+            version: row.get(3).map_err(err)?,
             delete,
-            data: if delete { None } else { data },
+            data: current,
         };
         if !f(entry) {
             break;
@@ -192,7 +202,7 @@ mod tests {
         s.delete("trans_line", "L2").unwrap();
         s.delete("transact", "T2").unwrap();
         let mut order = vec![];
-        for_each_pending(s.conn(), |e| {
+        for_each_pending(s.conn(), 100, |e| {
             order.push(format!("{}{}", if e.delete { "-" } else { "+" }, e.id));
             true
         })
@@ -207,7 +217,7 @@ mod tests {
         s.put("transact", &json!({"ID": "T1", "store_ID": "S"}))
             .unwrap();
         let mut sent = vec![];
-        for_each_pending(s.conn(), |e| {
+        for_each_pending(s.conn(), 100, |e| {
             sent.push(Sent {
                 seq: e.seq,
                 version: e.version,

@@ -373,12 +373,8 @@ pub fn set_setting(conn: &Connection, key: &str, value: &str) -> Result<(), Stor
 
 pub fn get_record(conn: &Connection, table: &str, id: &str) -> Result<Option<Value>, StoreError> {
     let text: Option<String> = conn
-        .query_row(
-            "SELECT data FROM record WHERE table_name = ?1 AND record_id = ?2",
-            params![table, id],
-            |r| r.get(0),
-        )
-        .optional()
+        .prepare_cached("SELECT data FROM record WHERE table_name = ?1 AND record_id = ?2")
+        .and_then(|mut st| st.query_row(params![table, id], |r| r.get(0)).optional())
         .map_err(|e| StoreError::sqlite("reading record", e))?;
     match text {
         None => Ok(None),

@@ -355,6 +355,15 @@ impl Central {
             if push.queue_length > 0 {
                 return Ok(Reply::json(200, json!({"integrationStarted": false})));
             }
+            let staged: i64 = conn.query_row(
+                "SELECT count(*) FROM staging WHERE site_id = ?1",
+                [site.site_id],
+                |r| r.get(0),
+            )?;
+            if staged == 0 {
+                // Nothing staged: integration is done the moment it starts.
+                return Ok(Reply::json(200, json!({"integrationStarted": true})));
+            }
             // Final push: integration runs on its own; site_status reports it.
             self.activity
                 .lock()
@@ -372,7 +381,10 @@ impl Central {
                     Ok(n)
                 });
                 match result {
-                    Ok(n) => log::info!("site {site_id}: integrated {n} record(s) in {:?}", started.elapsed()),
+                    Ok(n) => log::info!(
+                        "site {site_id}: integrated {n} record(s) in {:?}",
+                        started.elapsed()
+                    ),
                     Err(e) => log::error!("integration for site {site_id} failed: {e}"),
                 }
                 central

@@ -17,11 +17,8 @@ use crate::registry::{self, Kind, Owner};
 
 pub fn get(conn: &Connection, table: &str, id: &str) -> Result<Option<Value>> {
     let text: Option<String> = conn
-        .query_row(
-            "SELECT data FROM record WHERE table_name = ?1 AND record_id = ?2",
-            params![table, id],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT data FROM record WHERE table_name = ?1 AND record_id = ?2")?
+        .query_row(params![table, id], |r| r.get(0))
         .optional()?;
     Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
 }
@@ -36,7 +33,7 @@ pub fn active_site(conn: &Connection, store: &str) -> Result<Option<u32>> {
 }
 
 pub fn active_stores(conn: &Connection, site: u32) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT record_id FROM record WHERE table_name = 'store' \
          AND json_extract(data, '$.sync_id_remote_site') = ?1 ORDER BY record_id",
     )?;
@@ -45,8 +42,9 @@ pub fn active_stores(conn: &Connection, site: u32) -> Result<Vec<String>> {
 }
 
 fn copy_sites(conn: &Connection, store: &str, kind: Option<&str>) -> Result<Vec<u32>> {
-    let mut stmt =
-        conn.prepare("SELECT site_id FROM copy WHERE store_id = ?1 AND (?2 IS NULL OR kind = ?2)")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT site_id FROM copy WHERE store_id = ?1 AND (?2 IS NULL OR kind = ?2)",
+    )?;
     let rows = stmt.query_map(params![store, kind], |r| r.get(0))?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
@@ -96,11 +94,10 @@ fn staged_or_batch(
     }
     let Some(site) = site else { return Ok(None) };
     let text: Option<Option<String>> = conn
-        .query_row(
+        .prepare_cached(
             "SELECT data FROM staging WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3",
-            params![site, table, id],
-            |r| r.get(0),
-        )
+        )?
+        .query_row(params![site, table, id], |r| r.get(0))
         .optional()?;
     Ok(text.flatten().and_then(|t| serde_json::from_str(&t).ok()))
 }
@@ -217,7 +214,7 @@ fn recipients(conn: &Connection, table: &str, row: &Value, full: bool) -> Result
 
 /// Stores a patient is visible in (its `name_store_join` rows).
 fn patient_stores(conn: &Connection, patient: &str) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT DISTINCT json_extract(data, '$.store_ID') FROM record \
          WHERE table_name = 'name_store_join' AND json_extract(data, '$.name_ID') = ?1",
     )?;
@@ -246,10 +243,7 @@ fn transfer_party(
     if name_id.is_empty() {
         return Ok(None);
     }
-    let store: Option<String> = conn
-        .query_row(
-            "SELECT record_id FROM record WHERE table_name = 'store' AND json_extract(data, '$.name_ID') = ?1",
-            [name_id],
+    let store: Option<String> = conn.prepare_cached("SELECT record_id FROM record WHERE table_name = 'store' AND json_extract(data, '$.name_ID') = ?1")?.query_row([name_id],
             |r| r.get(0),
         )
         .optional()?;
@@ -319,29 +313,25 @@ pub fn central_change(
     }
     match row {
         Some(r) => {
-            conn.execute(
-                "INSERT INTO record (table_name, record_id, data, site_id) VALUES (?1, ?2, ?3, NULL) \
-                 ON CONFLICT (table_name, record_id) DO UPDATE SET data = excluded.data, site_id = NULL",
-                params![table, id, r.to_string()],
+            conn.prepare_cached("INSERT INTO record (table_name, record_id, data, site_id) VALUES (?1, ?2, ?3, NULL) \
+                 ON CONFLICT (table_name, record_id) DO UPDATE SET data = excluded.data, site_id = NULL")?.execute(params![table, id, r.to_string()],
             )?;
         }
         None => {
-            conn.execute(
-                "DELETE FROM record WHERE table_name = ?1 AND record_id = ?2",
-                params![table, id],
-            )?;
+            conn.prepare_cached("DELETE FROM record WHERE table_name = ?1 AND record_id = ?2")?
+                .execute(params![table, id])?;
         }
     }
     if kind == Kind::Central {
         // Older non-merge entries of the record may go; the newest stays [PC].
-        conn.execute(
+        conn.prepare_cached(
             "DELETE FROM changelog WHERE table_name = ?1 AND record_id = ?2 AND action <> 'merge'",
-            params![table, id],
-        )?;
-        conn.execute(
+        )?
+        .execute(params![table, id])?;
+        conn.prepare_cached(
             "INSERT INTO changelog (table_name, record_id, action, data) VALUES (?1, ?2, ?3, ?4)",
-            params![table, id, action, row.map(|r| r.to_string())],
-        )?;
+        )?
+        .execute(params![table, id, action, row.map(|r| r.to_string())])?;
     } else {
         route(conn, table, id, action, &probe, &[])?;
     }
@@ -366,22 +356,20 @@ pub fn central_merge(conn: &Connection, table: &str, keep: &str, drop: &str) -> 
             params![keep, drop],
         )?;
     }
-    conn.execute(
-        "DELETE FROM record WHERE table_name = ?1 AND record_id = ?2",
-        params![table, drop],
-    )?;
+    conn.prepare_cached("DELETE FROM record WHERE table_name = ?1 AND record_id = ?2")?
+        .execute(params![table, drop])?;
     let data = json!({"mergeIdToKeep": keep, "mergeIdToDelete": drop});
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO changelog (table_name, record_id, action, data) VALUES (?1, ?2, 'merge', ?3)",
-        params![table, keep, data.to_string()],
-    )?;
+    )?
+    .execute(params![table, keep, data.to_string()])?;
     Ok(())
 }
 
 /// Queues all store data of `store` (and its central store data) to `site`:
 /// assigning a store to a site, or a new collector [PC].
 pub fn queue_store_data_to(conn: &Connection, store: &str, site: u32) -> Result<()> {
-    let mut stmt = conn.prepare("SELECT table_name, record_id, data FROM record")?;
+    let mut stmt = conn.prepare_cached("SELECT table_name, record_id, data FROM record")?;
     let rows: Vec<(String, String, String)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<std::result::Result<_, _>>()?;
@@ -410,7 +398,8 @@ pub fn queue_store_data_to(conn: &Connection, store: &str, site: u32) -> Result<
 /// Empties and refills `site`'s queue with everything it should hold, in rank
 /// order; central data is not queued (the site reads the change log from 0).
 pub fn initialise(conn: &Connection, site: u32) -> Result<u64> {
-    conn.execute("DELETE FROM sync_out WHERE site_id = ?1", [site])?;
+    conn.prepare_cached("DELETE FROM sync_out WHERE site_id = ?1")?
+        .execute([site])?;
     let mut stmt = conn
         .prepare("SELECT table_name, record_id, data FROM record ORDER BY table_name, record_id")?;
     let rows: Vec<(String, String, String)> = stmt
@@ -553,11 +542,10 @@ fn judge_one(
             }
             Kind::User => {
                 let pushed_by: Option<Option<u32>> = conn
-                    .query_row(
+                    .prepare_cached(
                         "SELECT site_id FROM record WHERE table_name = ?1 AND record_id = ?2",
-                        params![rec.table_name, rec.record_id],
-                        |r| r.get(0),
-                    )
+                    )?
+                    .query_row(params![rec.table_name, rec.record_id], |r| r.get(0))
                     .optional()?;
                 match pushed_by {
                     None => None,
@@ -585,11 +573,9 @@ fn judge_one(
 /// Stages an accepted batch; a site's push of a record drops that record's
 /// unacknowledged entries from its own queue [PC].
 pub fn stage(conn: &Connection, site: u32, batch: &[SyncRecord]) -> Result<()> {
-    let mut seq: i64 = conn.query_row(
-        "SELECT coalesce(max(seq), 0) FROM staging WHERE site_id = ?1",
-        [site],
-        |r| r.get(0),
-    )?;
+    let mut seq: i64 = conn
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM staging WHERE site_id = ?1")?
+        .query_row([site], |r| r.get(0))?;
     for rec in batch {
         seq += 1;
         let action = if Action::parse(&rec.action) == Some(Action::Delete) {
@@ -621,8 +607,9 @@ pub fn stage(conn: &Connection, site: u32, batch: &[SyncRecord]) -> Result<()> {
 /// Integrates `site`'s staging in rank order (upserts by rank, deletes children
 /// first), routes what changed, then builds the responding half of transfers.
 pub fn integrate(conn: &Connection, site: u32) -> Result<u64> {
-    let mut stmt =
-        conn.prepare("SELECT table_name, record_id, action, data FROM staging WHERE site_id = ?1")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT table_name, record_id, action, data FROM staging WHERE site_id = ?1",
+    )?;
     let mut rows: Vec<(String, String, String, Option<String>)> = stmt
         .query_map([site], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<std::result::Result<_, _>>()?;
@@ -639,10 +626,8 @@ pub fn integrate(conn: &Connection, site: u32) -> Result<u64> {
     for (table, id, action, data) in rows {
         if action == "delete" {
             if let Some(old) = get(conn, &table, &id)? {
-                conn.execute(
-                    "DELETE FROM record WHERE table_name = ?1 AND record_id = ?2",
-                    params![table, id],
-                )?;
+                conn.prepare_cached("DELETE FROM record WHERE table_name = ?1 AND record_id = ?2")?
+                    .execute(params![table, id])?;
                 route(conn, &table, &id, "delete", &old, &[site])?;
                 integrated += 1;
             }
@@ -687,10 +672,8 @@ pub fn integrate(conn: &Connection, site: u32) -> Result<u64> {
         if old.as_ref() == Some(&merged) {
             continue; // unchanged rows are not routed
         }
-        conn.execute(
-            "INSERT INTO record (table_name, record_id, data, site_id) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (table_name, record_id) DO UPDATE SET data = excluded.data, site_id = excluded.site_id",
-            params![table, id, merged.to_string(), site],
+        conn.prepare_cached("INSERT INTO record (table_name, record_id, data, site_id) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (table_name, record_id) DO UPDATE SET data = excluded.data, site_id = excluded.site_id")?.execute(params![table, id, merged.to_string(), site],
         )?;
         route(conn, &table, &id, "update", &merged, &[site])?;
         if table == "transact" || table == "requisition" {
@@ -698,7 +681,8 @@ pub fn integrate(conn: &Connection, site: u32) -> Result<u64> {
         }
         integrated += 1;
     }
-    conn.execute("DELETE FROM staging WHERE site_id = ?1", [site])?;
+    conn.prepare_cached("DELETE FROM staging WHERE site_id = ?1")?
+        .execute([site])?;
     for (table, id) in headers {
         if table == "transact" {
             respond_to_invoice(conn, &id)?;
@@ -725,11 +709,8 @@ fn respond_to_invoice(conn: &Connection, ci_id: &str) -> Result<()> {
     if from_site == to_site && to_site != CENTRAL_SITE_ID {
         return Ok(()); // both on one site: it handles the transfer itself
     }
-    let exists: Option<String> = conn
-        .query_row(
-            "SELECT record_id FROM record WHERE table_name = 'transact' AND json_extract(data, '$.store_ID') = ?1 \
-             AND json_extract(data, '$.linked_transaction_id') = ?2",
-            params![to_store, ci_id],
+    let exists: Option<String> = conn.prepare_cached("SELECT record_id FROM record WHERE table_name = 'transact' AND json_extract(data, '$.store_ID') = ?1 \
+             AND json_extract(data, '$.linked_transaction_id') = ?2")?.query_row(params![to_store, ci_id],
             |r| r.get(0),
         )
         .optional()?;
@@ -769,7 +750,7 @@ fn respond_to_invoice(conn: &Connection, ci_id: &str) -> Result<()> {
         si[k] = v;
     }
     let mut created = vec![("transact".to_string(), si_id.clone(), si)];
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT data FROM record WHERE table_name = 'trans_line' AND json_extract(data, '$.transaction_ID') = ?1 \
          ORDER BY record_id",
     )?;
@@ -791,10 +772,10 @@ fn respond_to_invoice(conn: &Connection, ci_id: &str) -> Result<()> {
         created.push(("trans_line".to_string(), id, l));
     }
     for (table, id, row) in &created {
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO record (table_name, record_id, data, site_id) VALUES (?1, ?2, ?3, NULL)",
-            params![table, id, row.to_string()],
-        )?;
+        )?
+        .execute(params![table, id, row.to_string()])?;
     }
     // Both halves on both sites; the si also to the responding store's collectors.
     for (table, id, row) in &created {
@@ -822,10 +803,8 @@ fn strip_om(row: &Value) -> Value {
 }
 
 fn next_central_si_number(conn: &Connection, store: &str) -> Result<i64> {
-    let max: Option<i64> = conn.query_row(
-        "SELECT max(json_extract(data, '$.invoice_num')) FROM record WHERE table_name = 'transact' \
-         AND json_extract(data, '$.store_ID') = ?1 AND json_extract(data, '$.type') = 'si'",
-        [store],
+    let max: Option<i64> = conn.prepare_cached("SELECT max(json_extract(data, '$.invoice_num')) FROM record WHERE table_name = 'transact' \
+         AND json_extract(data, '$.store_ID') = ?1 AND json_extract(data, '$.type') = 'si'")?.query_row([store],
         |r| r.get(0),
     )?;
     Ok(max.unwrap_or(0).max(0) + 1)
