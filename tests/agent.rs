@@ -324,11 +324,11 @@ fn status_answers_while_another_program_holds_a_write_lock_and_leds_follow() {
     assert!(out.status.success());
     assert_eq!(
         std::fs::read_to_string(leds.join("ACT/trigger")).unwrap(),
-        "none"
+        "timer"
     );
     assert_eq!(
-        std::fs::read_to_string(leds.join("ACT/brightness")).unwrap(),
-        "1",
+        std::fs::read_to_string(leds.join("ACT/delay_off")).unwrap(),
+        "0",
         "steady on: all synced"
     );
     let app = sql(&db);
