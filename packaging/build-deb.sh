@@ -14,6 +14,7 @@ out=${3:-target/deb}
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
+chmod 0755 "$root"
 
 install -D -m 0755 "$bin" "$root/usr/bin/fieldsync"
 for u in fieldsync-sync.service fieldsync-sync.timer fieldsync.service; do

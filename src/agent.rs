@@ -308,6 +308,9 @@ pub fn sync_once(db: &Path, store: &mut Store, s: &mut Setup) -> Report {
     let mut last_write = Instant::now();
     let mut last_log = Instant::now();
     let mut last_step = None;
+    // Under `fieldsync run` with systemd's watchdog: a long sync is alive too.
+    let watchdog = crate::notify::watchdog_interval();
+    let mut last_ping = Instant::now();
     s.client.traffic = Default::default();
     let origin = s.origin.clone();
     let mut observe = |p: Progress| {
@@ -328,6 +331,10 @@ pub fn sync_once(db: &Path, store: &mut Store, s: &mut Setup) -> Report {
             last_log = Instant::now();
         }
         last_step = Some(p.step);
+        if watchdog.is_some_and(|w| last_ping.elapsed() >= w.min(Duration::from_secs(5))) {
+            crate::notify::notify("WATCHDOG=1");
+            last_ping = Instant::now();
+        }
     };
     let report = cycle::run(
         store,

@@ -364,6 +364,7 @@ impl<T: Transport> Cycle<'_, T> {
             }
         }
         let started = Instant::now();
+        let mut polls = 0;
         loop {
             let status = self.client.site_status()?;
             if status.code == "idle" {
@@ -377,6 +378,9 @@ impl<T: Transport> Cycle<'_, T> {
                     class: Class::Transient,
                 }));
             }
+            polls += 1;
+            // Progress while the central builds our queue (status file, watchdog).
+            self.step(Step::Initialise, polls, None);
             std::thread::sleep(self.cfg.init_poll);
         }
         let site = self.client.site()?;
