@@ -61,10 +61,6 @@ impl<T: Transport> Client<T> {
         self
     }
 
-    pub fn transport_mut(&mut self) -> &mut T {
-        &mut self.transport
-    }
-
     /// One request with the §2 headers; retried on transient link failures and on
     /// 408/502/504 (every v5 request is safe to repeat). Returns the status and body.
     fn request(

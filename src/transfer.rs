@@ -9,7 +9,6 @@
 //! ignored by integration, never renumbered.
 
 use rusqlite::{params, Connection};
-use serde_json::Value;
 
 use crate::error::StoreError;
 use crate::store::{self, Store};
@@ -135,11 +134,6 @@ fn next_number(
         )
         .map_err(|e| StoreError::sqlite("reading the number counter", e))?;
     Ok(highest + 1)
-}
-
-/// True when a row is a numbered responding document (used in tests and status).
-pub fn is_numbered(row: &Value) -> bool {
-    row.get("invoice_num").and_then(|v| v.as_i64()).unwrap_or(0) >= 1
 }
 
 #[cfg(test)]

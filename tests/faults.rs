@@ -46,8 +46,7 @@ impl Rng {
 /// signal) is a bug.
 const ACCEPTABLE: &[i32] = &[0, 10, 11, 15, 17];
 
-fn table(db: &Path, t: &str) -> BTreeMap<String, Value> {
-    let c = sql(db);
+fn rows_of(c: &rusqlite::Connection, t: &str) -> BTreeMap<String, Value> {
     let mut stmt = c
         .prepare("SELECT record_id, data FROM record WHERE table_name = ?1")
         .unwrap();
@@ -62,20 +61,12 @@ fn table(db: &Path, t: &str) -> BTreeMap<String, Value> {
     .collect()
 }
 
+fn table(db: &Path, t: &str) -> BTreeMap<String, Value> {
+    rows_of(&sql(db), t)
+}
+
 fn central_table(env: &Env, t: &str) -> BTreeMap<String, Value> {
-    let c = env.central.conn().unwrap();
-    let mut stmt = c
-        .prepare("SELECT record_id, data FROM record WHERE table_name = ?1")
-        .unwrap();
-    stmt.query_map([t], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    })
-    .unwrap()
-    .map(|r| {
-        let (id, d) = r.unwrap();
-        (id, serde_json::from_str(&d).unwrap())
-    })
-    .collect()
+    rows_of(&env.central.conn().unwrap(), t)
 }
 
 /// Clean syncs until the outbox is empty and a sync is ok; then both sides hold

@@ -440,35 +440,14 @@ impl Central {
             [site.site_id],
             |r| r.get(0),
         )?;
-        let mut stmt = conn.prepare_cached(
+        let head = format!("{{\"queueLength\":{total},\"data\":[");
+        page(
+            conn,
             "SELECT id, table_name, record_id, action, data FROM sync_out WHERE site_id = ?1 ORDER BY id LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![site.site_id, limit], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?,
-            ))
-        })?;
-        let mut body = format!("{{\"queueLength\":{total},\"data\":[").into_bytes();
-        for (i, row) in rows.enumerate() {
-            let (id, table, record, action, data) = row?;
-            if i > 0 {
-                body.push(b',');
-            }
-            write_record(
-                &mut body,
-                &format!("\"syncOutId\":\"{id}\""),
-                &table,
-                &record,
-                &action,
-                data.as_deref(),
-            );
-        }
-        body.extend_from_slice(b"]}");
-        Ok(Reply { status: 200, body })
+            params![site.site_id, limit],
+            head,
+            |id| format!("\"syncOutId\":\"{id}\""),
+        )
     }
 
     fn central_records(&self, conn: &Connection, req: &Request) -> super::Result<Reply> {
@@ -488,35 +467,14 @@ impl Central {
         let max: u64 = conn.query_row("SELECT coalesce(max(id), 0) FROM changelog", [], |r| {
             r.get(0)
         })?;
-        let mut stmt = conn.prepare_cached(
+        let head = format!("{{\"maxCursor\":{},\"data\":[", max.max(cursor));
+        page(
+            conn,
             "SELECT id, table_name, record_id, action, data FROM changelog WHERE id > ?1 ORDER BY id LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![cursor as i64, limit], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?,
-            ))
-        })?;
-        let mut body = format!("{{\"maxCursor\":{},\"data\":[", max.max(cursor)).into_bytes();
-        for (i, row) in rows.enumerate() {
-            let (id, table, record, action, data) = row?;
-            if i > 0 {
-                body.push(b',');
-            }
-            write_record(
-                &mut body,
-                &format!("\"ID\":{id}"),
-                &table,
-                &record,
-                &action,
-                data.as_deref(),
-            );
-        }
-        body.extend_from_slice(b"]}");
-        Ok(Reply { status: 200, body })
+            params![cursor as i64, limit],
+            head,
+            |id| format!("\"ID\":{id}"),
+        )
     }
 
     fn acknowledge(
@@ -553,6 +511,38 @@ impl Central {
             body: Vec::new(),
         })
     }
+}
+
+/// A pull page: `head`, then one envelope per row of `sql` (id, table, record,
+/// action, data), the id rendered by `lead`; stored rows are copied in verbatim.
+fn page(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+    head: String,
+    lead: impl Fn(i64) -> String,
+) -> super::Result<Reply> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(args)?;
+    let mut body = head.into_bytes();
+    let mut first = true;
+    while let Some(r) = rows.next()? {
+        if !first {
+            body.push(b',');
+        }
+        first = false;
+        let data: Option<String> = r.get(4)?;
+        write_record(
+            &mut body,
+            &lead(r.get(0)?),
+            &r.get::<_, String>(1)?,
+            &r.get::<_, String>(2)?,
+            &r.get::<_, String>(3)?,
+            data.as_deref(),
+        );
+    }
+    body.extend_from_slice(b"]}");
+    Ok(Reply { status: 200, body })
 }
 
 /// One envelope with the stored row copied in verbatim (already JSON).

@@ -366,30 +366,42 @@ pub fn central_merge(conn: &Connection, table: &str, keep: &str, drop: &str) -> 
     Ok(())
 }
 
+/// Queues to `site`, in rank order, every stored row that `wanted` picks. Streams
+/// table by table (the registry's rank order), so memory does not grow with the
+/// central's size; tables the registry does not know are central data, never queued.
+fn queue_matching(
+    conn: &Connection,
+    site: u32,
+    mut wanted: impl FnMut(&str, &Value) -> Result<bool>,
+) -> Result<u64> {
+    let mut n = 0;
+    for t in registry::tables() {
+        let mut stmt = conn.prepare_cached(
+            "SELECT record_id, data FROM record WHERE table_name = ?1 ORDER BY record_id",
+        )?;
+        let mut rows = stmt.query([t.name])?;
+        while let Some(r) = rows.next()? {
+            let (id, data): (String, String) = (r.get(0)?, r.get(1)?);
+            let Ok(row) = serde_json::from_str::<Value>(&data) else {
+                continue;
+            };
+            if wanted(t.name, &row)? {
+                enqueue(conn, site, t.name, &id, "update", Some(&row), false)?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
 /// Queues all store data of `store` (and its central store data) to `site`:
 /// assigning a store to a site, or a new collector [PC].
 pub fn queue_store_data_to(conn: &Connection, store: &str, site: u32) -> Result<()> {
-    let mut stmt = conn.prepare_cached("SELECT table_name, record_id, data FROM record")?;
-    let rows: Vec<(String, String, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<std::result::Result<_, _>>()?;
-    let mut picked: Vec<(u16, String, String, Value)> = Vec::new();
-    for (table, id, data) in rows {
-        let Ok(row) = serde_json::from_str::<Value>(&data) else {
-            continue;
-        };
-        let kind = registry::row_kind(&table, &row);
-        if matches!(kind, Kind::Central | Kind::Local) {
-            continue;
-        }
-        if owner(conn, &table, &row, None, &[])?.as_deref() == Some(store) {
-            picked.push((registry::order(&table), table, id, row));
-        }
-    }
-    picked.sort_by_key(|a| a.0);
-    for (_, table, id, row) in picked {
-        enqueue(conn, site, &table, &id, "update", Some(&row), false)?;
-    }
+    queue_matching(conn, site, |table, row| {
+        let kind = registry::row_kind(table, row);
+        Ok(!matches!(kind, Kind::Central | Kind::Local)
+            && owner(conn, table, row, None, &[])?.as_deref() == Some(store))
+    })?;
     Ok(())
 }
 
@@ -400,26 +412,9 @@ pub fn queue_store_data_to(conn: &Connection, store: &str, site: u32) -> Result<
 pub fn initialise(conn: &Connection, site: u32) -> Result<u64> {
     conn.prepare_cached("DELETE FROM sync_out WHERE site_id = ?1")?
         .execute([site])?;
-    let mut stmt = conn
-        .prepare("SELECT table_name, record_id, data FROM record ORDER BY table_name, record_id")?;
-    let rows: Vec<(String, String, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<std::result::Result<_, _>>()?;
-    let mut picked: Vec<(u16, String, String, Value)> = Vec::new();
-    for (table, id, data) in rows {
-        let Ok(row) = serde_json::from_str::<Value>(&data) else {
-            continue;
-        };
-        if recipients(conn, &table, &row, true)?.contains(&site) {
-            picked.push((registry::order(&table), table, id, row));
-        }
-    }
-    picked.sort_by_key(|a| a.0);
-    let n = picked.len() as u64;
-    for (_, table, id, row) in picked {
-        enqueue(conn, site, &table, &id, "update", Some(&row), false)?;
-    }
-    Ok(n)
+    queue_matching(conn, site, |table, row| {
+        Ok(recipients(conn, table, row, true)?.contains(&site))
+    })
 }
 
 // ---- push acceptance ---------------------------------------------------------------
