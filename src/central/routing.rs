@@ -6,7 +6,8 @@
 //! (unchanged rows are not routed); a newer change of a record replaces the site's
 //! older unacknowledged entry, so a stale copy never overtakes a fresh one.
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
@@ -29,7 +30,42 @@ fn s<'a>(row: &'a Value, field: &str) -> &'a str {
 
 /// The site where store `store` is active (the central itself when on no site).
 pub fn active_site(conn: &Connection, store: &str) -> Result<Option<u32>> {
-    Ok(get(conn, "store", store)?.map(|r| r["sync_id_remote_site"].as_u64().unwrap_or(1) as u32))
+    if let Some(hit) = MEMO.with(|m| {
+        m.borrow()
+            .as_ref()
+            .and_then(|m| m.active.get(store).copied())
+    }) {
+        return Ok(hit);
+    }
+    let site =
+        get(conn, "store", store)?.map(|r| r["sync_id_remote_site"].as_u64().unwrap_or(1) as u32);
+    MEMO.with(|m| {
+        if let Some(m) = m.borrow_mut().as_mut() {
+            m.active.insert(store.to_string(), site);
+        }
+    });
+    Ok(site)
+}
+
+/// Store facts memoised for one judge, integrate or initialise call. They cannot
+/// change inside one: sites may not push `store` rows, and copies and store
+/// assignments change only through administration. Off outside those calls.
+#[derive(Default)]
+struct Memo {
+    active: HashMap<String, Option<u32>>,
+    copies: HashMap<(String, Option<String>), Vec<u32>>,
+    by_name: HashMap<String, Option<String>>,
+}
+
+thread_local! {
+    static MEMO: RefCell<Option<Memo>> = const { RefCell::new(None) };
+}
+
+fn with_memo<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    MEMO.with(|m| *m.borrow_mut() = Some(Memo::default()));
+    let out = f();
+    MEMO.with(|m| *m.borrow_mut() = None);
+    out
 }
 
 pub fn active_stores(conn: &Connection, site: u32) -> Result<Vec<String>> {
@@ -42,6 +78,24 @@ pub fn active_stores(conn: &Connection, site: u32) -> Result<Vec<String>> {
 }
 
 fn copy_sites(conn: &Connection, store: &str, kind: Option<&str>) -> Result<Vec<u32>> {
+    let key = (store.to_string(), kind.map(str::to_string));
+    if let Some(hit) = MEMO.with(|m| {
+        m.borrow()
+            .as_ref()
+            .and_then(|m| m.copies.get(&key).cloned())
+    }) {
+        return Ok(hit);
+    }
+    let sites = copy_sites_uncached(conn, store, kind)?;
+    MEMO.with(|m| {
+        if let Some(m) = m.borrow_mut().as_mut() {
+            m.copies.insert(key, sites.clone());
+        }
+    });
+    Ok(sites)
+}
+
+fn copy_sites_uncached(conn: &Connection, store: &str, kind: Option<&str>) -> Result<Vec<u32>> {
     let mut stmt = conn.prepare_cached(
         "SELECT site_id FROM copy WHERE store_id = ?1 AND (?2 IS NULL OR kind = ?2)",
     )?;
@@ -243,10 +297,28 @@ fn transfer_party(
     if name_id.is_empty() {
         return Ok(None);
     }
-    let store: Option<String> = conn.prepare_cached("SELECT record_id FROM record WHERE table_name = 'store' AND json_extract(data, '$.name_ID') = ?1")?.query_row([name_id],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let cached = MEMO.with(|m| {
+        m.borrow()
+            .as_ref()
+            .and_then(|m| m.by_name.get(name_id).cloned())
+    });
+    let store: Option<String> = match cached {
+        Some(hit) => hit,
+        None => {
+            let found: Option<String> = conn
+                .prepare_cached(
+                    "SELECT record_id FROM record WHERE table_name = 'store' AND json_extract(data, '$.name_ID') = ?1",
+                )?
+                .query_row([name_id], |r| r.get(0))
+                .optional()?;
+            MEMO.with(|m| {
+                if let Some(m) = m.borrow_mut().as_mut() {
+                    m.by_name.insert(name_id.to_string(), found.clone());
+                }
+            });
+            found
+        }
+    };
     Ok(store.filter(|st| st != owner_store))
 }
 
@@ -410,6 +482,10 @@ pub fn queue_store_data_to(conn: &Connection, store: &str, site: u32) -> Result<
 /// Empties and refills `site`'s queue with everything it should hold, in rank
 /// order; central data is not queued (the site reads the change log from 0).
 pub fn initialise(conn: &Connection, site: u32) -> Result<u64> {
+    with_memo(|| initialise_inner(conn, site))
+}
+
+fn initialise_inner(conn: &Connection, site: u32) -> Result<u64> {
     conn.prepare_cached("DELETE FROM sync_out WHERE site_id = ?1")?
         .execute([site])?;
     queue_matching(conn, site, |table, row| {
@@ -421,11 +497,14 @@ pub fn initialise(conn: &Connection, site: u32) -> Result<u64> {
 
 /// Judges a push batch of `site`; `Err` lists every offender (the whole batch is
 /// refused), with `true` when any is malformed (400) rather than not owned (403).
-pub fn judge(
-    conn: &Connection,
-    site: u32,
-    batch: &[SyncRecord],
-) -> Result<std::result::Result<(), (bool, Vec<RejectedRecord>)>> {
+pub fn judge(conn: &Connection, site: u32, batch: &[SyncRecord]) -> Result<Judgement> {
+    with_memo(|| judge_inner(conn, site, batch))
+}
+
+/// `Err` lists every offender, with `true` when any is malformed (400).
+type Judgement = std::result::Result<(), (bool, Vec<RejectedRecord>)>;
+
+fn judge_inner(conn: &Connection, site: u32, batch: &[SyncRecord]) -> Result<Judgement> {
     let stores = active_stores(conn, site)?;
     let mut offenders = Vec::new();
     let mut malformed = false;
@@ -602,6 +681,10 @@ pub fn stage(conn: &Connection, site: u32, batch: &[SyncRecord]) -> Result<()> {
 /// Integrates `site`'s staging in rank order (upserts by rank, deletes children
 /// first), routes what changed, then builds the responding half of transfers.
 pub fn integrate(conn: &Connection, site: u32) -> Result<u64> {
+    with_memo(|| integrate_inner(conn, site))
+}
+
+fn integrate_inner(conn: &Connection, site: u32) -> Result<u64> {
     let mut stmt = conn.prepare_cached(
         "SELECT table_name, record_id, action, data FROM staging WHERE site_id = ?1",
     )?;
