@@ -453,7 +453,7 @@ impl<T: Transport> Cycle<'_, T> {
                         break;
                     }
                     let tx = self.store.tx()?;
-                    outbox::remove_sent(&tx, &sent)?;
+                    outbox::mark_sent(&tx, &sent)?;
                     tx.commit()
                         .map_err(|e| StoreError::sqlite("confirming pushed records", e))?;
                     self.report.pushed += sent.len() as u64;
@@ -497,6 +497,11 @@ impl<T: Transport> Cycle<'_, T> {
                 Err(e) => return Err(e),
             }
         }
+        // Everything confirmed goes in one transaction (see outbox::delete_sent).
+        let tx = self.store.tx()?;
+        outbox::delete_sent(&tx)?;
+        tx.commit()
+            .map_err(|e| StoreError::sqlite("clearing pushed records", e))?;
         if self.report.pushed + self.report.rejected == sent_before {
             return Ok(false);
         }

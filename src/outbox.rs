@@ -50,9 +50,10 @@ pub fn rejected_count(conn: &Connection) -> Result<u64, StoreError> {
 /// Streams up to `limit` pending entries in push order (§7.3): upserts by rank
 /// then sequence, then deletes children first. `f` returns `false` to stop early.
 ///
-/// Only the keys are sorted (a top-`limit` sort over small tuples); each row's
-/// data is read by key afterwards. Sorting whole rows made every batch spill the
-/// entire outbox to temp files: quadratic time, and flash wear.
+/// The order comes from the `outbox_push` index (push_key, seq), so a batch reads
+/// `limit` index entries, not the whole outbox; each row's data is then read by
+/// key. Sorting the outbox per batch made a large push quadratic in time and in
+/// temp-file writes (flash wear).
 pub fn for_each_pending(
     conn: &Connection,
     limit: usize,
@@ -61,13 +62,8 @@ pub fn for_each_pending(
     let err = |e| StoreError::sqlite("reading the outbox", e);
     let mut keys = conn
         .prepare_cached(
-            "SELECT o.table_name, o.record_id, o.seq, o.version, o.action = 'Delete' \
-             FROM outbox o LEFT JOIN registry g ON g.table_name = o.table_name \
-             WHERE o.state = 'pending' \
-             ORDER BY o.action = 'Delete', \
-                      CASE WHEN o.action = 'Delete' THEN -coalesce(g.rank, 10000) ELSE coalesce(g.rank, 10000) END, \
-                      o.seq \
-             LIMIT ?1",
+            "SELECT table_name, record_id, seq, version, action = 'Delete' FROM outbox \
+             WHERE state = 'pending' ORDER BY push_key, seq LIMIT ?1",
         )
         .map_err(err)?;
     let mut data = conn
@@ -103,10 +99,12 @@ pub fn for_each_pending(
     Ok(())
 }
 
-/// Removes confirmed entries that were not edited since they were read.
-pub fn remove_sent(conn: &Connection, sent: &[Sent]) -> Result<u64, StoreError> {
+/// Marks confirmed entries that were not edited since they were read (their
+/// `seq` is unchanged) as sent. Called in the transaction after the central
+/// confirmed the batch; [`delete_sent`] removes them at the end of the push.
+pub fn mark_sent(conn: &Connection, sent: &[Sent]) -> Result<u64, StoreError> {
     let mut stmt = conn
-        .prepare_cached("DELETE FROM outbox WHERE seq = ?1 AND version = ?2")
+        .prepare_cached("UPDATE outbox SET state = 'sent' WHERE seq = ?1 AND version = ?2 AND state = 'pending'")
         .map_err(|e| StoreError::sqlite("confirming pushed records", e))?;
     let mut n = 0;
     for s in sent {
@@ -115,6 +113,15 @@ pub fn remove_sent(conn: &Connection, sent: &[Sent]) -> Result<u64, StoreError> 
             .map_err(|e| StoreError::sqlite("confirming pushed records", e))? as u64;
     }
     Ok(n)
+}
+
+/// Deletes every sent entry, in one transaction: each page of the (table, ID)
+/// index is written once per push, not once per batch.
+pub fn delete_sent(conn: &Connection) -> Result<u64, StoreError> {
+    conn.prepare_cached("DELETE FROM outbox WHERE state = 'sent'")
+        .and_then(|mut s| s.execute([]))
+        .map(|n| n as u64)
+        .map_err(|e| StoreError::sqlite("clearing pushed records", e))
 }
 
 /// Sets an entry aside (central refused it, or it is too large to send). Returns
@@ -160,7 +167,7 @@ pub fn list(conn: &Connection, rejected_only: bool, limit: u64) -> Result<Vec<Li
     let mut stmt = conn
         .prepare(
             "SELECT seq, table_name, record_id, action, state, reason FROM outbox \
-             WHERE ?1 = 0 OR state = 'rejected' ORDER BY seq LIMIT ?2",
+             WHERE state <> 'sent' AND (?1 = 0 OR state = 'rejected') ORDER BY seq LIMIT ?2",
         )
         .map_err(|e| StoreError::sqlite("listing the outbox", e))?;
     let rows = stmt
@@ -230,7 +237,7 @@ mod tests {
             &json!({"ID": "T1", "comment": "edited during push"}),
         )
         .unwrap();
-        assert_eq!(remove_sent(s.conn(), &sent).unwrap(), 0);
+        assert_eq!(mark_sent(s.conn(), &sent).unwrap(), 0);
         assert_eq!(pending_count(s.conn()).unwrap(), 1);
         assert!(reject(s.conn(), "transact", "T1", "other_store").unwrap());
         assert_eq!(pending_count(s.conn()).unwrap(), 0);
@@ -240,5 +247,47 @@ mod tests {
         );
         assert_eq!(retry(s.conn(), None).unwrap(), 1);
         assert_eq!(pending_count(s.conn()).unwrap(), 1);
+    }
+
+    #[test]
+    fn sent_entries_leave_at_the_end_and_an_edit_brings_them_back() {
+        let mut s = Store::open_in_memory().unwrap();
+        s.set_site_identity(1, "S").unwrap();
+        for id in ["A", "B"] {
+            s.put("transact", &json!({"ID": id, "store_ID": "S"}))
+                .unwrap();
+        }
+        let mut sent = vec![];
+        for_each_pending(s.conn(), 100, |e| {
+            sent.push(Sent {
+                seq: e.seq,
+                version: e.version,
+            });
+            true
+        })
+        .unwrap();
+        assert_eq!(mark_sent(s.conn(), &sent).unwrap(), 2);
+        assert_eq!(
+            pending_count(s.conn()).unwrap(),
+            0,
+            "sent entries are not pending"
+        );
+        s.put(
+            "transact",
+            &json!({"ID": "B", "comment": "edited after it was sent"}),
+        )
+        .unwrap();
+        assert_eq!(
+            pending_count(s.conn()).unwrap(),
+            1,
+            "the edit goes out again"
+        );
+        assert_eq!(delete_sent(s.conn()).unwrap(), 1, "only A was still sent");
+        let left: Vec<String> = list(s.conn(), false, 10)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        assert_eq!(left, ["B"]);
     }
 }

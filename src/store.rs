@@ -18,7 +18,7 @@ use crate::error::StoreError;
 use crate::registry;
 
 /// Schema versions, applied in order on open (`PRAGMA user_version` says how many ran).
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema2.sql")];
 const TRIGGERS: &str = include_str!("triggers.sql");
 
 /// How long a writer waits for the clinic's app (or a `status` reader) to release

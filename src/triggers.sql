@@ -150,17 +150,20 @@ BEGIN
 END;
 
 -- Capture: one outbox entry per record; each change moves it to the back (new seq)
--- and bumps its version. A rejected entry stays rejected until an operator retries.
+-- and bumps its version; push_key (schema 2) holds its place in the push order;
+-- an entry already sent goes back to pending, a rejected one stays rejected. A rejected entry stays rejected until an operator retries.
 CREATE TRIGGER record_capture_insert AFTER INSERT ON record
 WHEN (SELECT applying FROM sync_guard) = 0
  AND (SELECT kind FROM registry WHERE table_name = NEW.table_name) <> 'local'
 BEGIN
     UPDATE counter SET value = value + 1 WHERE name = 'outbox_seq';
-    INSERT INTO outbox (table_name, record_id, seq, action, version)
+    INSERT INTO outbox (table_name, record_id, seq, action, version, push_key)
     VALUES (NEW.table_name, NEW.record_id,
-            (SELECT value FROM counter WHERE name = 'outbox_seq'), 'Update', 1)
+            (SELECT value FROM counter WHERE name = 'outbox_seq'), 'Update', 1,
+            coalesce((SELECT rank FROM registry WHERE table_name = NEW.table_name), 10000))
     ON CONFLICT (table_name, record_id) DO UPDATE
-       SET seq = excluded.seq, action = 'Update', version = outbox.version + 1;
+       SET seq = excluded.seq, action = 'Update', version = outbox.version + 1, push_key = excluded.push_key,
+           state = CASE WHEN outbox.state = 'rejected' THEN 'rejected' ELSE 'pending' END;
 END;
 
 CREATE TRIGGER record_capture_update AFTER UPDATE ON record
@@ -169,11 +172,13 @@ WHEN (SELECT applying FROM sync_guard) = 0
  AND NEW.data IS NOT OLD.data
 BEGIN
     UPDATE counter SET value = value + 1 WHERE name = 'outbox_seq';
-    INSERT INTO outbox (table_name, record_id, seq, action, version)
+    INSERT INTO outbox (table_name, record_id, seq, action, version, push_key)
     VALUES (NEW.table_name, NEW.record_id,
-            (SELECT value FROM counter WHERE name = 'outbox_seq'), 'Update', 1)
+            (SELECT value FROM counter WHERE name = 'outbox_seq'), 'Update', 1,
+            coalesce((SELECT rank FROM registry WHERE table_name = NEW.table_name), 10000))
     ON CONFLICT (table_name, record_id) DO UPDATE
-       SET seq = excluded.seq, action = 'Update', version = outbox.version + 1;
+       SET seq = excluded.seq, action = 'Update', version = outbox.version + 1, push_key = excluded.push_key,
+           state = CASE WHEN outbox.state = 'rejected' THEN 'rejected' ELSE 'pending' END;
 END;
 
 CREATE TRIGGER record_capture_delete AFTER DELETE ON record
@@ -181,9 +186,11 @@ WHEN (SELECT applying FROM sync_guard) = 0
  AND (SELECT kind FROM registry WHERE table_name = OLD.table_name) <> 'local'
 BEGIN
     UPDATE counter SET value = value + 1 WHERE name = 'outbox_seq';
-    INSERT INTO outbox (table_name, record_id, seq, action, version)
+    INSERT INTO outbox (table_name, record_id, seq, action, version, push_key)
     VALUES (OLD.table_name, OLD.record_id,
-            (SELECT value FROM counter WHERE name = 'outbox_seq'), 'Delete', 1)
+            (SELECT value FROM counter WHERE name = 'outbox_seq'), 'Delete', 1,
+            20000 - coalesce((SELECT rank FROM registry WHERE table_name = OLD.table_name), 10000))
     ON CONFLICT (table_name, record_id) DO UPDATE
-       SET seq = excluded.seq, action = 'Delete', version = outbox.version + 1;
+       SET seq = excluded.seq, action = 'Delete', version = outbox.version + 1, push_key = excluded.push_key,
+           state = CASE WHEN outbox.state = 'rejected' THEN 'rejected' ELSE 'pending' END;
 END;
