@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS staging (
     seq        INTEGER NOT NULL,
     PRIMARY KEY (site_id, table_name, record_id)
 );
+CREATE INDEX IF NOT EXISTS staging_seq ON staging (site_id, seq);
 -- Which sites hold a collector or transfer copy of a store [PC].
 CREATE TABLE IF NOT EXISTS copy (
     store_id TEXT NOT NULL,
