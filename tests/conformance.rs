@@ -46,6 +46,23 @@ fn pull_all(env: &Env, name: &str, hw: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// Initialises a site and acknowledges everything its initialisation queued.
+fn init_and_drain(env: &Env, site: &str, hw: &str) {
+    init(env, site, hw);
+    let ids: Vec<Value> = pull_all(env, site, hw)
+        .iter()
+        .map(|r| r["syncOutId"].clone())
+        .collect();
+    v5(
+        env,
+        site,
+        hw,
+        "POST",
+        "/acknowledged_records",
+        json!({"syncIDs": ids}).to_string().as_bytes(),
+    );
+}
+
 fn upd(sync_out: &str, table: &str, row: Value) -> Value {
     json!({"syncOutId": sync_out, "tableName": table, "recordId": row["ID"], "action": "Update", "recordData": row})
 }
@@ -479,19 +496,7 @@ fn c26_c27_collector_vs_transfer_copy_patients_messages() {
     env.central.set_copy("S_KAW", "hub", "collector").unwrap();
     env.central.set_copy("S_KAW", "far", "transfer").unwrap();
     for (s, hw) in [("kaw", "K"), ("hub", "H"), ("far", "F")] {
-        init(&env, s, hw);
-        let ids: Vec<Value> = pull_all(&env, s, hw)
-            .iter()
-            .map(|r| r["syncOutId"].clone())
-            .collect();
-        v5(
-            &env,
-            s,
-            hw,
-            "POST",
-            "/acknowledged_records",
-            json!({"syncIDs": ids}).to_string().as_bytes(),
-        );
+        init_and_drain(&env, s, hw);
     }
     let r = push(
         &env,
@@ -559,19 +564,7 @@ fn c31_c32_c33_transfer_created_once_numbered_and_forwarded() {
         .unwrap();
     env.central.set_copy("S_OPUA", "coll", "collector").unwrap();
     for (s, hw) in [("kaw", "K"), ("opua", "O"), ("coll", "C")] {
-        init(&env, s, hw);
-        let ids: Vec<Value> = pull_all(&env, s, hw)
-            .iter()
-            .map(|r| r["syncOutId"].clone())
-            .collect();
-        v5(
-            &env,
-            s,
-            hw,
-            "POST",
-            "/acknowledged_records",
-            json!({"syncIDs": ids}).to_string().as_bytes(),
-        );
+        init_and_drain(&env, s, hw);
     }
     let ci = |status: &str| {
         json!([

@@ -42,6 +42,17 @@ impl Rng {
     }
 }
 
+fn is_initialised(db: &Path) -> bool {
+    sql(db)
+        .query_row(
+            "SELECT value FROM setting WHERE key = 'init_state'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .map(|s| s == "initialised")
+        .unwrap_or(false)
+}
+
 /// Exit codes a sync may end with under faults; anything else (a panic's 101, a
 /// signal) is a bug.
 const ACCEPTABLE: &[i32] = &[0, 10, 11, 15, 17];
@@ -216,14 +227,7 @@ fn random_link_faults_then_convergence() {
                 .unwrap();
         }
         // Local side, once initialised: new records and edits of earlier ones.
-        let initialised = sql(&db)
-            .query_row(
-                "SELECT value FROM setting WHERE key = 'init_state'",
-                [],
-                |r| r.get::<_, String>(0),
-            )
-            .map(|s| s == "initialised")
-            .unwrap_or(false);
+        let initialised = is_initialised(&db);
         if initialised {
             let mut rows = Vec::new();
             for _ in 0..(20 + rng.below(60)) {
@@ -304,14 +308,7 @@ fn sigkill_at_random_points_then_convergence() {
     let mut next = 0u64;
     let mut killed = 0;
     for k in 0..kills {
-        let initialised = sql(&db)
-            .query_row(
-                "SELECT value FROM setting WHERE key = 'init_state'",
-                [],
-                |r| r.get::<_, String>(0),
-            )
-            .map(|s| s == "initialised")
-            .unwrap_or(false);
+        let initialised = is_initialised(&db);
         if initialised {
             let rows: Vec<Value> = (0..(200 + rng.below(800)))
                 .map(|_| {
