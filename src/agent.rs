@@ -159,20 +159,21 @@ pub fn read_password(
 /// OS releases it if the process dies.
 pub struct SyncLock(#[allow(dead_code)] std::fs::File);
 
-pub fn lock(db: &Path) -> Result<SyncLock, Failure> {
+/// The lock file beside the database.
+pub fn lock_path(db: &Path) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
     p.push(".lock");
+    PathBuf::from(p)
+}
+
+pub fn lock(db: &Path) -> Result<SyncLock, Failure> {
+    let p = lock_path(db);
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(PathBuf::from(&p))
-        .map_err(|e| {
-            Failure::new(
-                Class::Local,
-                format!("lock file {}: {e}", PathBuf::from(&p).display()),
-            )
-        })?;
+        .open(&p)
+        .map_err(|e| Failure::new(Class::Local, format!("lock file {}: {e}", p.display())))?;
     match f.try_lock() {
         Ok(()) => Ok(SyncLock(f)),
         Err(std::fs::TryLockError::WouldBlock) => Err(Failure::new(

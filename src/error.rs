@@ -39,6 +39,22 @@ pub enum Class {
 }
 
 impl Class {
+    /// Every class, for tables and tests.
+    pub const ALL: [Class; 12] = [
+        Class::Offline,
+        Class::Transient,
+        Class::Credentials,
+        Class::HardwareId,
+        Class::Version,
+        Class::Site,
+        Class::Rejected,
+        Class::Integration,
+        Class::Local,
+        Class::Input,
+        Class::Busy,
+        Class::NotConfigured,
+    ];
+
     /// Exit codes, documented in the README; a timer and a script can act on them.
     pub fn exit_code(self) -> u8 {
         match self {
@@ -140,12 +156,14 @@ impl StoreError {
             match f.code {
                 ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => return StoreError::Locked,
                 ErrorCode::DiskFull => return StoreError::Full,
-                ErrorCode::ReadOnly | ErrorCode::CannotOpen
-                    if msg.is_some() || f.code == ErrorCode::ReadOnly =>
-                {
+                ErrorCode::ReadOnly => {
                     return StoreError::ReadOnly(
                         msg.clone().unwrap_or_else(|| "read-only database".into()),
                     )
+                }
+                // "unable to open": a directory or file the process may not write.
+                ErrorCode::CannotOpen if msg.is_some() => {
+                    return StoreError::ReadOnly(msg.clone().unwrap_or_default())
                 }
                 _ => {}
             }
@@ -383,20 +401,7 @@ mod tests {
 
     #[test]
     fn exit_codes_are_distinct() {
-        let all = [
-            Class::Offline,
-            Class::Transient,
-            Class::Credentials,
-            Class::HardwareId,
-            Class::Version,
-            Class::Site,
-            Class::Rejected,
-            Class::Integration,
-            Class::Local,
-            Class::Input,
-            Class::Busy,
-            Class::NotConfigured,
-        ];
+        let all = Class::ALL;
         let mut codes: Vec<u8> = all.iter().map(|c| c.exit_code()).collect();
         codes.sort_unstable();
         codes.dedup();

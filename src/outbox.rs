@@ -192,6 +192,19 @@ mod tests {
     use crate::store::Store;
     use serde_json::json;
 
+    fn all_pending(s: &Store) -> Vec<Sent> {
+        let mut sent = vec![];
+        for_each_pending(s.conn(), 100, |e| {
+            sent.push(Sent {
+                seq: e.seq,
+                version: e.version,
+            });
+            true
+        })
+        .unwrap();
+        sent
+    }
+
     #[test]
     fn push_order_is_rank_then_seq_with_deletes_children_first() {
         let mut s = Store::open_in_memory().unwrap();
@@ -223,15 +236,7 @@ mod tests {
         s.set_site_identity(1, "S").unwrap();
         s.put("transact", &json!({"ID": "T1", "store_ID": "S"}))
             .unwrap();
-        let mut sent = vec![];
-        for_each_pending(s.conn(), 100, |e| {
-            sent.push(Sent {
-                seq: e.seq,
-                version: e.version,
-            });
-            true
-        })
-        .unwrap();
+        let sent = all_pending(&s);
         s.put(
             "transact",
             &json!({"ID": "T1", "comment": "edited during push"}),
@@ -257,15 +262,7 @@ mod tests {
             s.put("transact", &json!({"ID": id, "store_ID": "S"}))
                 .unwrap();
         }
-        let mut sent = vec![];
-        for_each_pending(s.conn(), 100, |e| {
-            sent.push(Sent {
-                seq: e.seq,
-                version: e.version,
-            });
-            true
-        })
-        .unwrap();
+        let sent = all_pending(&s);
         assert_eq!(mark_sent(s.conn(), &sent).unwrap(), 2);
         assert_eq!(
             pending_count(s.conn()).unwrap(),

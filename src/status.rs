@@ -288,18 +288,11 @@ mod tests {
     #[test]
     fn every_result_class_renders_its_hint() {
         use Class::*;
-        for class in [
-            Offline,
-            Transient,
-            Credentials,
-            HardwareId,
-            Version,
-            Site,
-            Rejected,
-            Integration,
-            Local,
-            Busy,
-        ] {
+        // The classes a sync can end with (not Input or NotConfigured).
+        for class in Class::ALL
+            .into_iter()
+            .filter(|c| !matches!(c, Input | NotConfigured))
+        {
             let report = Report {
                 class: Some(class),
                 error: Some(format!("{} happened", class.as_str())),

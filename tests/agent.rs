@@ -223,13 +223,11 @@ fn one_sync_at_a_time() {
     env.site("kaw", "S_KAW");
     let db = env.db("kaw");
     env.init(&db, "kaw");
-    let mut p = db.as_os_str().to_owned();
-    p.push(".lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(std::path::PathBuf::from(p))
+        .open(fieldsync::agent::lock_path(&db))
         .unwrap();
     f.try_lock().unwrap();
     let (code, _, stderr) = env.sync(&db);
@@ -526,13 +524,7 @@ fn under_journald_lines_carry_syslog_priorities_and_no_timestamp() {
 
 fn import_peak_rss(env: &Env, name: &str, n: usize) -> u64 {
     let db = env.db(name);
-    assert!(env
-        .agent(
-            &db,
-            &["dev", "set-identity", "--site-id", "2", "--store", "S"]
-        )
-        .status
-        .success());
+    env.identity(&db);
     let file = env.dir.join(format!("{name}.jsonl"));
     let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
     for i in 0..n {

@@ -46,13 +46,7 @@ fn disk_full_and_read_only_give_clear_errors_and_no_corruption() {
         return;
     }
     let db = mnt.join("f.sqlite");
-    assert!(env
-        .agent(
-            &db,
-            &["dev", "set-identity", "--site-id", "2", "--store", "S"]
-        )
-        .status
-        .success());
+    env.identity(&db);
     let line = |i: usize| {
         json!({"table": "transact", "record": {"ID": format!("T{i:06}"), "store_ID": "S", "comment": "x".repeat(400)}}).to_string()
     };
@@ -123,13 +117,7 @@ fn disk_full_and_read_only_give_clear_errors_and_no_corruption() {
 fn an_app_holding_the_write_lock_is_waited_for_then_reported() {
     let env = Env::new("lock");
     let db = env.db("l");
-    assert!(env
-        .agent(
-            &db,
-            &["dev", "set-identity", "--site-id", "2", "--store", "S"]
-        )
-        .status
-        .success());
+    env.identity(&db);
     let app = sql(&db);
     app.execute_batch("BEGIN IMMEDIATE; INSERT INTO record (table_name, record_id, data) VALUES ('number','N1','{\"ID\":\"N1\"}');").unwrap();
     let out = agent_env(

@@ -54,6 +54,19 @@ impl Env {
         agent_env(db, args, &[])
     }
 
+    /// A database that acts as an initialised site with active store `S` (no central).
+    pub fn identity(&self, db: &Path) {
+        let out = self.agent(
+            db,
+            &["dev", "set-identity", "--site-id", "2", "--store", "S"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `fieldsync init` for site `name` (password pw-NAME), with a fixed hardware id.
     pub fn init(&self, db: &Path, name: &str) {
         let out = agent_env(
