@@ -284,7 +284,7 @@ pub enum ProtocolError {
     Rejected {
         status: u16,
         code: String,
-        records: Vec<crate::protocol::RejectedRecord>,
+        records: Vec<crate::wire::protocol::RejectedRecord>,
     },
     /// The central's answer breaks the protocol (bad JSON, cursors going backwards…).
     Violation(String),

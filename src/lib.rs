@@ -1,27 +1,32 @@
 //! fieldsync: a sync agent for mSupply-style remote sites on field hardware.
+//!
+//! The layers, and the one direction data flows through them:
+//!
+//! - [`store`]: the site's SQLite file — records, the ownership rules as triggers,
+//!   the [`store::outbox`] of local changes, the [`store::buffer`] of received ones,
+//!   and the [`store::registry`] of legacy tables.
+//! - [`sync`]: one sync cycle (protocol §5) — the only layer that knows both the
+//!   store and the wire. Push: store → outbox → [`sync::batch`] → client → central.
+//!   Pull: client → buffer → [`sync::integration`] → store, then [`sync::transfer`].
+//! - [`wire`]: the v5 API — [`wire::protocol`] types shared with the central,
+//!   [`wire::client`] calls, [`wire::transport`] (the only user of ureq), and
+//!   [`wire::credentials`].
+//! - [`field`]: what people see — status, LEDs, log lines, systemd notifications.
+//!   They render a cycle's report; the sync layer never prints.
+//! - [`agent`]: the commands behind the `fieldsync` binary; exit codes come from
+//!   [`error::Class`].
+//! - [`central`] (feature `central`): the reference central server.
+//! - [`testkit`] (feature `testkit`): the link emulator and test support; never in
+//!   device builds.
 #![forbid(unsafe_code)]
 
 pub mod agent;
-pub mod batch;
-pub mod buffer;
 #[cfg(feature = "central")]
 pub mod central;
-pub mod client;
-pub mod credentials;
-pub mod cycle;
-#[cfg(feature = "central")]
-pub mod demo;
 pub mod error;
-pub mod integration;
-pub mod led;
-#[cfg(feature = "testkit")]
-pub mod linkem;
-pub mod logging;
-pub mod notify;
-pub mod outbox;
-pub mod protocol;
-pub mod registry;
-pub mod status;
+pub mod field;
 pub mod store;
-pub mod transfer;
-pub mod transport;
+pub mod sync;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod wire;

@@ -70,7 +70,7 @@ fn initialise_push_ten_thousand_in_batches_and_pull_central_data() {
     for secret in [
         "pw-kaw",
         "Basic ",
-        fieldsync::credentials::password_digest("pw-kaw").expose(),
+        fieldsync::wire::credentials::password_digest("pw-kaw").expose(),
     ] {
         assert!(!stderr.contains(secret), "log leaks a secret: {secret}");
     }

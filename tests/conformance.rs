@@ -71,8 +71,10 @@ fn upd(sync_out: &str, table: &str, row: Value) -> Value {
 fn c2_c4_auth_failures_bind_nothing() {
     let env = Env::new("auth");
     env.site("kaw", "S_KAW");
-    let bad_pw =
-        fieldsync::credentials::basic_auth("kaw", &fieldsync::credentials::password_digest("nope"));
+    let bad_pw = fieldsync::wire::credentials::basic_auth(
+        "kaw",
+        &fieldsync::wire::credentials::password_digest("nope"),
+    );
     let r = raw(
         env.addr,
         "GET",
@@ -88,8 +90,10 @@ fn c2_c4_auth_failures_bind_nothing() {
         (r.status, r.code().as_str()),
         (401, "site_incorrect_password")
     );
-    let unknown =
-        fieldsync::credentials::basic_auth("ghost", &fieldsync::credentials::password_digest("x"));
+    let unknown = fieldsync::wire::credentials::basic_auth(
+        "ghost",
+        &fieldsync::wire::credentials::password_digest("x"),
+    );
     let r = raw(
         env.addr,
         "GET",
@@ -144,9 +148,9 @@ fn c2_c4_auth_failures_bind_nothing() {
     // None of these bound a hardware id: a fresh device binds now.
     assert_eq!(v5(&env, "kaw", "HW2", "GET", "/site", b"").status, 200);
     // Names match case-insensitively.
-    let upper = fieldsync::credentials::basic_auth(
+    let upper = fieldsync::wire::credentials::basic_auth(
         "KAW",
-        &fieldsync::credentials::password_digest("pw-kaw"),
+        &fieldsync::wire::credentials::password_digest("pw-kaw"),
     );
     let r = raw(
         env.addr,

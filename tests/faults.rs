@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{sql, Env};
-use fieldsync::linkem::{Linkem, Plan, Shape};
+use fieldsync::testkit::linkem::{Linkem, Plan, Shape};
 use serde_json::{json, Value};
 
 fn long() -> bool {

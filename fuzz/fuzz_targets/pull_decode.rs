@@ -2,9 +2,9 @@
 //! each record into the sync buffer), then integrated. Must never panic.
 #![no_main]
 
-use fieldsync::integration::{self, Site};
+use fieldsync::sync::integration::{self, Site};
 use fieldsync::store::Store;
-use fieldsync::{buffer, protocol};
+use fieldsync::{store::buffer, wire::protocol};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use fieldsync::central::{self, Central};
-use fieldsync::linkem::{Linkem, Plan, Shape};
+use fieldsync::testkit::linkem::{Linkem, Plan, Shape};
 use serde_json::{json, Value};
 
 struct Gen(u64);

@@ -65,7 +65,7 @@ fn run() -> Result<(), String> {
     let db = take(&mut args, "--db")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("central.sqlite"));
-    fieldsync::logging::init(log::LevelFilter::Info, None);
+    fieldsync::field::logging::init(log::LevelFilter::Info, None);
     let central = Central::open(&db).map_err(|e| e.to_string())?;
     let word = |args: &mut Vec<String>, what: &str| -> Result<String, String> {
         if args.is_empty() {
@@ -168,7 +168,7 @@ fn run() -> Result<(), String> {
         }
         "report" => {
             let json = args.iter().any(|a| a == "--json");
-            let now = fieldsync::status::now_unix() as i64;
+            let now = fieldsync::field::status::now_unix() as i64;
             let rows = central.report(now).map_err(e)?;
             if json {
                 println!(
@@ -182,7 +182,7 @@ fn run() -> Result<(), String> {
                 );
                 for r in rows {
                     let last = r.last_seen.map_or("never".to_string(), |t| {
-                        fieldsync::status::ago(t as u64, now as u64)
+                        fieldsync::field::status::ago(t as u64, now as u64)
                     });
                     println!(
                         "{:<5} {:<16} {:<10} {:<12} {:<8} {:<22} {last}{}",

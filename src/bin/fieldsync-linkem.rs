@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use fieldsync::linkem::{Linkem, Plan, Shape};
+use fieldsync::testkit::linkem::{Linkem, Plan, Shape};
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();

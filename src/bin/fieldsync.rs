@@ -118,7 +118,7 @@ fn real_main() -> Result<(), Failure> {
         log::LevelFilter::Info
     };
     let log_file = args.value("--log-file")?.map(PathBuf::from);
-    fieldsync::logging::init(level, log_file);
+    fieldsync::field::logging::init(level, log_file);
     let json = args.flag(&["--json"]);
     let command = args.positional("command")?;
     match command.as_str() {
@@ -267,7 +267,7 @@ fn real_main() -> Result<(), Failure> {
 
 #[cfg(feature = "central")]
 fn demo(dir: Option<PathBuf>) -> Result<(), Failure> {
-    fieldsync::demo::run(dir.as_deref())
+    fieldsync::agent::demo::run(dir.as_deref())
 }
 
 #[cfg(not(feature = "central"))]

@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
 use super::{routing, Activity, Central, CENTRAL_SITE_ID};
-use crate::protocol::{code, Acknowledge, SiteInfo, SyncRecord};
+use crate::wire::protocol::{code, Acknowledge, SiteInfo, SyncRecord};
 
 /// Largest page of a pull (§3: `limit` clamped to 1..1000, default 500).
 pub const MAX_LIMIT: u64 = 1000;
@@ -181,7 +181,7 @@ impl Central {
         let Some(decoded) = req
             .header("authorization")
             .and_then(|h| h.strip_prefix("Basic "))
-            .and_then(|b| crate::credentials::base64_decode(b.trim()))
+            .and_then(|b| crate::wire::credentials::base64_decode(b.trim()))
             .and_then(|b| String::from_utf8(b).ok())
         else {
             return Ok(Err(unknown()));

@@ -147,7 +147,10 @@ impl Central {
             path: Arc::new(path.to_path_buf()),
             activity: Arc::default(),
             verified: Arc::default(),
-            versions: (crate::protocol::API_VERSION, crate::protocol::API_VERSION),
+            versions: (
+                crate::wire::protocol::API_VERSION,
+                crate::wire::protocol::API_VERSION,
+            ),
             gzip: true,
         };
         let conn = c.conn()?;
@@ -186,10 +189,10 @@ impl Central {
             [],
             |r| r.get(0),
         )?;
-        let digest = crate::credentials::password_digest(password);
+        let digest = crate::wire::credentials::password_digest(password);
         conn.execute(
             "INSERT INTO site (site_id, uuid, code, name, password_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![next, crate::credentials::new_id(), code, name, hash_digest(digest.expose())?],
+            params![next, crate::wire::credentials::new_id(), code, name, hash_digest(digest.expose())?],
         )
         .map_err(|e| AdminError(format!("adding site {name}: {e}")))?;
         Ok(next)
@@ -210,7 +213,7 @@ impl Central {
     pub fn set_password(&self, name: &str, password: &str) -> Result<()> {
         let conn = self.conn()?;
         let id = self.site_id(&conn, name)?;
-        let digest = crate::credentials::password_digest(password);
+        let digest = crate::wire::credentials::password_digest(password);
         conn.execute(
             "UPDATE site SET password_hash = ?2, password_gen = password_gen + 1 WHERE site_id = ?1",
             params![id, hash_digest(digest.expose())?],
@@ -395,8 +398,8 @@ impl Central {
 /// out the password-equivalent digests.
 fn hash_digest(digest: &str) -> Result<String> {
     use argon2::password_hash::{PasswordHasher, SaltString};
-    let salt_bytes =
-        crate::credentials::random_bytes().map_err(|e| AdminError(format!("random salt: {e}")))?;
+    let salt_bytes = crate::wire::credentials::random_bytes()
+        .map_err(|e| AdminError(format!("random salt: {e}")))?;
     let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| AdminError(format!("salt: {e}")))?;
     argon2_params()
         .hash_password(digest.to_lowercase().as_bytes(), &salt)

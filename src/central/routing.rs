@@ -13,8 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
 
 use super::{AdminError, Result, CENTRAL_SITE_ID};
-use crate::protocol::{Action, RejectedRecord, SyncRecord};
-use crate::registry::{self, Kind, Owner};
+use crate::store::registry::{self, Kind, Owner};
+use crate::wire::protocol::{Action, RejectedRecord, SyncRecord};
 
 pub fn get(conn: &Connection, table: &str, id: &str) -> Result<Option<Value>> {
     let text: Option<String> = conn
@@ -798,7 +798,7 @@ fn respond_to_invoice(conn: &Connection, ci_id: &str) -> Result<()> {
     let from_name = get(conn, "store", &from_store)?
         .map(|st| s(&st, "name_ID").to_string())
         .unwrap_or_default();
-    let si_id = crate::credentials::new_id();
+    let si_id = crate::wire::credentials::new_id();
     let mut si = strip_om(&ci);
     let invoice_num = if to_site == CENTRAL_SITE_ID {
         next_central_si_number(conn, &to_store)?
@@ -840,7 +840,7 @@ fn respond_to_invoice(conn: &Connection, ci_id: &str) -> Result<()> {
             continue;
         };
         let mut l = strip_om(&line);
-        let id = crate::credentials::new_id();
+        let id = crate::wire::credentials::new_id();
         l["ID"] = json!(id);
         l["transaction_ID"] = json!(si_id);
         l["type"] = json!("stock_in");

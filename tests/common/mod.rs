@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use fieldsync::central::Central;
-use fieldsync::credentials;
+use fieldsync::wire::credentials;
 
 pub struct Env {
     pub dir: PathBuf,

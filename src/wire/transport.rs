@@ -143,7 +143,7 @@ impl HttpTransport {
             .max_redirects(0)
             .https_only(origin.https)
             .tls_config(tls)
-            .user_agent(format!("fieldsync/{}", crate::protocol::APP_VERSION))
+            .user_agent(format!("fieldsync/{}", crate::wire::protocol::APP_VERSION))
             .build();
         let agent = ureq::Agent::with_parts(
             config,

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use crate::error::StoreError;
-use crate::registry::{self, Kind, Owner};
+use crate::store::registry::{self, Kind, Owner};
 use crate::store::{self, Store};
 
 /// Rows per integration transaction. Defaults to 500 (§7.4): large enough to
@@ -308,8 +308,8 @@ fn merge(tx: &Connection, table: &str, keep: &str, drop: &str) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buffer;
-    use crate::protocol::SyncRecord;
+    use crate::store::buffer;
+    use crate::wire::protocol::SyncRecord;
     use serde_json::json;
 
     fn receive(s: &Store, table: &str, action: &str, data: Value) {
@@ -361,7 +361,7 @@ mod tests {
         assert_eq!((r.integrated, r.failed), (2, 0));
         assert!(s.get("trans_line", "L1").unwrap().is_some());
         assert_eq!(
-            crate::outbox::pending_count(s.conn()).unwrap(),
+            crate::store::outbox::pending_count(s.conn()).unwrap(),
             0,
             "no echo"
         );
@@ -445,7 +445,7 @@ mod tests {
         );
         assert!(s.get("item_store_join", "J1").unwrap().is_some());
         assert_eq!(
-            crate::outbox::pending_count(s.conn()).unwrap(),
+            crate::store::outbox::pending_count(s.conn()).unwrap(),
             0,
             "merges are not echoed"
         );

@@ -8,7 +8,7 @@
 
 use std::io::Write;
 
-use crate::outbox::{Entry, Sent};
+use crate::store::outbox::{Entry, Sent};
 
 /// Most records in one push (§5 step 3: at most 1024).
 pub const MAX_BATCH_RECORDS: usize = 1024;

@@ -9,9 +9,9 @@ use serde_json::json;
 
 use crate::agent::{self, Failure};
 use crate::central::{self, Central};
-use crate::cycle::Report;
 use crate::error::Class;
 use crate::store::Store;
+use crate::sync::Report;
 
 fn fail(e: impl std::fmt::Display) -> Failure {
     Failure::new(Class::Local, format!("demo: {e}"))
@@ -99,7 +99,7 @@ pub fn run(dir: Option<&Path>) -> Result<(), Failure> {
     );
     println!(
         "   waiting to send: {}",
-        crate::outbox::pending_count(store.conn())?
+        crate::store::outbox::pending_count(store.conn())?
     );
 
     let r = agent::sync_once(&db, &mut store, &mut setup);

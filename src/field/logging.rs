@@ -5,7 +5,7 @@
 //! size bound by rotating to `<file>.1`.
 //!
 //! Nothing logged anywhere carries a password, digest or Authorization header: the
-//! modules never format them (credentials are [`crate::credentials::Secret`]).
+//! modules never format them (credentials are [`crate::wire::credentials::Secret`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -66,7 +66,7 @@ impl Log for Logger {
                     .ok();
             }
             if let Some(f) = file {
-                let t = crate::status::now_unix();
+                let t = crate::field::status::now_unix();
                 let _ = write!(f, "{t} {:<5} {}", r.level(), r.args());
                 let _ = f.write_all(b"\n");
             }

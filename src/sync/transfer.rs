@@ -170,7 +170,7 @@ mod tests {
         );
         assert_eq!(unlinked, vec!["transact SI2"]);
         assert_eq!(s.get("transact", "SI1").unwrap().unwrap()["invoice_num"], 5);
-        assert_eq!(crate::outbox::pending_count(s.conn()).unwrap(), 1);
+        assert_eq!(crate::store::outbox::pending_count(s.conn()).unwrap(), 1);
         let (again, _) = number_all(&mut s, "S").unwrap();
         assert!(again.is_empty(), "never renumbered");
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cycle::Outcome;
+use crate::sync::Outcome;
 
 /// Where LED class devices live; tests point it at a fake directory.
 pub const SYS_LEDS: &str = "/sys/class/leds";

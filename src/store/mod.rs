@@ -8,6 +8,10 @@
 //! `status` command, the app) run beside a writer, and a busy timeout makes writers
 //! wait their turn instead of failing.
 
+pub mod buffer;
+pub mod outbox;
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,7 +19,6 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::{Map, Value};
 
 use crate::error::StoreError;
-use crate::registry;
 
 /// Schema versions, applied in order on open (`PRAGMA user_version` says how many ran).
 const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema2.sql")];

@@ -11,20 +11,23 @@
 //! The cycle never prints: it reports progress to an observer and returns a
 //! [`Report`] that the log, status file and LED render.
 
+pub mod batch;
+pub mod integration;
+pub mod transfer;
+
 use std::time::{Duration, Instant};
 
 use rusqlite::params;
 
-use crate::batch::{self, Batch, Limits, Offer};
-use crate::buffer;
-use crate::client::{Client, Traffic};
 use crate::error::{Class, ProtocolError, StoreError, SyncError};
-use crate::integration::{self, Site};
-use crate::outbox;
-use crate::protocol::SiteInfo;
+use crate::store::buffer;
+use crate::store::outbox;
 use crate::store::{key, Store};
-use crate::transfer;
-use crate::transport::Transport;
+use crate::wire::client::{Client, Traffic};
+use crate::wire::protocol::SiteInfo;
+use crate::wire::transport::Transport;
+use batch::{Batch, Limits, Offer};
+use integration::Site;
 
 /// Tunables of one cycle; `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -249,7 +252,7 @@ impl<T: Transport> Cycle<'_, T> {
         self.step(Step::SiteInfo, 0, None);
         let site = match self.client.site() {
             Err(SyncError::Protocol(ProtocolError::Server { code, .. }))
-                if code == crate::protocol::code::SITE_HAS_NO_STORE =>
+                if code == crate::wire::protocol::code::SITE_HAS_NO_STORE =>
             {
                 return Err(self.store_moved_away());
             }

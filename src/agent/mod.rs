@@ -2,6 +2,9 @@
 //! Each returns a [`Failure`] (message + class → exit code) or prints its result;
 //! exit codes are mapped in one place, [`crate::error::Class::exit_code`].
 
+#[cfg(feature = "central")]
+pub mod demo;
+
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,15 +13,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::client::Client;
-use crate::credentials;
-use crate::cycle::{self, Config, Outcome, Progress, Report};
 use crate::error::{Class, StoreError, TransportError};
-use crate::led::{self, Leds};
-use crate::status::{self, Attempt};
+use crate::field::led::{self, Leds};
+use crate::field::status::{self, Attempt};
 use crate::store::{self, key, Store};
-use crate::transport::{HttpTransport, Origin};
-use crate::{outbox, registry};
+use crate::sync::{self as cycle, Config, Outcome, Progress, Report};
+use crate::wire::client::Client;
+use crate::wire::credentials;
+use crate::wire::transport::{HttpTransport, Origin};
+use crate::{store::outbox, store::registry};
 
 /// A command failure: one line for the person, and its class for the exit code.
 #[derive(Debug)]
@@ -310,7 +313,7 @@ pub fn sync_once(db: &Path, store: &mut Store, s: &mut Setup) -> Report {
     let mut last_log = Instant::now();
     let mut last_step = None;
     // Under `fieldsync run` with systemd's watchdog: a long sync is alive too.
-    let watchdog = crate::notify::watchdog_interval();
+    let watchdog = crate::field::notify::watchdog_interval();
     let mut last_ping = Instant::now();
     s.client.traffic = Default::default();
     let origin = s.origin.clone();
@@ -333,7 +336,7 @@ pub fn sync_once(db: &Path, store: &mut Store, s: &mut Setup) -> Report {
         }
         last_step = Some(p.step);
         if watchdog.is_some_and(|w| last_ping.elapsed() >= w.min(Duration::from_secs(5))) {
-            crate::notify::notify("WATCHDOG=1");
+            crate::field::notify::notify("WATCHDOG=1");
             last_ping = Instant::now();
         }
     };
@@ -431,13 +434,13 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
     let _lock = lock(db)?;
     let mut store = Store::open(db)?;
     let mut s = setup(&store)?;
-    crate::notify::notify("READY=1");
-    let watchdog = crate::notify::watchdog_interval();
+    crate::field::notify::notify("READY=1");
+    let watchdog = crate::field::notify::watchdog_interval();
     let mut failures: u32 = 0;
     let mut first_failure: Option<String> = None;
     loop {
         let report = sync_once(db, &mut store, &mut s);
-        crate::notify::notify(&format!("STATUS=last sync: {:?}", report.outcome()));
+        crate::field::notify::notify(&format!("STATUS=last sync: {:?}", report.outcome()));
         let wait = match report.outcome() {
             Outcome::Ok | Outcome::OkWithIntegrationErrors => {
                 if failures > 0 {
@@ -462,12 +465,12 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
         let offline = report.outcome() == Outcome::Offline;
         while Instant::now() < until {
             if stop.load(Ordering::Relaxed) {
-                crate::notify::notify("STOPPING=1");
+                crate::field::notify::notify("STOPPING=1");
                 log::info!("stopping on signal");
                 return Ok(());
             }
             if watchdog.is_some() {
-                crate::notify::notify("WATCHDOG=1");
+                crate::field::notify::notify("WATCHDOG=1");
             }
             if offline && Instant::now() >= next_probe {
                 if probe(&s.origin).is_ok() {
@@ -479,7 +482,7 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
             std::thread::sleep(Duration::from_millis(250));
         }
         if stop.load(Ordering::Relaxed) {
-            crate::notify::notify("STOPPING=1");
+            crate::field::notify::notify("STOPPING=1");
             return Ok(());
         }
     }
@@ -490,7 +493,7 @@ pub fn backoff(failures: u32, cap: Duration) -> Duration {
     let base = Duration::from_secs(30)
         .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
         .min(cap);
-    base + crate::client::jitter(base)
+    base + crate::wire::client::jitter(base)
 }
 
 // ---- status ---------------------------------------------------------------------------

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cycle::{Outcome, Report, Step};
 use crate::error::{Class, StoreError};
-use crate::led::Pattern;
+use crate::field::led::Pattern;
 use crate::store::{key, Store};
-use crate::{buffer, outbox};
+use crate::sync::{Outcome, Report, Step};
+use crate::{store::buffer, store::outbox};
 
 /// The snapshot file beside the database.
 pub fn snapshot_path(db: &Path) -> PathBuf {
@@ -155,7 +155,7 @@ pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> 
         led: Pattern::Synced,
         last_attempt,
     };
-    v.led = crate::led::pattern(
+    v.led = crate::field::led::pattern(
         running,
         v.last_attempt.as_ref().map(|a| a.outcome),
         pending,
@@ -313,7 +313,7 @@ mod tests {
                 running: false,
                 step: None,
                 progress: None,
-                led: crate::led::pattern(false, Some(report.outcome()), 2, 0),
+                led: crate::field::led::pattern(false, Some(report.outcome()), 2, 0),
             };
             let text = render(&v, now_unix());
             assert!(text.contains(class.hint()), "{class:?}: {text}");

@@ -9,8 +9,8 @@
 use rusqlite::{params, Connection};
 
 use crate::error::StoreError;
-use crate::protocol::{Action, Merge, SyncRecord};
-use crate::registry;
+use crate::store::registry;
+use crate::wire::protocol::{Action, Merge, SyncRecord};
 
 /// Writes one received record into the buffer. Records that cannot be understood
 /// (unknown action, missing or mismatched data) are kept as `invalid` with the

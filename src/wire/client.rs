@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::credentials::Secret;
 use crate::error::{ProtocolError, SyncError, TransportError};
-use crate::protocol::{self, Acknowledge, PullHeader, SyncRecord};
-use crate::transport::{Method, Transport};
+use crate::wire::credentials::Secret;
+use crate::wire::protocol::{self, Acknowledge, PullHeader, SyncRecord};
+use crate::wire::transport::{Method, Transport};
 
 /// Retry delays for connection errors, timeouts, 408, 502 and 504 (§2: three
 /// retries after 2, 4 and 8 s, plus jitter).
@@ -143,7 +143,7 @@ impl<T: Transport> Client<T> {
             Method::Get,
             "/site",
             None,
-            crate::transport::REQUEST_TIMEOUT,
+            crate::wire::transport::REQUEST_TIMEOUT,
         )
     }
 
@@ -156,7 +156,7 @@ impl<T: Transport> Client<T> {
             Method::Get,
             "/site_status",
             None,
-            crate::transport::REQUEST_TIMEOUT,
+            crate::wire::transport::REQUEST_TIMEOUT,
         )
     }
 
@@ -167,7 +167,7 @@ impl<T: Transport> Client<T> {
             Method::Post,
             "/queued_records",
             Some(body),
-            crate::transport::REQUEST_TIMEOUT,
+            crate::wire::transport::REQUEST_TIMEOUT,
         )?;
         Ok(r.integration_started)
     }
@@ -196,8 +196,12 @@ impl<T: Transport> Client<T> {
         path: &str,
         each: &mut dyn FnMut(SyncRecord) -> Result<(), String>,
     ) -> Result<PullHeader, SyncError> {
-        let (status, reader) =
-            self.request(Method::Get, path, None, crate::transport::REQUEST_TIMEOUT)?;
+        let (status, reader) = self.request(
+            Method::Get,
+            path,
+            None,
+            crate::wire::transport::REQUEST_TIMEOUT,
+        )?;
         if !(200..300).contains(&status) {
             let bytes = self.read_body(reader, MAX_SMALL_BODY)?;
             return Err(protocol::error_from_response(status, &bytes).into());
@@ -231,7 +235,7 @@ impl<T: Transport> Client<T> {
             Method::Post,
             "/acknowledged_records",
             Some(&body),
-            crate::transport::REQUEST_TIMEOUT,
+            crate::wire::transport::REQUEST_TIMEOUT,
         )?;
         let bytes = self.read_body(reader, MAX_SMALL_BODY)?;
         if !(200..300).contains(&status) {
@@ -288,7 +292,7 @@ impl<R: Read> Read for Counting<R> {
 
 /// Up to a quarter of `d`, from the process's clock-free entropy; spreads a fleet.
 pub fn jitter(d: Duration) -> Duration {
-    let r = crate::credentials::random_bytes()
+    let r = crate::wire::credentials::random_bytes()
         .map(|b| u64::from(b[0]) << 8 | u64::from(b[1]))
         .unwrap_or(0);
     let quarter = d.as_millis() as u64 / 4;
