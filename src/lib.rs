@@ -23,6 +23,7 @@
 pub mod agent;
 #[cfg(feature = "central")]
 pub mod central;
+pub mod clock;
 pub mod error;
 pub mod field;
 pub mod store;

@@ -227,7 +227,7 @@ fn one_sync_at_a_time() {
         .create(true)
         .truncate(false)
         .write(true)
-        .open(fieldsync::agent::lock_path(&db))
+        .open(fieldsync::agent::runner::lock_path(&db))
         .unwrap();
     f.try_lock().unwrap();
     let (code, _, stderr) = env.sync(&db);
@@ -255,6 +255,13 @@ fn replaced_device_needs_a_hardware_id_reset() {
     assert_eq!(code, 13, "{stderr}");
     assert!(
         report["error"]
+            .as_str()
+            .unwrap()
+            .contains("site_incorrect_hardware_id"),
+        "{report}"
+    );
+    assert!(
+        report["hint"]
             .as_str()
             .unwrap()
             .contains("reset the hardware id"),

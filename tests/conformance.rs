@@ -29,14 +29,20 @@ fn final_push(env: &Env, name: &str, hw: &str) -> bool {
     );
     assert_eq!(r.status, 200);
     let started = r.json()["integrationStarted"].as_bool().unwrap();
-    // Wait for the integration to finish.
-    for _ in 0..200 {
-        if v5(env, name, hw, "GET", "/site_status", b"").json()["code"] == "idle" {
-            break;
+    // Wait for the integration to finish; a central that never says idle fails
+    // the test here rather than in a confusing assertion later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let code = v5(env, name, hw, "GET", "/site_status", b"").json()["code"].clone();
+        if code == "idle" {
+            return started;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the central never said idle after the final push of {name} (last: {code})"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    started
 }
 
 fn pull_all(env: &Env, name: &str, hw: &str) -> Vec<Value> {

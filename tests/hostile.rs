@@ -172,63 +172,125 @@ fn local_change_survives(db: &Path) {
     assert_eq!(comment, "local");
 }
 
+fn setting(db: &Path, key: &str) -> Option<String> {
+    sql(db)
+        .query_row("SELECT value FROM setting WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .ok()
+}
+
+fn buffer_error(db: &Path, id: &str) -> String {
+    sql(db)
+        .query_row(
+            "SELECT coalesce(error, '') FROM buffer WHERE record_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap_or_default()
+}
+
+/// A central page by cursor: `first` while the cursor is below `until`, then
+/// an empty page (the change log's maximum stays `max`).
+fn by_cursor(first: String, until: u64, max: u64) -> Body {
+    Arc::new(move |path: &str| {
+        let cursor: u64 = path
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix("cursor="))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        if cursor < until {
+            first.clone().into_bytes()
+        } else {
+            format!(r#"{{"maxCursor":{max},"data":[]}}"#).into_bytes()
+        }
+    })
+}
+
 #[test]
-fn huge_or_endless_record_is_refused_with_bounded_memory() {
+fn huge_record_is_set_aside_with_bounded_memory_and_the_pull_goes_on() {
     let env = Env::new("huge");
-    // One 40 MB string inside a record.
+    // One 40 MB string inside a central record, after a good one.
     let big = format!(
-        r#"{{"maxCursor":9,"data":[{{"ID":5,"tableName":"unit","recordId":"U","action":"update","recordData":{{"ID":"U","x":"{}"}}}}]}}"#,
+        r#"{{"maxCursor":9,"data":[{{"ID":4,"tableName":"unit","recordId":"OK","action":"update","recordData":{{"ID":"OK"}}}},{{"ID":5,"tableName":"unit","recordId":"U","action":"update","recordData":{{"ID":"U","x":"{}"}}}}]}}"#,
         "a".repeat(40 << 20)
     );
     let f = fake(
-        Arc::new(move |_| big.clone().into_bytes()),
+        by_cursor(big, 5, 9),
         once(br#"{"queueLength":0,"data":[]}"#.to_vec()),
     );
     let db = agent(&env, &f, "huge");
     let (code, err, rss) = sync_rss(&db);
-    assert_eq!(code, 15, "{err}");
-    assert!(err.contains("single record is over"), "{err}");
+    assert_eq!(
+        code, 17,
+        "set aside, shown as a record that could not be applied: {err}"
+    );
+    assert!(err.contains("unit U cannot be read"), "{err}");
     assert!(
         rss < 40_000,
         "peak RSS {rss} KiB: memory must not follow the record"
     );
     local_change_survives(&db);
-    let cursor: Option<String> = sql(&db)
-        .query_row(
-            "SELECT value FROM setting WHERE key='central_cursor'",
-            [],
-            |r| r.get(0),
-        )
-        .ok();
-    assert_eq!(cursor, None, "cursor not moved past a refused batch");
+    assert_eq!(
+        setting(&db, "central_cursor").as_deref(),
+        Some("9"),
+        "the pull went past it"
+    );
+    assert!(sql(&db)
+        .query_row("SELECT 1 FROM record WHERE record_id = 'OK'", [], |r| r
+            .get::<_, i64>(0))
+        .is_ok());
+    assert!(buffer_error(&db, "U").contains("set aside, cannot be read"));
+    let status = env.agent(&db, &["status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("set aside, cannot be read"));
+
+    // The same in the queue: recorded, acknowledged, the rest integrates.
+    let big = format!(
+        r#"{{"queueLength":2,"data":[{{"syncOutId":"31","tableName":"unit","recordId":"Q1","action":"update","recordData":{{"ID":"Q1"}}}},{{"syncOutId":"32","tableName":"unit","recordId":"Q2","action":"update","recordData":{{"ID":"Q2","x":"{}"}}}}]}}"#,
+        "b".repeat(40 << 20)
+    );
+    let f = fake(empty_central(), once(big.into_bytes()));
+    let db = agent(&env, &f, "hugeq");
+    let (code, err, rss) = sync_rss(&db);
+    assert_eq!(code, 17, "{err}");
+    assert!(rss < 40_000, "peak RSS {rss} KiB");
+    let mut acks = f.acks.lock().unwrap().clone();
+    acks.sort();
+    assert_eq!(
+        acks,
+        ["31", "32"],
+        "the unreadable entry is acknowledged too"
+    );
+    assert!(buffer_error(&db, "Q2").contains("set aside, cannot be read"));
+    local_change_survives(&db);
 }
 
 #[test]
-fn deeply_nested_and_wrong_types_are_protocol_errors() {
+fn deeply_nested_records_are_quarantined_and_garbage_pages_retried() {
     let env = Env::new("nested");
     let nested = format!(
         r#"{{"maxCursor":1,"data":[{{"ID":1,"tableName":"unit","recordId":"U","action":"update","recordData":{{"ID":"U","x":{}1{}}}}}]}}"#,
         "[".repeat(100_000),
         "]".repeat(100_000)
     );
-    let f = fake(
-        Arc::new(move |_| nested.clone().into_bytes()),
-        once(b"{}".to_vec()),
-    );
+    let f = fake(by_cursor(nested, 1, 1), once(b"{}".to_vec()));
     let db = agent(&env, &f, "nested");
     let (code, err, _) = sync_rss(&db);
-    assert_eq!(code, 15, "{err}");
-    assert!(err.contains("recursion limit"), "{err}");
+    assert_eq!(code, 17, "quarantined, visible, never integrated: {err}");
+    assert!(buffer_error(&db, "U").contains("nested deeper than 64 levels"));
+    assert_eq!(setting(&db, "central_cursor").as_deref(), Some("1"));
     local_change_survives(&db);
 
+    // Not a v5 answer (§9.4): retried, never "call support".
     let f = fake(
         Arc::new(|_| br#"{"maxCursor":"nine","data":[]}"#.to_vec()),
         once(b"{}".to_vec()),
     );
     let db = agent(&env, &f, "types");
     let (code, err, _) = sync_rss(&db);
-    assert_eq!(code, 15, "{err}");
-    assert!(err.contains("protocol error"), "{err}");
+    assert_eq!(code, 11, "{err}");
+    assert!(err.contains("not a v5 answer"), "{err}");
+    local_change_survives(&db);
 }
 
 #[test]

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use serde_json::json;
 
+use crate::agent::config::{self, InitOptions};
+use crate::agent::runner;
 use crate::agent::{self, Failure};
 use crate::central::{self, Central};
 use crate::error::Class;
@@ -54,9 +56,9 @@ pub fn run(dir: Option<&Path>) -> Result<(), Failure> {
     println!("central: http://{addr} (data in {})", tmp.display());
 
     let db = tmp.join("agent.sqlite");
-    agent::init(
+    config::init(
         &db,
-        &agent::InitOptions {
+        &InitOptions {
             url: format!("http://{addr}"),
             site: "kawakawa".into(),
             password: "demo-password".into(),
@@ -66,9 +68,10 @@ pub fn run(dir: Option<&Path>) -> Result<(), Failure> {
         },
     )?;
     let mut store = Store::open(&db)?;
-    let mut setup = agent::setup(&store)?;
+    let mut setup = runner::setup(&store)?;
+    let origin = setup.settings.origin.clone();
 
-    let r = agent::sync_once(&db, &mut store, &mut setup);
+    let r = runner::sync_once(&db, &mut store, &mut setup, || runner::probe(&origin));
     show("1. first sync (initialisation)", &r)?;
     println!(
         "   active store: {}",
@@ -102,7 +105,7 @@ pub fn run(dir: Option<&Path>) -> Result<(), Failure> {
         crate::store::outbox::pending_count(store.conn())?
     );
 
-    let r = agent::sync_once(&db, &mut store, &mut setup);
+    let r = runner::sync_once(&db, &mut store, &mut setup, || runner::probe(&origin));
     show("2. second sync (push)", &r)?;
     let si = central
         .conn()
@@ -115,7 +118,7 @@ pub fn run(dir: Option<&Path>) -> Result<(), Failure> {
         .map_err(fail)?;
     println!("   central holds CI1 and created the hub's supplier invoice: {si}");
 
-    let r = agent::sync_once(&db, &mut store, &mut setup);
+    let r = runner::sync_once(&db, &mut store, &mut setup, || runner::probe(&origin));
     show("3. third sync (idle)", &r)?;
     println!();
     agent::status(&db, false)?;

@@ -1,84 +1,264 @@
-//! `fieldsync`: the agent's command line. Parsing only; the commands live in
+//! `fieldsync`: the agent's command line. Parsing only (argh); the commands live in
 //! `fieldsync::agent`, exit codes in `fieldsync::error::Class::exit_code`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use fieldsync::agent::{self, Failure};
+use argh::FromArgs;
+use fieldsync::agent::config::{self, InitOptions, PasswordSource};
+use fieldsync::agent::{self, records, runner, Failure};
 use fieldsync::error::Class;
 
-const USAGE: &str = "\
-usage: fieldsync [--db PATH] [-v|--verbose] [-q|--quiet] [--log-file PATH] <command>
-
-commands:
-  demo                         central + agent on loopback, a real sync, printed
-  init --url URL --site NAME (--password-file F | --password-env VAR | --password-stdin)
-       [--allow-insecure-http] [--led NAME] [--attention-led NAME]
-  sync [--json]                one sync cycle
-  run [--interval SECS]        sync every SECS (default 300) until SIGTERM
-  status [--json]              what the site is doing, and what to do
-  put TABLE JSON|-             insert or update a record (keys overlay the stored row)
-  get TABLE ID                 print a record
-  delete TABLE ID              delete a record
-  list [TABLE]                 print records as JSON Lines
-  import FILE|- [--table T]    import JSON Lines ({\"table\":…,\"record\":{…}} per line)
-  queue [--list|--rejected] [--json]   records waiting to be pushed
-  queue retry [TABLE ID]       put set-aside records back in the queue
-  tables                       the legacy tables fieldsync knows
-  dev set-identity --site-id N --store ID   (tests only) act as an initialised site
-  version
-
---db defaults to $STATE_DIRECTORY/fieldsync.sqlite under systemd, else ./fieldsync.sqlite.
-Exit codes: 0 ok, 2 bad input, 3 not configured, 4 device fault, 10 offline, 11 transient,
-12 credentials, 13 hardware id, 14 version, 15 site/protocol, 16 records rejected,
-17 integration errors, 18 another sync running.";
-
-struct Args {
-    rest: Vec<String>,
+/// Sync agent for mSupply-style remote sites. Exit codes: 0 ok, 2 bad input, 3 not
+/// configured, 4 device fault, 10 offline, 11 transient, 12 credentials, 13 hardware
+/// id, 14 version, 15 site/protocol, 16 records rejected, 17 integration errors,
+/// 18 another sync running.
+#[derive(FromArgs)]
+struct Cli {
+    /// the database (default: $STATE_DIRECTORY/fieldsync.sqlite under systemd, else ./fieldsync.sqlite)
+    #[argh(option)]
+    db: Option<PathBuf>,
+    /// more detail in the log
+    #[argh(switch, short = 'v')]
+    verbose: bool,
+    /// warnings and errors only
+    #[argh(switch, short = 'q')]
+    quiet: bool,
+    /// also write the log to this file (kept under 1 MiB, rotated to FILE.1)
+    #[argh(option)]
+    log_file: Option<PathBuf>,
+    #[argh(subcommand)]
+    command: Command,
 }
 
-impl Args {
-    /// Removes `--name VALUE` and returns VALUE.
-    fn value(&mut self, name: &str) -> Result<Option<String>, Failure> {
-        match self.rest.iter().position(|a| a == name) {
-            None => Ok(None),
-            Some(i) if i + 1 < self.rest.len() => {
-                let v = self.rest.remove(i + 1);
-                self.rest.remove(i);
-                Ok(Some(v))
-            }
-            Some(_) => Err(Failure::new(Class::Input, format!("{name} needs a value"))),
-        }
-    }
-    fn flag(&mut self, names: &[&str]) -> bool {
-        let before = self.rest.len();
-        self.rest.retain(|a| !names.contains(&a.as_str()));
-        before != self.rest.len()
-    }
-    fn required(&mut self, name: &str) -> Result<String, Failure> {
-        self.value(name)?
-            .ok_or_else(|| Failure::new(Class::Input, format!("{name} is required")))
-    }
-    fn positional(&mut self, what: &str) -> Result<String, Failure> {
-        if self.rest.is_empty() || self.rest[0].starts_with("--") && self.rest[0] != "-" {
-            return Err(Failure::new(Class::Input, format!("missing {what}")));
-        }
-        Ok(self.rest.remove(0))
-    }
-    fn done(&self) -> Result<(), Failure> {
-        match self.rest.first() {
-            None => Ok(()),
-            Some(a) => Err(Failure::new(
-                Class::Input,
-                format!("unexpected argument {a:?}; see `fieldsync --help`"),
-            )),
-        }
-    }
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Demo(Demo),
+    Init(Init),
+    Sync(Sync),
+    Run(Run),
+    Status(Status),
+    Config(ConfigCmd),
+    Put(Put),
+    Get(Get),
+    Delete(Delete),
+    List(List),
+    Import(Import),
+    Queue(Queue),
+    Tables(Tables),
+    Dev(Dev),
+    Version(Version),
 }
+
+/// a reference central on loopback, an agent, real syncs, printed
+#[derive(FromArgs)]
+#[argh(subcommand, name = "demo")]
+struct Demo {
+    /// keep the demo's files here (default: a temporary directory)
+    #[argh(option)]
+    dir: Option<PathBuf>,
+}
+
+/// configure this device for a site (the password never on the command line)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "init")]
+struct Init {
+    /// the central server, https://…
+    #[argh(option)]
+    url: String,
+    /// this site's name on the central
+    #[argh(option)]
+    site: String,
+    /// read the password from this file
+    #[argh(option)]
+    password_file: Option<PathBuf>,
+    /// read the password from this environment variable
+    #[argh(option)]
+    password_env: Option<String>,
+    /// read the password from the first line of stdin
+    #[argh(switch)]
+    password_stdin: bool,
+    /// allow plain http:// to a host other than loopback (test networks only)
+    #[argh(switch)]
+    allow_insecure_http: bool,
+    /// the status LED under /sys/class/leds (ACT on a Pi)
+    #[argh(option)]
+    led: Option<String>,
+    /// a second LED lit only when a person must act (PWR on a Pi)
+    #[argh(option)]
+    attention_led: Option<String>,
+}
+
+/// one sync cycle
+#[derive(FromArgs)]
+#[argh(subcommand, name = "sync")]
+struct Sync {
+    /// print the cycle's report as JSON on stdout
+    #[argh(switch)]
+    json: bool,
+}
+
+/// sync every interval until SIGTERM/SIGINT (for devices without systemd timers)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "run")]
+struct Run {
+    /// seconds between syncs (default 300)
+    #[argh(option, default = "300")]
+    interval: u64,
+}
+
+/// what the site is doing, and what to do
+#[derive(FromArgs)]
+#[argh(subcommand, name = "status")]
+struct Status {
+    /// everything, as JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// the settings: list them, or get, set, unset one
+#[derive(FromArgs)]
+#[argh(subcommand, name = "config")]
+struct ConfigCmd {
+    /// as JSON (list only)
+    #[argh(switch)]
+    json: bool,
+    /// list, get KEY, set KEY VALUE, or unset KEY (default: list)
+    #[argh(positional, greedy)]
+    args: Vec<String>,
+}
+
+/// insert or update a record (the given keys overlay the stored row)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "put")]
+struct Put {
+    /// the legacy table
+    #[argh(positional)]
+    table: String,
+    /// the record as JSON, or - to read it from stdin
+    #[argh(positional)]
+    json: String,
+}
+
+/// print a record
+#[derive(FromArgs)]
+#[argh(subcommand, name = "get")]
+struct Get {
+    /// the legacy table
+    #[argh(positional)]
+    table: String,
+    /// the record's ID
+    #[argh(positional)]
+    id: String,
+}
+
+/// delete a record
+#[derive(FromArgs)]
+#[argh(subcommand, name = "delete")]
+struct Delete {
+    /// the legacy table
+    #[argh(positional)]
+    table: String,
+    /// the record's ID
+    #[argh(positional)]
+    id: String,
+}
+
+/// records as JSON Lines, one object with "table" and "record" per line
+#[derive(FromArgs)]
+#[argh(subcommand, name = "list")]
+struct List {
+    /// only this table
+    #[argh(positional)]
+    table: Option<String>,
+}
+
+/// import JSON Lines as `list` writes them, in one transaction
+#[derive(FromArgs)]
+#[argh(subcommand, name = "import")]
+struct Import {
+    /// the file, or - for stdin
+    #[argh(positional)]
+    file: String,
+    /// the lines are plain records of this table
+    #[argh(option)]
+    table: Option<String>,
+}
+
+/// records waiting to be pushed; `queue retry [TABLE ID]` puts set-aside records back
+#[derive(FromArgs)]
+#[argh(subcommand, name = "queue")]
+struct Queue {
+    /// list every waiting record
+    #[argh(switch)]
+    list: bool,
+    /// list the records set aside, with their reasons
+    #[argh(switch)]
+    rejected: bool,
+    /// as JSON
+    #[argh(switch)]
+    json: bool,
+    /// retry [TABLE ID]: put set-aside records back in the queue
+    #[argh(positional, greedy)]
+    args: Vec<String>,
+}
+
+/// the legacy tables fieldsync knows, their kind and owner field
+#[derive(FromArgs)]
+#[argh(subcommand, name = "tables")]
+struct Tables {}
+
+/// tests only: act as an initialised site
+#[derive(FromArgs)]
+#[argh(subcommand, name = "dev")]
+struct Dev {
+    /// set-identity
+    #[argh(positional)]
+    action: String,
+    /// the site id
+    #[argh(option)]
+    site_id: u32,
+    /// the active store
+    #[argh(option)]
+    store: String,
+}
+
+/// print the version
+#[derive(FromArgs)]
+#[argh(subcommand, name = "version")]
+struct Version {}
+
+/// argh reads every argument that starts with `-` as an option, so the usual
+/// lone `-` for stdin is passed to the commands as this name instead.
+const STDIN: &str = "<stdin>";
 
 fn main() -> ExitCode {
-    let result = real_main();
+    let args: Vec<String> = std::env::args()
+        .map(|a| if a == "-" { STDIN.to_string() } else { a })
+        .collect();
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let name = strs
+        .first()
+        .map_or("fieldsync", |n| n.rsplit('/').next().unwrap_or(n));
+    let cli = match Cli::from_args(&[name], strs.get(1..).unwrap_or(&[])) {
+        Ok(c) => c,
+        Err(early) => {
+            return match early.status {
+                Ok(()) => {
+                    println!("{}", early.output);
+                    ExitCode::SUCCESS
+                }
+                Err(()) => {
+                    eprintln!("fieldsync: {}", early.output.trim_end());
+                    eprintln!("see `fieldsync help` (or `fieldsync <command> --help`)");
+                    ExitCode::from(Class::Input.exit_code())
+                }
+            };
+        }
+    };
+    let result = run(cli);
     // For the memory tests and the bench: the process's own peak RSS.
     if std::env::var_os("FIELDSYNC_PEAK_RSS").is_some() {
         if let Some(kib) = peak_rss_kib() {
@@ -98,170 +278,115 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main() -> Result<(), Failure> {
-    let mut args = Args {
-        rest: std::env::args().skip(1).collect(),
-    };
-    if args.flag(&["-h", "--help"]) || args.rest.is_empty() {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let db = args
-        .value("--db")?
-        .map(PathBuf::from)
-        .unwrap_or_else(fieldsync::store::default_path);
-    let level = if args.flag(&["-v", "--verbose"]) {
+fn input(m: impl Into<String>) -> Failure {
+    Failure::new(Class::Input, m)
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let db = cli.db.unwrap_or_else(fieldsync::store::default_path);
+    let level = if cli.verbose {
         log::LevelFilter::Debug
-    } else if args.flag(&["-q", "--quiet"]) {
+    } else if cli.quiet {
         log::LevelFilter::Warn
     } else {
         log::LevelFilter::Info
     };
-    let log_file = args.value("--log-file")?.map(PathBuf::from);
-    fieldsync::field::logging::init(level, log_file);
-    let json = args.flag(&["--json"]);
-    let command = args.positional("command")?;
-    match command.as_str() {
-        "version" => {
-            args.done()?;
+    fieldsync::field::logging::init(level, cli.log_file);
+    match cli.command {
+        Command::Version(_) => {
             println!("fieldsync {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        "init" => {
-            let url = args.required("--url")?;
-            let site = args.required("--site")?;
-            let file = args.value("--password-file")?;
-            let env = args.value("--password-env")?;
-            let stdin = args.flag(&["--password-stdin"]);
-            let allow = args.flag(&["--allow-insecure-http"]);
-            let led = args.value("--led")?;
-            let attention_led = args.value("--attention-led")?;
-            args.done()?;
-            let password = agent::read_password(file.as_deref(), env.as_deref(), stdin)?;
-            agent::init(
+        Command::Init(i) => {
+            let password =
+                PasswordSource::from_options(i.password_file, i.password_env, i.password_stdin)
+                    .and_then(|s| s.read())
+                    .map_err(input)?;
+            config::init(
                 &db,
-                &agent::InitOptions {
-                    url,
-                    site,
+                &InitOptions {
+                    url: i.url,
+                    site: i.site,
                     password,
-                    allow_insecure_http: allow,
-                    led,
-                    attention_led,
+                    allow_insecure_http: i.allow_insecure_http,
+                    led: i.led,
+                    attention_led: i.attention_led,
                 },
             )
         }
-        "sync" => {
-            args.done()?;
-            agent::sync(&db, json)
-        }
-        "run" => {
-            let interval = match args.value("--interval")? {
-                Some(s) => s
-                    .parse()
-                    .map_err(|_| Failure::new(Class::Input, "--interval takes whole seconds"))?,
-                None => 300,
-            };
-            args.done()?;
-            agent::run(&db, Duration::from_secs(interval))
-        }
-        "status" => {
-            args.done()?;
-            agent::status(&db, json)
-        }
-        "put" => {
-            let table = args.positional("TABLE")?;
-            let arg = args.positional("JSON (or - for stdin)")?;
-            args.done()?;
-            let text = if arg == "-" {
+        Command::Sync(s) => runner::sync(&db, s.json),
+        Command::Run(r) => runner::run(&db, Duration::from_secs(r.interval)),
+        Command::Status(s) => agent::status(&db, s.json),
+        Command::Config(c) => match c
+            .args
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            [] | ["list"] => config::list(&db, c.json),
+            ["get", key] => config::get(&db, key),
+            ["set", key, value] => config::set(&db, key, value),
+            ["unset", key] => config::unset(&db, key),
+            _ => Err(input(
+                "config takes: list | get KEY | set KEY VALUE | unset KEY",
+            )),
+        },
+        Command::Put(p) => {
+            let text = if p.json == STDIN {
                 let mut s = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin().take_limited(), &mut s)
-                    .map_err(|e| Failure::new(Class::Input, format!("stdin: {e}")))?;
+                let limit = fieldsync::store::MAX_RECORD_BYTES as u64 + 1;
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(std::io::stdin(), limit),
+                    &mut s,
+                )
+                .map_err(|e| input(format!("stdin: {e}")))?;
                 s
             } else {
-                arg
+                p.json
             };
-            agent::put(&db, &table, &text)
+            records::put(&db, &p.table, &text)
         }
-        "get" => {
-            let table = args.positional("TABLE")?;
-            let id = args.positional("ID")?;
-            args.done()?;
-            agent::get(&db, &table, &id)
-        }
-        "delete" => {
-            let table = args.positional("TABLE")?;
-            let id = args.positional("ID")?;
-            args.done()?;
-            agent::delete(&db, &table, &id)
-        }
-        "list" => {
-            let table = if args.rest.is_empty() {
-                None
+        Command::Get(g) => records::get(&db, &g.table, &g.id),
+        Command::Delete(d) => records::delete(&db, &d.table, &d.id),
+        Command::List(l) => records::list(&db, l.table.as_deref()),
+        Command::Import(i) => {
+            let file = if i.file == STDIN {
+                "-"
             } else {
-                Some(args.positional("TABLE")?)
+                i.file.as_str()
             };
-            args.done()?;
-            agent::list(&db, table.as_deref())
-        }
-        "import" => {
-            let table = args.value("--table")?;
-            let file = args.positional("FILE")?;
-            args.done()?;
-            let n = agent::import(&db, &file, table.as_deref())?;
+            let n = records::import(&db, file, i.table.as_deref())?;
             println!("imported {n} record(s)");
             Ok(())
         }
-        "queue" => {
-            if args.rest.first().map(String::as_str) == Some("retry") {
-                args.rest.remove(0);
-                let only = if args.rest.len() >= 2 {
-                    Some((args.positional("TABLE")?, args.positional("ID")?))
-                } else {
-                    None
-                };
-                args.done()?;
-                return agent::queue_retry(
-                    &db,
-                    only.as_ref().map(|(t, i)| (t.as_str(), i.as_str())),
-                );
-            }
-            let list = args.flag(&["--list"]);
-            let rejected = args.flag(&["--rejected"]);
-            args.done()?;
-            agent::queue(&db, json, list, rejected)
-        }
-        "tables" => {
-            args.done()?;
-            agent::tables();
+        Command::Queue(q) => match q
+            .args
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            [] => records::queue(&db, q.json, q.list, q.rejected),
+            ["retry"] => records::queue_retry(&db, None),
+            ["retry", table, id] => records::queue_retry(&db, Some((table, id))),
+            _ => Err(input(
+                "queue takes: [--list|--rejected] [--json] | retry [TABLE ID]",
+            )),
+        },
+        Command::Tables(_) => {
+            records::tables();
             Ok(())
         }
-        "dev" => {
-            let sub = args.positional("dev command")?;
-            if sub != "set-identity" {
-                return Err(Failure::new(
-                    Class::Input,
-                    format!("unknown dev command {sub:?}"),
-                ));
+        Command::Dev(d) => {
+            if d.action != "set-identity" {
+                return Err(input(format!("unknown dev command {:?}", d.action)));
             }
-            let site: u32 = args
-                .required("--site-id")?
-                .parse()
-                .map_err(|_| Failure::new(Class::Input, "--site-id takes a number"))?;
-            let store_id = args.required("--store")?;
-            args.done()?;
             let mut store = fieldsync::store::Store::open(&db)?;
-            store.set_site_identity(site, &store_id)?;
+            store.set_site_identity(d.site_id, &d.store)?;
             Ok(())
         }
-        "demo" => {
-            let dir = args.value("--dir")?.map(PathBuf::from);
-            args.done()?;
-            demo(dir)
-        }
-        other => Err(Failure::new(
-            Class::Input,
-            format!("unknown command {other:?}; see `fieldsync --help`"),
-        )),
+        Command::Demo(d) => demo(d.dir),
     }
 }
 
@@ -272,21 +397,9 @@ fn demo(dir: Option<PathBuf>) -> Result<(), Failure> {
 
 #[cfg(not(feature = "central"))]
 fn demo(_dir: Option<PathBuf>) -> Result<(), Failure> {
-    Err(Failure::new(
-        Class::Input,
+    Err(input(
         "this is a device build without the reference central; `demo` needs a development build",
     ))
-}
-
-/// Reads stdin up to the record limit plus one byte, so a 50 MB paste is refused
-/// by the store's size check instead of filling memory.
-trait TakeLimited {
-    fn take_limited(self) -> std::io::Take<std::io::Stdin>;
-}
-impl TakeLimited for std::io::Stdin {
-    fn take_limited(self) -> std::io::Take<std::io::Stdin> {
-        std::io::Read::take(self, fieldsync::store::MAX_RECORD_BYTES as u64 + 1)
-    }
 }
 
 /// VmHWM from /proc/self/status (Linux), in KiB.

@@ -289,7 +289,7 @@ impl Central {
             initialisation_status: site.init_status.clone(),
             is_om_supply_central_server: false,
             om_supply_central_server_url: String::new(),
-            m_supply_central_site_id: CENTRAL_SITE_ID,
+            m_supply_central_site_id: Some(CENTRAL_SITE_ID),
         };
         Reply::json(200, serde_json::to_value(info).unwrap_or(Value::Null))
     }

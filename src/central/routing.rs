@@ -144,7 +144,7 @@ fn staged_or_batch(
         .rev()
         .find(|r| r.table_name == table && r.record_id == id)
     {
-        return Ok(r.record_data.clone());
+        return Ok(r.data_text().and_then(|d| serde_json::from_str(d).ok()));
     }
     let Some(site) = site else { return Ok(None) };
     let text: Option<Option<String>> = conn
@@ -544,8 +544,8 @@ fn judge_one(
     };
     let existing = get(conn, &rec.table_name, &rec.record_id)?;
     let row = match action {
-        Action::Upsert => match &rec.record_data {
-            Some(Value::Object(o)) => match o.get("ID") {
+        Action::Upsert => match &rec.data_text().map(serde_json::from_str::<Value>) {
+            Some(Ok(Value::Object(o))) => match o.get("ID") {
                 Some(Value::String(id)) if id == &rec.record_id => Value::Object(o.clone()),
                 Some(Value::String(_)) => return Ok(Some((true, "id_mismatch"))),
                 Some(_) => return Ok(Some((true, "bad_type"))),

@@ -12,11 +12,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Class, StoreError};
+use crate::error::Class;
 use crate::field::led::Pattern;
-use crate::store::{key, Store};
+use crate::store::{buffer, key, outbox, Store, StoreError};
 use crate::sync::{Outcome, Report, Step};
-use crate::{store::buffer, store::outbox};
 
 /// The snapshot file beside the database.
 pub fn snapshot_path(db: &Path) -> PathBuf {
@@ -54,13 +53,31 @@ pub fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// `YYYY-MM-DD` (UTC) of a Unix time, for people only (Howard Hinnant's
+/// days-to-civil algorithm; no time-zone database on the device).
+pub fn utc_date(unix: u64) -> String {
+    let z = (unix / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 impl Attempt {
     pub fn from_report(report: &Report) -> Attempt {
         Attempt {
             outcome: report.outcome(),
             class: report.class,
             error: report.error.clone(),
-            hint: report.class.map(|c| c.hint().to_string()),
+            hint: report
+                .hint
+                .clone()
+                .or_else(|| report.class.map(|c| c.hint().to_string())),
             finished_unix: now_unix(),
             report: report.clone(),
         }
@@ -84,12 +101,12 @@ pub fn read_snapshot(path: &Path) -> Option<Snapshot> {
 /// database tells its own story); `last_success` only on success.
 pub fn record_attempt(store: &Store, attempt: &Attempt) -> Result<(), StoreError> {
     let text = serde_json::to_string(attempt).unwrap_or_default();
-    store.set_setting("last_attempt", &text)?;
+    store.set_setting(key::LAST_ATTEMPT, &text)?;
     if matches!(
         attempt.outcome,
         Outcome::Ok | Outcome::OkWithIntegrationErrors
     ) {
-        store.set_setting("last_success", &attempt.finished_unix.to_string())?;
+        store.set_setting(key::LAST_SUCCESS, &attempt.finished_unix.to_string())?;
     }
     Ok(())
 }
@@ -112,6 +129,39 @@ pub struct View {
     pub step: Option<Step>,
     pub progress: Option<String>,
     pub led: Pattern,
+    /// The one thing to do now, if anything.
+    pub what_to_do: Option<String>,
+    /// The class of the current condition (exit-code meaning), if any.
+    pub class: Option<Class>,
+}
+
+impl View {
+    /// The view of a device with no database yet: nothing to show but what to do.
+    pub fn unconfigured(db: &Path) -> View {
+        View {
+            site: None,
+            central_url: None,
+            active_store: None,
+            initialised: false,
+            outbox_pending: 0,
+            outbox_rejected: 0,
+            integration_pending: 0,
+            integration_failed: 0,
+            integration_errors: vec![],
+            last_success_unix: None,
+            last_attempt: None,
+            running: false,
+            step: None,
+            progress: None,
+            led: Pattern::Attention,
+            what_to_do: Some(format!(
+                "{} (no database at {})",
+                Class::NotConfigured.hint(),
+                db.display()
+            )),
+            class: Some(Class::NotConfigured),
+        }
+    }
 }
 
 /// Reads the view with plain SELECTs (WAL readers never wait for a writer).
@@ -123,7 +173,7 @@ pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> 
         .map(|(t, id, e, n)| format!("{t} {id}: {e} (tried {n}×)"))
         .collect();
     let last_attempt: Option<Attempt> = store
-        .setting("last_attempt")?
+        .setting(key::LAST_ATTEMPT)?
         .and_then(|t| serde_json::from_str(&t).ok());
     let running = snap.is_some_and(|s| s.running && s.pid.is_some_and(process_alive));
     let pending = outbox::pending_count(conn)?;
@@ -137,7 +187,9 @@ pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> 
         integration_pending: counts.pending,
         integration_failed: counts.failed,
         integration_errors: errors,
-        last_success_unix: store.setting("last_success")?.and_then(|t| t.parse().ok()),
+        last_success_unix: store
+            .setting(key::LAST_SUCCESS)?
+            .and_then(|t| t.parse().ok()),
         running,
         step: if running {
             snap.and_then(|s| s.step)
@@ -154,7 +206,16 @@ pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> 
         },
         led: Pattern::Synced,
         last_attempt,
+        what_to_do: None,
+        class: None,
     };
+    if v.site.is_none() {
+        v.class = Some(Class::NotConfigured);
+        v.what_to_do = Some(Class::NotConfigured.hint().into());
+    } else if let Some(a) = v.last_attempt.as_ref().filter(|a| a.class.is_some()) {
+        v.class = a.class;
+        v.what_to_do = a.hint.clone();
+    }
     v.led = crate::field::led::pattern(
         running,
         v.last_attempt.as_ref().map(|a| a.outcome),
@@ -278,6 +339,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn dates_for_people() {
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(utc_date(951_782_400), "2000-02-29");
+        assert_eq!(utc_date(1_795_996_800), "2026-11-30");
+    }
+
+    #[test]
     fn ages_read_plainly_and_survive_a_clock_jump() {
         assert_eq!(ago(1000, 1030), "just now");
         assert_eq!(ago(1000, 1000 + 300), "5 min ago");
@@ -314,6 +382,8 @@ mod tests {
                 step: None,
                 progress: None,
                 led: crate::field::led::pattern(false, Some(report.outcome()), 2, 0),
+                what_to_do: None,
+                class: Some(class),
             };
             let text = render(&v, now_unix());
             assert!(text.contains(class.hint()), "{class:?}: {text}");

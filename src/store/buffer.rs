@@ -8,21 +8,68 @@
 
 use rusqlite::{params, Connection};
 
-use crate::error::StoreError;
-use crate::store::registry;
-use crate::wire::protocol::{Action, Merge, SyncRecord};
+use crate::store::{registry, row, StoreError};
+
+/// One received record, as the sync layer read it from its envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    /// Insert or update with the row's exact text as received.
+    Upsert {
+        table: &'a str,
+        id: &'a str,
+        data: &'a str,
+    },
+    Delete {
+        table: &'a str,
+        id: &'a str,
+    },
+    Merge {
+        table: &'a str,
+        keep: String,
+        drop: String,
+    },
+    /// Cannot be understood; kept with the reason.
+    Invalid {
+        table: &'a str,
+        id: &'a str,
+        why: String,
+    },
+}
 
 /// Writes one received record into the buffer. Records that cannot be understood
-/// (unknown action, missing or mismatched data) are kept as `invalid` with the
+/// (unknown action, missing data, not a valid row) are kept as `invalid` with the
 /// reason, visible in status, never integrated: quarantined, not crashed on.
-pub fn put(conn: &Connection, rec: &SyncRecord) -> Result<(), StoreError> {
-    let rank = i64::from(registry::order(&rec.table_name));
-    let (action, record_id, merge_drop, data, error) = classify(rec);
-    conn.execute(
-        "UPDATE counter SET value = value + 1 WHERE name = 'receipt_seq'",
-        [],
-    )
-    .map_err(|e| StoreError::sqlite("buffer receipt counter", e))?;
+/// Upserted rows are stored as the exact text received (§7.4 rev 2).
+pub fn put(conn: &Connection, rec: &Incoming<'_>) -> Result<(), StoreError> {
+    let (table, id, drop, action, data, error): (
+        &str,
+        &str,
+        &str,
+        &str,
+        Option<&str>,
+        Option<String>,
+    ) = match rec {
+        Incoming::Upsert { table, id, data } => match row::check(data, Some(id)) {
+            Ok(_) => (table, id, "", "upsert", Some(data), None),
+            Err(p) => (
+                table,
+                id,
+                "",
+                "invalid",
+                None,
+                Some(format!("recordData {p}")),
+            ),
+        },
+        Incoming::Delete { table, id } => (table, id, "", "delete", None, None),
+        Incoming::Merge { table, keep, drop } => (table, keep, drop, "merge", None, None),
+        Incoming::Invalid { table, id, why } => {
+            (table, id, "", "invalid", None, Some(truncate(why, 300)))
+        }
+    };
+    let rank = i64::from(registry::order(table));
+    conn.prepare_cached("UPDATE counter SET value = value + 1 WHERE name = 'receipt_seq'")
+        .and_then(|mut s| s.execute([]))
+        .map_err(|e| StoreError::sqlite("buffer receipt counter", e))?;
     conn.prepare_cached(
         "INSERT INTO buffer (table_name, record_id, merge_drop, action, data, rank, received, state, error) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT value FROM counter WHERE name = 'receipt_seq'), \
@@ -31,66 +78,13 @@ pub fn put(conn: &Connection, rec: &SyncRecord) -> Result<(), StoreError> {
              action = excluded.action, data = excluded.data, rank = excluded.rank, \
              received = excluded.received, state = excluded.state, error = excluded.error, attempts = 0",
     )
-    .and_then(|mut s| s.execute(params![rec.table_name, record_id, merge_drop, action, data, rank, error]))
+    .and_then(|mut s| s.execute(params![table, id, drop, action, data, rank, error]))
     .map(|_| ())
     .map_err(|e| StoreError::sqlite("writing the sync buffer", e))
 }
 
-type Classified = (&'static str, String, String, Option<String>, Option<String>);
-
-fn classify(rec: &SyncRecord) -> Classified {
-    let invalid = |why: String| {
-        (
-            "invalid",
-            rec.record_id.clone(),
-            String::new(),
-            None,
-            Some(why),
-        )
-    };
-    if rec.table_name.is_empty() || rec.record_id.is_empty() {
-        return invalid("record without tableName or recordId".into());
-    }
-    match Action::parse(&rec.action) {
-        None => invalid(format!("unknown action {:?}", truncate(&rec.action))),
-        Some(Action::Delete) => ("delete", rec.record_id.clone(), String::new(), None, None),
-        Some(Action::Upsert) => match &rec.record_data {
-            Some(serde_json::Value::Object(row)) => {
-                if row.get("ID").and_then(|v| v.as_str()) != Some(rec.record_id.as_str()) {
-                    return invalid("recordData.ID does not match recordId".into());
-                }
-                let text = serde_json::Value::Object(row.clone()).to_string();
-                if text.len() > crate::store::MAX_RECORD_BYTES {
-                    return invalid(format!(
-                        "record is {} bytes, over the record limit",
-                        text.len()
-                    ));
-                }
-                (
-                    "upsert",
-                    rec.record_id.clone(),
-                    String::new(),
-                    Some(text),
-                    None,
-                )
-            }
-            _ => invalid("upsert without a recordData object".into()),
-        },
-        Some(Action::Merge) => match rec.record_data.clone().map(serde_json::from_value::<Merge>) {
-            Some(Ok(m)) if !m.merge_id_to_keep.is_empty() && !m.merge_id_to_delete.is_empty() => (
-                "merge",
-                m.merge_id_to_keep,
-                m.merge_id_to_delete,
-                None,
-                None,
-            ),
-            _ => invalid("merge without mergeIdToKeep and mergeIdToDelete".into()),
-        },
-    }
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(40).collect()
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -130,40 +124,24 @@ pub fn first_errors(
 mod tests {
     use super::*;
     use crate::store::Store;
-    use serde_json::json;
-
-    fn rec(table: &str, id: &str, action: &str, data: Option<serde_json::Value>) -> SyncRecord {
-        SyncRecord {
-            id: None,
-            sync_out_id: Some("1".into()),
-            table_name: table.into(),
-            record_id: id.into(),
-            action: action.into(),
-            record_data: data,
-        }
-    }
 
     #[test]
     fn newer_receipt_replaces_and_merges_do_not_collide() {
         let s = Store::open_in_memory().unwrap();
+        let up = |data| Incoming::Upsert {
+            table: "item",
+            id: "A1",
+            data,
+        };
+        put(s.conn(), &up(r#"{"ID":"A1","v":1}"#)).unwrap();
+        put(s.conn(), &up(r#"{"ID":"A1","v":2}"#)).unwrap();
         put(
             s.conn(),
-            &rec("item", "A1", "insert", Some(json!({"ID": "A1", "v": 1}))),
-        )
-        .unwrap();
-        put(
-            s.conn(),
-            &rec("item", "A1", "UPDATE", Some(json!({"ID": "A1", "v": 2}))),
-        )
-        .unwrap();
-        put(
-            s.conn(),
-            &rec(
-                "item",
-                "A1",
-                "merge",
-                Some(json!({"mergeIdToKeep": "A1", "mergeIdToDelete": "B7"})),
-            ),
+            &Incoming::Merge {
+                table: "item",
+                keep: "A1".into(),
+                drop: "B7".into(),
+            },
         )
         .unwrap();
         let n: i64 = s
@@ -183,23 +161,51 @@ mod tests {
     #[test]
     fn malformed_records_are_quarantined() {
         let s = Store::open_in_memory().unwrap();
-        put(s.conn(), &rec("item", "A1", "frobnicate", None)).unwrap();
+        let bad = [
+            r#"{"ID":"OTHER"}"#,
+            r#"{"ID":"A2","store_ID":"S","store_ID":"X"}"#,
+            r#"[1]"#,
+        ];
+        for data in bad {
+            put(
+                s.conn(),
+                &Incoming::Upsert {
+                    table: "item",
+                    id: "A2",
+                    data,
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                counts(s.conn()).unwrap(),
+                Counts {
+                    pending: 0,
+                    failed: 1
+                },
+                "{data}"
+            );
+        }
         put(
             s.conn(),
-            &rec("item", "A2", "update", Some(json!({"ID": "OTHER"}))),
+            &Incoming::Invalid {
+                table: "item",
+                id: "A1",
+                why: "unknown action \"x\"".into(),
+            },
         )
         .unwrap();
-        put(s.conn(), &rec("item", "A3", "update", None)).unwrap();
-        put(s.conn(), &rec("item", "A4", "merge", Some(json!({})))).unwrap();
-        assert_eq!(
-            counts(s.conn()).unwrap(),
-            Counts {
-                pending: 0,
-                failed: 4
-            }
-        );
         let errs = first_errors(s.conn(), 10).unwrap();
-        assert!(errs[0].2.contains("unknown action"));
-        assert!(errs[1].2.contains("does not match"));
+        assert!(errs[0].2.contains("must be a JSON object"), "{errs:?}");
+        assert!(errs[1].2.contains("unknown action"), "{errs:?}");
+        let data: Option<String> = s
+            .conn()
+            .query_row("SELECT data FROM buffer WHERE record_id = 'A2'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(
+            data, None,
+            "an invalid row's text is not kept for integration"
+        );
     }
 }

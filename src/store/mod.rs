@@ -9,16 +9,18 @@
 //! wait their turn instead of failing.
 
 pub mod buffer;
+mod error;
 pub mod outbox;
 pub mod registry;
+pub mod row;
+
+pub use error::StoreError;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::{Map, Value};
-
-use crate::error::StoreError;
 
 /// Schema versions, applied in order on open (`PRAGMA user_version` says how many ran).
 const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema2.sql")];
@@ -39,9 +41,8 @@ fn busy_timeout() -> Duration {
         .unwrap_or(BUSY_TIMEOUT)
 }
 
-/// Largest record the store accepts (serialised JSON). Defaults to 1 MiB: legacy
-/// rows are a few hundred bytes; anything near this is a broken export.
-pub const MAX_RECORD_BYTES: usize = 1 << 20;
+/// Largest record the store accepts (serialised JSON); see [`row::MAX_ROW_BYTES`].
+pub const MAX_RECORD_BYTES: usize = row::MAX_ROW_BYTES;
 
 /// Settings keys. Kept in one place: the status command and tests read them too.
 pub mod key {
@@ -57,9 +58,24 @@ pub mod key {
     /// The one active store; the ownership triggers read this key.
     pub const ACTIVE_STORE: &str = "active_store_id";
     pub const INIT_STATE: &str = "init_state";
+    /// Central-records cursor (§5 step 5) and the `maxCursor` last seen.
     pub const CURSOR: &str = "central_cursor";
+    pub const CENTRAL_MAX_CURSOR: &str = "central_max_cursor";
+    /// The adaptive pull page size (§9.3), kept between cycles.
+    pub const PULL_LIMIT: &str = "pull_limit";
     pub const BATCH_RECORDS: &str = "batch_records";
     pub const BATCH_BYTES: &str = "batch_bytes";
+    pub const INTEGRATION_WAIT: &str = "integration_wait_secs";
+    pub const INIT_POLL: &str = "init_poll_secs";
+    pub const RETRY_BASE: &str = "retry_base_ms";
+    pub const CA_FILE: &str = "ca_file";
+    pub const LED: &str = "led";
+    pub const ATTENTION_LED: &str = "attention_led";
+    /// The last finished attempt (JSON) and the last success (unix seconds, display only).
+    pub const LAST_ATTEMPT: &str = "last_attempt";
+    pub const LAST_SUCCESS: &str = "last_success";
+    /// Fingerprint of the registry and triggers this file was migrated with.
+    pub const SCHEMA_RULES: &str = "schema_rules";
 }
 
 pub struct Store {
@@ -93,17 +109,20 @@ impl Store {
         Store::setup(conn, path.to_path_buf())
     }
 
+    /// Opens (and migrates) the store at `path`, which must exist: every command
+    /// but `init` works on a configured database.
+    pub fn open_configured(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        Store::open(path)
+    }
+
     /// Opens an existing store without creating or migrating it, for readers such as
     /// `status` that must never take the write lock.
     pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
         if !path.exists() {
-            return Err(StoreError::Io(
-                format!("{}", path.display()),
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no database here; run `fieldsync init` or pass --db",
-                ),
-            ));
+            return Err(StoreError::Missing(path.to_path_buf()));
         }
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
             .map_err(|e| StoreError::sqlite(format!("opening {}", path.display()), e))?;
@@ -168,7 +187,7 @@ impl Store {
             fnv(TRIGGERS.as_bytes())
         );
         if version == MIGRATIONS.len()
-            && self.setting("schema_rules")?.as_deref() == Some(fingerprint.as_str())
+            && self.setting(key::SCHEMA_RULES)?.as_deref() == Some(fingerprint.as_str())
         {
             return Ok(());
         }
@@ -241,8 +260,53 @@ impl Store {
         set_setting(&self.conn, key, value)
     }
 
+    pub fn unset_setting(&self, key: &str) -> Result<bool, StoreError> {
+        self.conn
+            .execute("DELETE FROM setting WHERE key = ?1", [key])
+            .map(|n| n > 0)
+            .map_err(|e| StoreError::sqlite(format!("removing setting {key}"), e))
+    }
+
+    /// Every stored setting row.
+    pub fn settings(&self) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let err = |e| StoreError::sqlite("reading settings", e);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, value FROM setting")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(err)?;
+        rows.collect::<Result<_, _>>().map_err(err)
+    }
+
     pub fn active_store(&self) -> Result<Option<String>, StoreError> {
         self.setting(key::ACTIVE_STORE)
+    }
+
+    /// A setting that holds a whole number (cursors, counters); absent is `None`.
+    pub fn number(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self.setting(key)? {
+            None => Ok(None),
+            Some(v) => v.trim().parse().map(Some).map_err(|_| {
+                StoreError::Schema(format!("setting {key} holds {v:?}, not a whole number"))
+            }),
+        }
+    }
+
+    /// Stores whose `sync_id_remote_site` is `site_id` (a number on the wire; a
+    /// string is tolerated).
+    pub fn stores_active_on(&self, site_id: u32) -> Result<Vec<String>, StoreError> {
+        let err = |e| StoreError::sqlite("finding the active store", e);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT record_id FROM record WHERE table_name = 'store' \
+                 AND CAST(json_extract(data, '$.sync_id_remote_site') AS INTEGER) = ?1 ORDER BY record_id",
+            )
+            .map_err(err)?;
+        let rows = stmt.query_map([site_id], |r| r.get(0)).map_err(err)?;
+        rows.collect::<Result<_, _>>().map_err(err)
     }
 
     /// Sets the site identity as the first sync would. Internal API for tests and

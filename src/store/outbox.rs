@@ -8,7 +8,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::error::StoreError;
+use crate::store::StoreError;
 
 /// One pending entry as the batch needs it.
 #[derive(Debug, Clone)]
@@ -20,6 +20,9 @@ pub struct Entry {
     pub delete: bool,
     /// The current row (JSON text); `None` for deletes.
     pub data: Option<String>,
+    /// Why the stored row cannot be read as text (a program stored a BLOB or
+    /// bytes that are not UTF-8): the push sets the entry aside with this reason.
+    pub unreadable: Option<String>,
 }
 
 /// What a confirmed batch removes: identified by `seq`, which changes on every edit.
@@ -74,12 +77,34 @@ pub fn for_each_pending(
         let table: String = row.get(0).map_err(err)?;
         let id: String = row.get(1).map_err(err)?;
         let is_delete: bool = row.get(4).map_err(err)?;
+        let mut unreadable = None;
         let current: Option<String> = if is_delete {
             None
         } else {
-            data.query_row(rusqlite::params![table, id], |r| r.get(0))
+            // Read the value as SQLite holds it: a BLOB or invalid UTF-8 is this
+            // row's problem, never a reason to stop reading the outbox.
+            let raw: Option<Result<String, &'static str>> = data
+                .query_row(rusqlite::params![table, id], |r| {
+                    use rusqlite::types::ValueRef as V;
+                    Ok(match r.get_ref(0)? {
+                        V::Text(b) => std::str::from_utf8(b)
+                            .map(str::to_string)
+                            .map_err(|_| "text that is not UTF-8"),
+                        V::Blob(_) => Err("a BLOB"),
+                        V::Integer(_) | V::Real(_) => Err("a number"),
+                        V::Null => Err("NULL"),
+                    })
+                })
                 .optional()
-                .map_err(err)?
+                .map_err(err)?;
+            match raw {
+                None => None,
+                Some(Ok(s)) => Some(s),
+                Some(Err(what)) => {
+                    unreadable = Some(format!("stored as {what}, not JSON text"));
+                    Some(String::new())
+                }
+            }
         };
         // An Update whose row vanished (deleted by a program that bypassed the
         // triggers) can only be pushed as a delete.
@@ -91,6 +116,7 @@ pub fn for_each_pending(
             version: row.get(3).map_err(err)?,
             delete,
             data: current,
+            unreadable,
         };
         if !f(entry) {
             break;

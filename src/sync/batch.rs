@@ -138,6 +138,7 @@ mod tests {
             seq,
             version: 1,
             delete: false,
+            unreadable: None,
             data: Some(format!(
                 "{{\"ID\":\"T{seq}\",\"c\":\"{}\"}}",
                 "x".repeat(size)

@@ -6,12 +6,11 @@
 //! and is retried on every later pass, the rest goes on. Writes run under the sync
 //! guard: they are never captured for push (nothing received is echoed).
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde_json::Value;
 
-use crate::error::StoreError;
 use crate::store::registry::{self, Kind, Owner};
-use crate::store::{self, Store};
+use crate::store::{self, Store, StoreError};
 
 /// Rows per integration transaction. Defaults to 500 (§7.4): large enough to
 /// amortise the fsync, small enough that the clinic's app waits little.
@@ -30,6 +29,33 @@ pub struct Site {
     pub active_store: Option<String>,
     /// After initialisation the local copy of the active store's records wins.
     pub initialised: bool,
+}
+
+/// Why one row did not integrate: the row itself (kept with its error, retried
+/// next pass), or the store under it (the pass stops; nothing of this
+/// transaction is kept).
+enum RowError {
+    Bad(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for RowError {
+    fn from(e: StoreError) -> Self {
+        RowError::Store(e)
+    }
+}
+
+/// A SQLite failure on one row: a constraint is that row's problem; anything else
+/// (I/O, disk full, locked) is the store's.
+fn sql(e: rusqlite::Error) -> RowError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            RowError::Bad(e.to_string())
+        }
+        _ => RowError::Store(StoreError::sqlite("integrating a record", e)),
+    }
 }
 
 struct Row {
@@ -75,7 +101,8 @@ pub fn integrate(
                             }
                         }
                     }
-                    Err(why) => {
+                    Err(RowError::Store(e)) => return Err(e),
+                    Err(RowError::Bad(why)) => {
                         tx.execute_batch("ROLLBACK TO row; RELEASE row")
                             .map_err(|e| StoreError::sqlite("savepoint", e))?;
                         tx.execute(
@@ -130,13 +157,13 @@ enum Outcome {
     Ignored(String),
 }
 
-fn apply(tx: &Connection, site: &Site, row: &Row) -> Result<Outcome, String> {
-    let sql = |e: rusqlite::Error| e.to_string();
+fn apply(tx: &Connection, site: &Site, row: &Row) -> Result<Outcome, RowError> {
     match row.action.as_str() {
         "upsert" => {
-            let mut data: Value = serde_json::from_str(row.data.as_deref().unwrap_or(""))
-                .map_err(|e| format!("bad JSON: {e}"))?;
-            let existing = store::get_record(tx, &row.table, &row.id).map_err(|e| e.to_string())?;
+            let text = row.data.as_deref().unwrap_or("");
+            let data: Value =
+                serde_json::from_str(text).map_err(|e| RowError::Bad(format!("bad JSON: {e}")))?;
+            let existing = store::get_record(tx, &row.table, &row.id)?;
             if site.initialised {
                 if let Some(old) = &existing {
                     // §7.4: the local copy of the active store's own records is
@@ -152,43 +179,28 @@ fn apply(tx: &Connection, site: &Site, row: &Row) -> Result<Outcome, String> {
                     }
                 }
             }
-            if let Some(Owner::Parent {
-                field,
-                table,
-                parent_field,
-            }) = registry::lookup(&row.table).map(|t| t.owner)
+            if let Some(Owner::Parent { field, table, .. }) =
+                registry::lookup(&row.table).map(|t| t.owner)
             {
-                let parent_id = data
-                    .get(field)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("")
-                    .to_string();
-                let parent = store::get_record(tx, table, &parent_id).map_err(|e| e.to_string())?;
-                let Some(parent) = parent else {
-                    return Err(format!(
+                let parent_id = data.get(field).and_then(|v| v.as_str()).unwrap_or("");
+                if store::get_record(tx, table, parent_id)?.is_none() {
+                    return Err(RowError::Bad(format!(
                         "missing parent {table} {parent_id:?}; retried when it arrives"
-                    ));
-                };
-                let parent_store = parent.get(parent_field).and_then(|v| v.as_str());
-                if row.table == "trans_line" && parent_store != site.active_store.as_deref() {
-                    // Lines of other stores' documents: references to stock lines and
-                    // locations this site does not hold are dropped (§7.4).
-                    drop_absent_ref(tx, &mut data, "item_line_ID", "item_line")?;
-                    drop_absent_ref(tx, &mut data, "location_ID", "Location")?;
+                    )));
                 }
             }
+            // Stored exactly as received (§7.4 rev 2): no reference is dropped or
+            // rewritten, even one to a row this site will never hold.
             tx.prepare_cached(
                 "INSERT INTO record (table_name, record_id, data, origin) VALUES (?1, ?2, ?3, 'sync') \
                  ON CONFLICT (table_name, record_id) DO UPDATE SET data = excluded.data, origin = 'sync'",
             )
-            .and_then(|mut s| s.execute(params![row.table, row.id, data.to_string()]))
+            .and_then(|mut s| s.execute(params![row.table, row.id, text]))
             .map_err(sql)?;
             Ok(Outcome::Applied)
         }
         "delete" => {
-            if let Some(old) =
-                store::get_record(tx, &row.table, &row.id).map_err(|e| e.to_string())?
-            {
+            if let Some(old) = store::get_record(tx, &row.table, &row.id)? {
                 if site.initialised
                     && edited_here(&row.table, &old)
                     && owned_here(tx, site, &row.table, &old)?
@@ -206,7 +218,7 @@ fn apply(tx: &Connection, site: &Site, row: &Row) -> Result<Outcome, String> {
             Ok(Outcome::Applied)
         }
         "merge" => merge(tx, &row.table, &row.id, &row.merge_drop).map(|_| Outcome::Applied),
-        other => Err(format!("cannot integrate action {other}")),
+        other => Err(RowError::Bad(format!("cannot integrate action {other}"))),
     }
 }
 
@@ -219,7 +231,7 @@ fn edited_here(table: &str, row: &Value) -> bool {
     )
 }
 
-fn owned_here(tx: &Connection, site: &Site, table: &str, row: &Value) -> Result<bool, String> {
+fn owned_here(tx: &Connection, site: &Site, table: &str, row: &Value) -> Result<bool, StoreError> {
     let Some(active) = site.active_store.as_deref() else {
         return Ok(false);
     };
@@ -227,7 +239,7 @@ fn owned_here(tx: &Connection, site: &Site, table: &str, row: &Value) -> Result<
 }
 
 /// The owning store of a row, following a parent where the registry says so.
-pub fn owner_of(tx: &Connection, table: &str, row: &Value) -> Result<Option<String>, String> {
+pub fn owner_of(tx: &Connection, table: &str, row: &Value) -> Result<Option<String>, StoreError> {
     let field_str = |v: &Value, f: &str| v.get(f).and_then(|x| x.as_str()).map(str::to_string);
     Ok(match registry::lookup(table).map(|t| t.owner) {
         Some(Owner::Field(f)) => field_str(row, f),
@@ -237,42 +249,15 @@ pub fn owner_of(tx: &Connection, table: &str, row: &Value) -> Result<Option<Stri
             parent_field,
         }) => {
             let pid = field_str(row, field).unwrap_or_default();
-            store::get_record(tx, table, &pid)
-                .map_err(|e| e.to_string())?
-                .and_then(|p| field_str(&p, parent_field))
+            store::get_record(tx, table, &pid)?.and_then(|p| field_str(&p, parent_field))
         }
         _ => None,
     })
 }
 
-fn drop_absent_ref(
-    tx: &Connection,
-    data: &mut Value,
-    field: &str,
-    table: &str,
-) -> Result<(), String> {
-    let id = match data.get(field).and_then(|v| v.as_str()) {
-        Some(id) if !id.is_empty() => id.to_string(),
-        _ => return Ok(()),
-    };
-    let present: Option<i64> = tx
-        .query_row(
-            "SELECT 1 FROM record WHERE table_name = ?1 AND record_id = ?2",
-            params![table, id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| e.to_string())?;
-    if present.is_none() {
-        data[field] = Value::String(String::new());
-    }
-    Ok(())
-}
-
 /// Merge `drop` into `keep` (§7.4): every reference is repointed, joins that would
 /// become duplicates are dropped, the loser is deleted. Repeating it is a no-op.
-fn merge(tx: &Connection, table: &str, keep: &str, drop: &str) -> Result<(), String> {
-    let sql = |e: rusqlite::Error| e.to_string();
+fn merge(tx: &Connection, table: &str, keep: &str, drop: &str) -> Result<(), RowError> {
     for field in registry::merge_reference_fields(table) {
         let path = format!("$.{field}");
         for (join, join_field, other) in registry::MERGE_JOINS {
@@ -309,7 +294,6 @@ fn merge(tx: &Connection, table: &str, keep: &str, drop: &str) -> Result<(), Str
 mod tests {
     use super::*;
     use crate::store::buffer;
-    use crate::wire::protocol::SyncRecord;
     use serde_json::json;
 
     fn receive(s: &Store, table: &str, action: &str, data: Value) {
@@ -318,13 +302,15 @@ mod tests {
             .and_then(|v| v.as_str())
             .unwrap_or("M")
             .to_string();
-        let rec = SyncRecord {
-            id: None,
-            sync_out_id: None,
-            table_name: table.into(),
-            record_id: id,
-            action: action.into(),
-            record_data: Some(data),
+        let text = data.to_string();
+        let rec = if action == "delete" {
+            buffer::Incoming::Delete { table, id: &id }
+        } else {
+            buffer::Incoming::Upsert {
+                table,
+                id: &id,
+                data: &text,
+            }
         };
         buffer::put(s.conn(), &rec).unwrap();
     }
@@ -425,13 +411,10 @@ mod tests {
         )
         .unwrap();
         for _ in 0..2 {
-            let m = SyncRecord {
-                id: None,
-                sync_out_id: None,
-                table_name: "item".into(),
-                record_id: "A1".into(),
-                action: "merge".into(),
-                record_data: Some(json!({"mergeIdToKeep": "A1", "mergeIdToDelete": "B7"})),
+            let m = buffer::Incoming::Merge {
+                table: "item",
+                keep: "A1".into(),
+                drop: "B7".into(),
             };
             buffer::put(s.conn(), &m).unwrap();
             let r = integrate(&mut s, &site(), |_| {}).unwrap();

@@ -10,7 +10,7 @@
 
 use rusqlite::{params, Connection};
 
-use crate::error::StoreError;
+use crate::store::StoreError;
 use crate::store::{self, Store};
 
 /// What gets numbered: (table, type, number field, link field, counter).

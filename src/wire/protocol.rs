@@ -1,16 +1,21 @@
-//! The mSupply v5 sync API on the wire (protocol §3–§4): message types shared by the
-//! agent's client and the reference central, so the two cannot drift apart.
+//! The mSupply v5 sync API on the wire (protocol §3–§4, §9.2): message types shared
+//! by the agent's client and the reference central, so the two cannot drift apart.
 //!
 //! These structs are frozen: key spellings and JSON types are what real mSupply
-//! central servers speak. Change them only with the protocol document.
+//! central servers speak. Change them only with the protocol document. Reading is
+//! tolerant (§9.2): unknown keys are ignored, optional ones may be absent or null,
+//! numbers may arrive as strings; only what identity and ordering need is required.
+//! Writing is exact: the central sends every key.
 
+use std::cell::RefCell;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::error::{Class, ProtocolError};
+use crate::error::Class;
 
 pub const PREFIX: &str = "/sync/v5";
 /// Value of the `version` header: the sync API version this agent speaks.
@@ -18,35 +23,50 @@ pub const API_VERSION: u32 = 14;
 pub const APP_NAME: &str = "fieldsync";
 pub const APP_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// `GET /sync/v5/site`.
+/// `GET /sync/v5/site`. Only `id`, `siteId` and `initialisationStatus` are
+/// required (§9.2); the reference central sends every key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SiteInfo {
     pub id: String,
+    #[serde(deserialize_with = "lenient_u32")]
     pub site_id: u32,
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub code: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub name: String,
     /// `new`, `started`, `completed` or `error`.
     pub initialisation_status: String,
+    #[serde(default, deserialize_with = "null_as_false")]
     pub is_om_supply_central_server: bool,
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub om_supply_central_server_url: String,
-    #[serde(rename = "mSupplyCentralSiteId")]
-    pub m_supply_central_site_id: u32,
+    #[serde(
+        rename = "mSupplyCentralSiteId",
+        default,
+        deserialize_with = "lenient_opt_u32"
+    )]
+    pub m_supply_central_site_id: Option<u32>,
 }
 
-/// `POST /sync/v5/initialise` answer.
+/// `POST /sync/v5/initialise` answer. A central that does not say how many it
+/// queued is read as "unknown".
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InitialiseResponse {
-    pub queue_length: u64,
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
+    pub queue_length: Option<u64>,
 }
 
-/// `GET /sync/v5/site_status`.
+/// `GET /sync/v5/site_status`. Codes other than the four known ones mean "busy,
+/// try later" (§9.2); `message` and `data` may be anything or absent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SiteStatus {
     /// `idle`, `sync_is_running`, `integration_in_progress` or `initialisation_in_progress`.
     pub code: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub message: String,
+    #[serde(default)]
     pub data: Option<Value>,
 }
 
@@ -64,21 +84,45 @@ pub struct Acknowledge {
     pub sync_ids: Vec<String>,
 }
 
-/// The record envelope, in both directions.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// The record envelope, in both directions. `recordData` stays the raw text it
+/// arrived as: received rows are stored exactly as received (§7.4 rev 2), and the
+/// central stages pushed rows without building a tree per row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncRecord {
     /// Change-log sequence (`central_records` only): the cursor.
-    #[serde(rename = "ID", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ID",
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_opt_u64"
+    )]
     pub id: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_opt_string"
+    )]
     pub sync_out_id: Option<String>,
-    pub table_name: String,
-    pub record_id: String,
-    pub action: String,
-    /// Absent, null or `{}` on deletes; the row on upserts; ids on merges.
     #[serde(default)]
-    pub record_data: Option<Value>,
+    pub table_name: String,
+    #[serde(default)]
+    pub record_id: String,
+    #[serde(default)]
+    pub action: String,
+    /// Absent, null or anything on deletes; the row on upserts; ids on merges.
+    #[serde(default)]
+    pub record_data: Option<Box<RawValue>>,
+}
+
+impl SyncRecord {
+    /// `recordData` as text, `None` when absent or null.
+    pub fn data_text(&self) -> Option<&str> {
+        self.record_data
+            .as_deref()
+            .map(RawValue::get)
+            .filter(|t| *t != "null")
+    }
 }
 
 /// What a record asks the receiver to do. Actions compare case-insensitively and
@@ -121,7 +165,9 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorDetail {
     pub code: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub message: String,
+    #[serde(default)]
     pub data: Option<Value>,
 }
 
@@ -129,9 +175,13 @@ pub struct ErrorDetail {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RejectedRecord {
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub sync_out_id: String,
+    #[serde(default)]
     pub table_name: String,
+    #[serde(default)]
     pub record_id: String,
+    #[serde(default)]
     pub reason: String,
 }
 
@@ -154,6 +204,70 @@ pub mod code {
     pub const REQUEST_TOO_LARGE: &str = "request_too_large";
 }
 
+/// Errors at the protocol level: the central answered, but with an error, or with
+/// something that is not a v5 answer, or with a v5 answer the protocol forbids.
+#[derive(Debug)]
+pub enum ProtocolError {
+    /// A v5 error body (or a bare status) from the central.
+    Server {
+        status: u16,
+        code: String,
+        message: String,
+        class: Class,
+    },
+    /// The push was refused because of the listed records (403/400 [PC] codes).
+    Rejected {
+        status: u16,
+        code: String,
+        records: Vec<RejectedRecord>,
+    },
+    /// The answer is not a v5 answer (garbage, wrong shape). §9.4: not the
+    /// central contradicting the protocol, so retried.
+    NotV5 { path: String, detail: String },
+    /// A well-formed v5 answer that contradicts the protocol (cursors going
+    /// backwards, a queue that never advances…): a person must look.
+    Violation(String),
+}
+
+impl ProtocolError {
+    pub fn class(&self) -> Class {
+        match self {
+            ProtocolError::Server { class, .. } => *class,
+            ProtocolError::Rejected { .. } => Class::Rejected,
+            ProtocolError::NotV5 { .. } => Class::Transient,
+            ProtocolError::Violation(_) => Class::Site,
+        }
+    }
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolError::Server {
+                status,
+                code,
+                message,
+                ..
+            } => write!(f, "central answered {status} {code}: {message}"),
+            ProtocolError::Rejected {
+                status,
+                code,
+                records,
+            } => write!(
+                f,
+                "central refused {} record(s) ({status} {code})",
+                records.len()
+            ),
+            ProtocolError::NotV5 { path, detail } => {
+                write!(f, "{path}: the answer is not a v5 answer ({detail})")
+            }
+            ProtocolError::Violation(m) => write!(f, "protocol error from the central: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
 /// What the agent does about an error code, or about a status with no usable body (§4).
 pub fn classify(status: u16, code: Option<&str>) -> Class {
     match code {
@@ -165,7 +279,7 @@ pub fn classify(status: u16, code: Option<&str>) -> Class {
         Some(code::SITE_AUTH_TIMEOUT) => Class::Transient,
         Some(code::RECORD_NOT_OWNED_BY_SITE) | Some(code::INVALID_SYNC_RECORD) => Class::Rejected,
         _ => match status {
-            408 | 429 | 502 | 503 | 504 => Class::Transient,
+            408 | 429 | 500..=599 => Class::Transient,
             401 => Class::Credentials,
             _ => Class::Site,
         },
@@ -208,7 +322,7 @@ pub fn error_from_response(status: u16, body: &[u8]) -> ProtocolError {
 }
 
 /// Keeps a server-provided message to one printable line of bounded length.
-fn sanitize(s: &str) -> String {
+pub fn sanitize(s: &str) -> String {
     let line: String = s.chars().filter(|c| !c.is_control()).take(200).collect();
     if line.is_empty() {
         "(no message)".into()
@@ -217,95 +331,322 @@ fn sanitize(s: &str) -> String {
     }
 }
 
+// ---- lenient readers (§9.2) -------------------------------------------------------
+
+fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+fn null_as_false<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
+}
+
+/// A whole number given as a JSON number or as a string of digits; null is "unknown".
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Lenient {
+    Num(u64),
+    Text(String),
+}
+
+fn lenient_opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<Lenient>::deserialize(d)? {
+        None => Ok(None),
+        Some(Lenient::Num(n)) => Ok(Some(n)),
+        Some(Lenient::Text(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| de::Error::custom(format!("{t:?} is not a whole number"))),
+    }
+}
+
+fn lenient_opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    match lenient_opt_u64(d)? {
+        None => Ok(None),
+        Some(n) => u32::try_from(n)
+            .map(Some)
+            .map_err(|_| de::Error::custom(format!("{n} is out of range"))),
+    }
+}
+
+fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    lenient_opt_u32(d)?.ok_or_else(|| de::Error::custom("a site id is required"))
+}
+
+fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum S {
+        Num(u64),
+        Text(String),
+    }
+    Ok(match Option::<S>::deserialize(d)? {
+        None => None,
+        Some(S::Num(n)) => Some(n.to_string()),
+        Some(S::Text(t)) => Some(t),
+    })
+}
+
+// ---- streaming pull decoder -------------------------------------------------------
+
 /// Header fields of a pull response, gathered while its records stream past.
+/// Absent or null means unknown (§9.2).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PullHeader {
-    /// `maxCursor` (central records) or `queueLength` (queued records).
+    /// `maxCursor` (central records).
     pub max_cursor: Option<u64>,
+    /// `queueLength` (queued records).
     pub queue_length: Option<u64>,
     pub records: u64,
 }
 
+/// What is known of the record being decoded when decoding broke inside it, so a
+/// record that cannot be read (too large, too deep) can still be set aside by
+/// its ids.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Partial {
+    pub id: Option<u64>,
+    pub sync_out_id: Option<String>,
+    pub table_name: Option<String>,
+    pub record_id: Option<String>,
+}
+
+/// Why decoding a page stopped.
+#[derive(Debug)]
+pub enum PullError<E> {
+    /// The callback stopped it with its own error.
+    Stopped(E),
+    /// The page broke: `kind` says how; `inside` is what is known of the record
+    /// being decoded when it broke (none between records), after `before` records.
+    Broken {
+        kind: Broken,
+        detail: String,
+        inside: Option<Partial>,
+        before: u64,
+    },
+}
+
+/// How a page broke, from serde_json's own categories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// Reading the body failed (the link, or a limit in the reader).
+    Io,
+    /// The body ended early: a cut response.
+    Eof,
+    /// Not JSON.
+    Syntax,
+    /// JSON of the wrong shape.
+    Data,
+}
+
 /// Decodes a `central_records` or `queued_records` response, handing each record to
-/// `each` as it is parsed, so memory holds one record, not the batch. `each` may
-/// stop decoding by returning an error message; that message becomes the result.
-pub fn decode_pull<R: std::io::Read>(
+/// `each` as it is parsed, so memory holds one record, not the page. `each` may
+/// stop decoding with its own error, returned as [`PullError::Stopped`].
+pub fn decode_pull<R: std::io::Read, E>(
     reader: R,
-    each: &mut dyn FnMut(SyncRecord) -> Result<(), String>,
-) -> Result<PullHeader, String> {
+    each: &mut dyn FnMut(SyncRecord) -> Result<(), E>,
+) -> Result<PullHeader, PullError<E>> {
     let mut de = serde_json::Deserializer::from_reader(reader);
-    let header = PullSeed { each }
-        .deserialize(&mut de)
-        .map_err(|e| e.to_string())?;
-    de.end()
-        .map_err(|e| format!("trailing data after the JSON object: {e}"))?;
-    Ok(header)
+    let state = RefCell::new(DecodeState {
+        stopped: None,
+        partial: None,
+        records: 0,
+    });
+    let result = PullSeed {
+        each,
+        state: &state,
+    }
+    .deserialize(&mut de)
+    .and_then(|h| de.end().map(|()| h));
+    let st = state.into_inner();
+    match result {
+        Ok(h) => Ok(h),
+        Err(_) if st.stopped.is_some() => Err(PullError::Stopped(st.stopped.expect("checked"))),
+        Err(e) => Err(PullError::Broken {
+            kind: match e.classify() {
+                serde_json::error::Category::Io => Broken::Io,
+                serde_json::error::Category::Eof => Broken::Eof,
+                serde_json::error::Category::Syntax => Broken::Syntax,
+                serde_json::error::Category::Data => Broken::Data,
+            },
+            detail: e.to_string(),
+            inside: st.partial,
+            before: st.records,
+        }),
+    }
 }
 
-struct PullSeed<'a> {
-    each: &'a mut dyn FnMut(SyncRecord) -> Result<(), String>,
+struct DecodeState<E> {
+    stopped: Option<E>,
+    /// Set while a record is being decoded.
+    partial: Option<Partial>,
+    records: u64,
 }
 
-impl<'de> DeserializeSeed<'de> for PullSeed<'_> {
+struct PullSeed<'a, 's, E> {
+    each: &'a mut dyn FnMut(SyncRecord) -> Result<(), E>,
+    state: &'s RefCell<DecodeState<E>>,
+}
+
+impl<'de, E> DeserializeSeed<'de> for PullSeed<'_, '_, E> {
     type Value = PullHeader;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<PullHeader, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for PullSeed<'_> {
+impl<'de, E> Visitor<'de> for PullSeed<'_, '_, E> {
     type Value = PullHeader;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an object with \"data\" and \"maxCursor\" or \"queueLength\"")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PullHeader, A::Error> {
         let mut h = PullHeader::default();
-        let mut seen_data = false;
         while let Some(k) = map.next_key::<String>()? {
             match k.as_str() {
-                "maxCursor" => h.max_cursor = Some(map.next_value()?),
-                "queueLength" => h.queue_length = Some(map.next_value()?),
+                "maxCursor" => h.max_cursor = map.next_value::<LenientU64>()?.0,
+                "queueLength" => h.queue_length = map.next_value::<LenientU64>()?.0,
+                // A page without data, or with data null, is an empty page (§9.2).
                 "data" => {
                     h.records = map.next_value_seed(RecordsSeed {
                         each: &mut *self.each,
-                    })?;
-                    seen_data = true;
+                        state: self.state,
+                    })?
                 }
                 _ => {
                     map.next_value::<de::IgnoredAny>()?;
                 }
             }
         }
-        if !seen_data {
-            return Err(de::Error::missing_field("data"));
-        }
         Ok(h)
     }
 }
 
-struct RecordsSeed<'a> {
-    each: &'a mut dyn FnMut(SyncRecord) -> Result<(), String>,
-}
+struct LenientU64(Option<u64>);
 
-impl<'de> DeserializeSeed<'de> for RecordsSeed<'_> {
-    type Value = u64;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
-        d.deserialize_seq(self)
+impl<'de> Deserialize<'de> for LenientU64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        lenient_opt_u64(d).map(LenientU64)
     }
 }
 
-impl<'de> Visitor<'de> for RecordsSeed<'_> {
+struct RecordsSeed<'a, 's, E> {
+    each: &'a mut dyn FnMut(SyncRecord) -> Result<(), E>,
+    state: &'s RefCell<DecodeState<E>>,
+}
+
+impl<'de, E> DeserializeSeed<'de> for RecordsSeed<'_, '_, E> {
+    type Value = u64;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de, E> Visitor<'de> for RecordsSeed<'_, '_, E> {
     type Value = u64;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an array of sync records")
     }
+    fn visit_none<Er: de::Error>(self) -> Result<u64, Er> {
+        Ok(0)
+    }
+    fn visit_unit<Er: de::Error>(self) -> Result<u64, Er> {
+        Ok(0)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        d.deserialize_seq(self)
+    }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
         let mut n = 0;
-        while let Some(rec) = seq.next_element::<SyncRecord>()? {
+        loop {
+            self.state.borrow_mut().partial = Some(Partial::default());
+            let Some(rec) = seq.next_element_seed(RecordSeed { state: self.state })? else {
+                self.state.borrow_mut().partial = None;
+                break;
+            };
+            self.state.borrow_mut().partial = None;
             n += 1;
-            (self.each)(rec).map_err(de::Error::custom)?;
+            if let Err(e) = (self.each)(rec) {
+                self.state.borrow_mut().stopped = Some(e);
+                return Err(de::Error::custom("stopped by the receiver"));
+            }
+            self.state.borrow_mut().records = n;
         }
         Ok(n)
+    }
+}
+
+/// One envelope, field by field, so the ids read before a failure are known.
+struct RecordSeed<'s, E> {
+    state: &'s RefCell<DecodeState<E>>,
+}
+
+impl<'de, E> DeserializeSeed<'de> for RecordSeed<'_, E> {
+    type Value = SyncRecord;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<SyncRecord, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, E> Visitor<'de> for RecordSeed<'_, E> {
+    type Value = SyncRecord;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a sync record object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SyncRecord, A::Error> {
+        let mut rec = SyncRecord {
+            id: None,
+            sync_out_id: None,
+            table_name: String::new(),
+            record_id: String::new(),
+            action: String::new(),
+            record_data: None,
+        };
+        let note = |f: &dyn Fn(&mut Partial)| {
+            if let Some(p) = self.state.borrow_mut().partial.as_mut() {
+                f(p)
+            }
+        };
+        while let Some(k) = map.next_key::<String>()? {
+            match k.as_str() {
+                "ID" => {
+                    rec.id = map.next_value::<LenientU64>()?.0;
+                    note(&|p| p.id = rec.id);
+                }
+                "syncOutId" => {
+                    rec.sync_out_id = map.next_value::<LenientString>()?.0;
+                    let v = rec.sync_out_id.clone();
+                    note(&|p| p.sync_out_id = v.clone());
+                }
+                "tableName" => {
+                    rec.table_name = map.next_value::<Option<String>>()?.unwrap_or_default();
+                    let v = rec.table_name.clone();
+                    note(&|p| p.table_name = Some(v.clone()));
+                }
+                "recordId" => {
+                    rec.record_id = map.next_value::<Option<String>>()?.unwrap_or_default();
+                    let v = rec.record_id.clone();
+                    note(&|p| p.record_id = Some(v.clone()));
+                }
+                "action" => {
+                    rec.action = map.next_value::<Option<String>>()?.unwrap_or_default();
+                }
+                "recordData" => rec.record_data = Some(map.next_value()?),
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(rec)
+    }
+}
+
+struct LenientString(Option<String>);
+
+impl<'de> Deserialize<'de> for LenientString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        lenient_opt_string(d).map(LenientString)
     }
 }
 
@@ -314,14 +655,39 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn decode(body: &[u8]) -> Result<(PullHeader, Vec<SyncRecord>), PullError<String>> {
+        let mut got = vec![];
+        let h = decode_pull(body, &mut |r| {
+            got.push(r);
+            Ok::<(), String>(())
+        })?;
+        Ok((h, got))
+    }
+
     #[test]
-    fn site_info_keys_are_exact() {
+    fn site_info_keys_are_exact_and_the_optional_ones_may_go() {
         let v = json!({"id":"6F1C","siteId":12,"code":"KAW","name":"Kawakawa clinic",
             "initialisationStatus":"completed","isOmSupplyCentralServer":false,
             "omSupplyCentralServerUrl":"","mSupplyCentralSiteId":1});
         let s: SiteInfo = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(s.site_id, 12);
         assert_eq!(serde_json::to_value(&s).unwrap(), v);
+        // §9.2: only id, siteId and initialisationStatus are required.
+        let bare: SiteInfo = serde_json::from_value(json!({"id":"X","siteId":"7",
+            "initialisationStatus":"new","name":null,"extra":[1]}))
+        .unwrap();
+        assert_eq!(
+            (
+                bare.site_id,
+                bare.name.as_str(),
+                bare.m_supply_central_site_id
+            ),
+            (7, "", None)
+        );
+        assert!(serde_json::from_value::<SiteInfo>(
+            json!({"siteId":7,"initialisationStatus":"new"})
+        )
+        .is_err());
     }
 
     #[test]
@@ -335,33 +701,67 @@ mod tests {
 
     #[test]
     fn pull_streams_records_and_reads_header_in_any_order() {
-        let body = br#"{"data":[{"ID":3,"tableName":"unit","recordId":"U","action":"update","recordData":{"ID":"U"}},
-            {"syncOutId":"9","tableName":"name_note","recordId":"E","action":"delete"}],"maxCursor":7,"extra":[1,2]}"#;
-        let mut got = vec![];
-        let h = decode_pull(&body[..], &mut |r| {
-            got.push(r);
-            Ok(())
-        })
-        .unwrap();
+        let body = br#"{"data":[{"ID":3,"tableName":"unit","recordId":"U","action":"update","recordData":{"ID":"U", "n":5.0}},
+            {"syncOutId":9,"tableName":"name_note","recordId":"E","action":"delete"}],"maxCursor":"7","extra":[1,2]}"#;
+        let (h, got) = decode(body).unwrap();
         assert_eq!(h.max_cursor, Some(7));
         assert_eq!(h.records, 2);
         assert_eq!(got[0].id, Some(3));
-        assert_eq!(got[1].record_data, None);
+        assert_eq!(
+            got[0].data_text(),
+            Some(r#"{"ID":"U", "n":5.0}"#),
+            "kept as received"
+        );
+        assert_eq!(got[1].sync_out_id.as_deref(), Some("9"));
+        assert_eq!(got[1].data_text(), None);
     }
 
     #[test]
-    fn pull_rejects_wrong_shapes() {
-        assert!(decode_pull(&b"[]"[..], &mut |_| Ok(())).is_err());
-        assert!(decode_pull(&br#"{"maxCursor":1}"#[..], &mut |_| Ok(()))
-            .unwrap_err()
-            .contains("data"));
-        assert!(decode_pull(&br#"{"data":[{"tableName":1}]}"#[..], &mut |_| Ok(())).is_err());
-        assert!(decode_pull(&br#"{"data":[]} x"#[..], &mut |_| Ok(())).is_err());
+    fn pages_without_data_or_header_are_tolerated() {
+        for body in [
+            &br#"{"maxCursor":1}"#[..],
+            br#"{"data":null,"queueLength":null}"#,
+            b"{}",
+        ] {
+            let (h, got) = decode(body).unwrap();
+            assert_eq!((h.records, got.len()), (0, 0));
+        }
+        let (h, _) = decode(br#"{"queueLength":null,"data":[]}"#).unwrap();
+        assert_eq!(h.queue_length, None);
+    }
+
+    #[test]
+    fn pull_reports_where_it_broke() {
+        assert!(matches!(
+            decode(b"[]"),
+            Err(PullError::Broken {
+                kind: Broken::Data,
+                inside: None,
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode(br#"{"data":[]} x"#),
+            Err(PullError::Broken {
+                kind: Broken::Syntax,
+                ..
+            })
+        ));
+        match decode(br#"{"data":[{"ID":1,"tableName":"a","recordId":"b"},{"ID":2,"syncOutId":"8","tableName":"t","recordData":{"ID":"#)
+        {
+            Err(PullError::Broken { kind: Broken::Eof, inside: Some(p), before, .. }) => {
+                assert_eq!(before, 1);
+                assert_eq!(p.id, Some(2));
+                assert_eq!(p.sync_out_id.as_deref(), Some("8"));
+                assert_eq!(p.table_name.as_deref(), Some("t"));
+            }
+            other => panic!("{other:?}"),
+        }
         let stop = decode_pull(
             &br#"{"data":[{"tableName":"a","recordId":"b","action":"update"}]}"#[..],
-            &mut |_| Err("stop here".into()),
+            &mut |_| Err("stop here"),
         );
-        assert!(stop.unwrap_err().contains("stop here"));
+        assert!(matches!(stop, Err(PullError::Stopped("stop here"))));
     }
 
     #[test]
@@ -372,7 +772,8 @@ mod tests {
             error_from_response(502, b"<html>").class(),
             Class::Transient
         );
-        assert_eq!(error_from_response(500, b"oops").class(), Class::Site);
+        assert_eq!(error_from_response(500, b"oops").class(), Class::Transient);
+        assert_eq!(error_from_response(404, b"nope").class(), Class::Site);
         let body =
             br#"{"error":{"code":"record_not_owned_by_site","message":"m","data":{"records":[
             {"syncOutId":"57","tableName":"item","recordId":"AB12","reason":"central_data"}]}}}"#;

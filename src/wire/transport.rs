@@ -1,23 +1,30 @@
 //! The transport: the only module that touches ureq. It moves bytes for the client
-//! (method, path, headers, body in; status and a body reader out) and turns link
-//! failures into [`TransportError`]s. The [`Transport`] trait is the seam where tests
-//! put a transport that fails on demand.
+//! (method, path, headers, body in; status, headers and a body reader out) and turns
+//! link failures into [`TransportError`]s classified by ureq's and rustls's own
+//! error variants, never by their message text. The [`Transport`] trait is the seam
+//! where tests put an in-process central or a transport that fails on demand.
 //!
 //! What must hold: plain `http://` only to loopback unless the operator allowed it
-//! (§2); TLS verifies certificates against the system roots; no header value is ever
-//! formatted into an error.
+//! (§2); TLS verifies certificates against the system roots (plus an operator's CA
+//! file); no header value is ever formatted into an error.
 
+use std::fmt;
 use std::io::Read;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::error::TransportError;
+use crate::error::Class;
 
 /// Connect timeout. Defaults to 15 s (§2): a 2G link with a cold radio takes several
 /// seconds to set up a TCP connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Whole-request timeout. Defaults to 120 s (§2): one bounded batch over 2G.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// Largest response body read. Defaults to 64 MiB: a full pull batch is far below
+/// A request fails when not one byte moved either way for this long. Defaults to
+/// 60 s (§2 rev 2, §9.3): a slow link that still moves bytes is not a dead one — a
+/// 1 MB page over 40 kbit/s GPRS takes 200 s and must arrive.
+pub const NO_PROGRESS: Duration = Duration::from_secs(60);
+/// Hard cap on one request. Defaults to 30 min (§2 rev 2).
+pub const REQUEST_CAP: Duration = Duration::from_secs(30 * 60);
+/// Largest response body read. Defaults to 64 MiB: a full pull page is far below
 /// this; above it the central misbehaves and we stop reading.
 pub const MAX_RESPONSE_BYTES: u64 = 64 << 20;
 
@@ -27,21 +34,178 @@ pub enum Method {
     Post,
 }
 
+/// How long one request may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// No byte moved either way for this long: the link is dead.
+    pub no_progress: Duration,
+    /// The whole exchange, body included.
+    pub total: Duration,
+}
+
+impl Timeouts {
+    /// The rev 2 default: no progress for 60 s, 30 min in all.
+    pub const DEFAULT: Timeouts = Timeouts {
+        no_progress: NO_PROGRESS,
+        total: REQUEST_CAP,
+    };
+}
+
+/// One HTTP exchange as the client asks for it. `path` is absolute with its query.
+pub struct Request<'a> {
+    pub method: Method,
+    pub path: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: Option<&'a [u8]>,
+    pub timeouts: Timeouts,
+}
+
 pub struct Response {
     pub status: u16,
+    /// Header names lowercased.
+    pub headers: Vec<(String, String)>,
     pub body: Box<dyn Read>,
 }
 
-/// Moves one HTTP exchange. `path` is absolute and includes the query.
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Moves one HTTP exchange.
 pub trait Transport {
-    fn call(
-        &mut self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-        timeout: Duration,
-    ) -> Result<Response, TransportError>;
+    fn call(&mut self, req: &Request<'_>) -> Result<Response, TransportError>;
+}
+
+/// A TLS certificate the agent would not trust.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Certificate {
+    /// Not signed by a trusted CA, or for another name: a network in between, or
+    /// a central with a private CA not installed here.
+    Untrusted(String),
+    /// Not valid yet or expired *by this device's clock*: on a Pi without a real
+    /// time clock, usually the clock.
+    Time { expired: bool },
+}
+
+/// Errors of the transport: the link, TLS, HTTP framing.
+#[derive(Debug)]
+pub enum TransportError {
+    /// Could not connect (refused, DNS, no route, connect timeout).
+    Unreachable {
+        detail: String,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// Connected, then the exchange failed (reset, cut, no progress).
+    Interrupted {
+        detail: String,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The central's TLS certificate was not accepted.
+    Certificate(Certificate),
+    /// Something on the way answered instead of the central: a captive portal,
+    /// an operator's "no airtime" page, a proxy (§9.4). Says what it answered.
+    Intercepted(String),
+    /// The configured URL is unusable (bad syntax, http:// to a remote host).
+    BadUrl(String),
+    /// A response body over the size we accept.
+    TooLarge(u64),
+}
+
+impl TransportError {
+    pub fn unreachable(detail: impl Into<String>) -> TransportError {
+        TransportError::Unreachable {
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    pub fn interrupted(detail: impl Into<String>) -> TransportError {
+        TransportError::Interrupted {
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// What to do, for the errors whose cause is known better than "offline"
+    /// (§9.4): the network in between, a private CA, the device clock.
+    pub fn advice(&self) -> Option<String> {
+        match self {
+            TransportError::Intercepted(_) => {
+                Some("sign in to the Wi-Fi, or check the modem's airtime/data credit".into())
+            }
+            TransportError::Certificate(Certificate::Untrusted(_)) => Some(
+                "either a network in between answers instead of the central (sign in to the \
+                 Wi-Fi, check the modem), or the central uses a private CA: install it with \
+                 `fieldsync config set ca_file PATH`"
+                    .into(),
+            ),
+            TransportError::Certificate(Certificate::Time { .. }) => Some(format!(
+                "the device clock says {}: set the time or check NTP (a Pi has no battery clock)",
+                crate::field::status::utc_date(crate::field::status::now_unix())
+            )),
+            _ => None,
+        }
+    }
+
+    pub fn class(&self) -> Class {
+        match self {
+            TransportError::Unreachable { .. } => Class::Offline,
+            // §9.4: a certificate that is not the central's is the network in
+            // between, or a clock without RTC; neither is the central failing.
+            TransportError::Certificate(_) | TransportError::Intercepted(_) => Class::Offline,
+            TransportError::Interrupted { .. } | TransportError::TooLarge(_) => Class::Transient,
+            TransportError::BadUrl(_) => Class::Input,
+        }
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportError::Unreachable { detail, .. } => {
+                write!(f, "central unreachable: {detail}")
+            }
+            TransportError::Interrupted { detail, .. } => {
+                write!(f, "connection to the central interrupted: {detail}")
+            }
+            TransportError::Certificate(Certificate::Untrusted(why)) => {
+                write!(f, "the central's TLS certificate is not trusted ({why})")
+            }
+            TransportError::Certificate(Certificate::Time { expired }) => write!(
+                f,
+                "the central's TLS certificate is {} by this device's clock, which says {}",
+                if *expired { "expired" } else { "not valid yet" },
+                crate::field::status::utc_date(crate::field::status::now_unix())
+            ),
+            TransportError::Intercepted(what) => {
+                write!(f, "the network answered instead of the central ({what})")
+            }
+            TransportError::BadUrl(m) => write!(f, "central URL: {m}"),
+            TransportError::TooLarge(n) => write!(
+                f,
+                "response larger than the {n}-byte limit; the central sent too much at once"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TransportError::Unreachable {
+                source: Some(s), ..
+            }
+            | TransportError::Interrupted {
+                source: Some(s), ..
+            } => Some(s.as_ref()),
+            _ => None,
+        }
+    }
 }
 
 /// Parsed `scheme://host[:port]`; the path of a configured base URL is dropped, as
@@ -86,12 +250,17 @@ impl Origin {
     }
 
     pub fn is_loopback(&self) -> bool {
-        let h = self.host.trim_start_matches('[').trim_end_matches(']');
+        let h = self.bare_host();
         h == "localhost"
             || h == "::1"
             || h.parse::<std::net::Ipv4Addr>()
                 .map(|a| a.is_loopback())
                 .unwrap_or(false)
+    }
+
+    /// The host without IPv6 brackets.
+    pub fn bare_host(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -125,6 +294,14 @@ fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> 
     }
 }
 
+/// TLS settings an operator may give.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// Extra CA certificates (PEM) trusted beside the system's: a central with a
+    /// private CA.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// The real transport: ureq over TCP, TLS by rustls.
 pub struct HttpTransport {
     origin: Origin,
@@ -132,15 +309,16 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    pub fn new(origin: Origin) -> HttpTransport {
+    pub fn new(origin: Origin, tls: &Tls) -> Result<HttpTransport, TransportError> {
         let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(system_roots())
+            .root_certs(roots(tls)?)
             .build();
         let config = ureq::config::Config::builder()
             .http_status_as_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_global(Some(REQUEST_TIMEOUT))
             .max_redirects(0)
+            // A redirect is answered by a captive portal, not by a central; the
+            // client sees the 3xx itself (§9.4).
             .https_only(origin.https)
             .tls_config(tls)
             .user_agent(format!("fieldsync/{}", crate::wire::protocol::APP_VERSION))
@@ -150,7 +328,7 @@ impl HttpTransport {
             ureq::unversioned::transport::DefaultConnector::new(),
             SyncResolver,
         );
-        HttpTransport { origin, agent }
+        Ok(HttpTransport { origin, agent })
     }
 }
 
@@ -173,68 +351,98 @@ impl ureq::unversioned::resolver::Resolver for SyncResolver {
     }
 }
 
-/// The system's CA bundle (Debian, Raspberry Pi OS, Alpine), else the Mozilla roots
-/// built into the binary.
-fn system_roots() -> ureq::tls::RootCerts {
+/// The system's CA bundle (Debian, Raspberry Pi OS, Alpine; else the Mozilla roots
+/// built into the binary) plus the operator's CA file.
+fn roots(tls: &Tls) -> Result<ureq::tls::RootCerts, TransportError> {
     const BUNDLES: &[&str] = &[
         "/etc/ssl/certs/ca-certificates.crt",
         "/etc/pki/tls/certs/ca-bundle.crt",
     ];
-    for path in BUNDLES {
-        if let Ok(pem) = std::fs::read(path) {
-            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect();
-            if !certs.is_empty() {
-                return ureq::tls::RootCerts::new_with_certs(&certs);
-            }
+    let pem_certs = |pem: &[u8]| -> Vec<ureq::tls::Certificate<'static>> {
+        ureq::tls::parse_pem(pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut certs: Vec<_> = BUNDLES
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .map(|pem| pem_certs(&pem))
+        .find(|c| !c.is_empty())
+        .unwrap_or_default();
+    let system = !certs.is_empty();
+    if let Some(path) = &tls.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| TransportError::BadUrl(format!("CA file {}: {e}", path.display())))?;
+        let extra = pem_certs(&pem);
+        if extra.is_empty() {
+            return Err(TransportError::BadUrl(format!(
+                "CA file {} holds no PEM certificate",
+                path.display()
+            )));
         }
+        certs.extend(extra);
     }
-    ureq::tls::RootCerts::WebPki
+    Ok(if certs.is_empty() {
+        ureq::tls::RootCerts::WebPki
+    } else if system || tls.ca_file.is_some() {
+        ureq::tls::RootCerts::new_with_certs(&certs)
+    } else {
+        ureq::tls::RootCerts::WebPki
+    })
 }
 
 impl Transport for HttpTransport {
-    fn call(
-        &mut self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-        timeout: Duration,
-    ) -> Result<Response, TransportError> {
-        let url = self.origin.url(path);
-        let result = match method {
+    fn call(&mut self, req: &Request<'_>) -> Result<Response, TransportError> {
+        let url = self.origin.url(req.path);
+        // No progress for `no_progress` either way fails the request (rev 2); the
+        // whole exchange is capped at `total`.
+        let (total, idle) = (Some(req.timeouts.total), Some(req.timeouts.no_progress));
+        let result = match req.method {
             Method::Get => {
-                let mut req = self
+                let mut r = self
                     .agent
                     .get(&url)
                     .config()
-                    .timeout_global(Some(timeout))
+                    .timeout_global(total)
+                    .timeout_per_read(idle)
+                    .timeout_per_write(idle)
                     .build();
-                for (k, v) in headers {
-                    req = req.header(*k, *v);
+                for (k, v) in req.headers {
+                    r = r.header(*k, *v);
                 }
-                req.call()
+                r.call()
             }
             Method::Post => {
-                let mut req = self
+                let mut r = self
                     .agent
                     .post(&url)
                     .config()
-                    .timeout_global(Some(timeout))
+                    .timeout_global(total)
+                    .timeout_per_read(idle)
+                    .timeout_per_write(idle)
                     .build()
                     .header("Content-Type", "application/json");
-                for (k, v) in headers {
-                    req = req.header(*k, *v);
+                for (k, v) in req.headers {
+                    r = r.header(*k, *v);
                 }
-                req.send(body.unwrap_or(b"{}"))
+                r.send(req.body.unwrap_or(b"{}"))
             }
         };
         let resp = result.map_err(map_error)?;
         let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    k.as_str().to_ascii_lowercase(),
+                    v.to_str().ok()?.to_string(),
+                ))
+            })
+            .collect();
         let reader = resp
             .into_body()
             .into_with_config()
@@ -242,49 +450,98 @@ impl Transport for HttpTransport {
             .reader();
         Ok(Response {
             status,
-            body: Box::new(LimitError(reader)),
+            headers,
+            body: Box::new(BodyErrors(reader)),
         })
     }
 }
 
-/// Makes a body read past the limit say so, instead of ureq's generic io error.
-struct LimitError<R>(R);
+/// Turns ureq errors met while reading a body (wrapped in io::Error) into our own,
+/// so the client sees "too large" and "no progress" as such.
+struct BodyErrors<R>(R);
 
-impl<R: Read> Read for LimitError<R> {
+impl<R: Read> Read for BodyErrors<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.0.read(buf).map_err(|e| {
-            if e.to_string().contains("limit") {
-                std::io::Error::other(TransportError::TooLarge(MAX_RESPONSE_BYTES).to_string())
-            } else {
-                e
+            let kind = e.kind();
+            match ureq::Error::from(e) {
+                ureq::Error::Io(io) => io,
+                other => std::io::Error::new(kind, map_error(other)),
             }
         })
     }
 }
 
-fn map_error(e: ureq::Error) -> TransportError {
+/// Classifies ureq's error by variant.
+pub(crate) fn map_error(e: ureq::Error) -> TransportError {
     use ureq::Error as E;
+    use ureq::Timeout as T;
     match e {
-        E::HostNotFound => TransportError::Unreachable("host not found (DNS)".into()),
-        E::ConnectionFailed => TransportError::Unreachable("connection failed".into()),
-        E::Timeout(t) => {
-            let what = format!("{t:?}").to_lowercase();
-            if what.contains("connect") || what.contains("resolve") {
-                TransportError::Unreachable(format!("timed out ({what})"))
-            } else {
-                TransportError::Interrupted(format!("timed out ({what})"))
+        E::HostNotFound => TransportError::unreachable("host not found (DNS)"),
+        E::ConnectionFailed => TransportError::unreachable("connection failed"),
+        E::Timeout(T::Connect | T::Resolve) => TransportError::unreachable("connect timed out"),
+        E::Timeout(T::PerRead | T::PerWrite) => {
+            TransportError::interrupted(format!("no progress for {} s", NO_PROGRESS.as_secs()))
+        }
+        E::Timeout(t) => TransportError::interrupted(format!("timed out ({t})")),
+        E::BodyExceedsLimit(n) => TransportError::TooLarge(n),
+        E::Io(io) => map_io(io),
+        E::BadUri(u) => TransportError::BadUrl(u),
+        E::RequireHttpsOnly(u) => TransportError::BadUrl(u),
+        E::Rustls(r) => map_rustls(r),
+        other => TransportError::Interrupted {
+            detail: other.to_string(),
+            source: Some(Box::new(other)),
+        },
+    }
+}
+
+fn map_io(io: std::io::Error) -> TransportError {
+    use std::io::ErrorKind as K;
+    // rustls reports handshake failures as io errors wrapping its own error.
+    if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
+        let inner = io.into_inner().expect("checked above");
+        return map_rustls(*inner.downcast::<rustls::Error>().expect("checked above"));
+    }
+    if io.get_ref().is_some_and(|i| i.is::<TransportError>()) {
+        let inner = io.into_inner().expect("checked above");
+        return *inner.downcast::<TransportError>().expect("checked above");
+    }
+    let detail = io.to_string();
+    match io.kind() {
+        K::ConnectionRefused | K::AddrNotAvailable | K::NetworkUnreachable | K::HostUnreachable => {
+            TransportError::Unreachable {
+                detail,
+                source: Some(Box::new(io)),
             }
         }
-        E::Io(io) => match io.kind() {
-            std::io::ErrorKind::ConnectionRefused
-            | std::io::ErrorKind::AddrNotAvailable
-            | std::io::ErrorKind::NetworkUnreachable
-            | std::io::ErrorKind::HostUnreachable => TransportError::Unreachable(io.to_string()),
-            _ => TransportError::Interrupted(io.to_string()),
+        K::TimedOut | K::WouldBlock => TransportError::Interrupted {
+            detail: format!("no progress for {} s", NO_PROGRESS.as_secs()),
+            source: Some(Box::new(io)),
         },
-        E::BadUri(u) => TransportError::BadUrl(u),
-        E::Tls(m) => TransportError::Interrupted(format!("TLS: {m}")),
-        other => TransportError::Interrupted(other.to_string()),
+        _ => TransportError::Interrupted {
+            detail,
+            source: Some(Box::new(io)),
+        },
+    }
+}
+
+fn map_rustls(e: rustls::Error) -> TransportError {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => TransportError::Certificate(match c {
+            C::Expired | C::ExpiredContext { .. } => Certificate::Time { expired: true },
+            C::NotValidYet | C::NotValidYetContext { .. } => Certificate::Time { expired: false },
+            C::UnknownIssuer => Certificate::Untrusted("signed by an unknown authority".into()),
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                Certificate::Untrusted("issued for another host name".into())
+            }
+            other => Certificate::Untrusted(format!("{other:?}")),
+        }),
+        other => TransportError::Interrupted {
+            detail: format!("TLS: {other}"),
+            source: Some(Box::new(other)),
+        },
     }
 }
 
@@ -312,5 +569,44 @@ mod tests {
             o.url("/sync/v5/site"),
             "https://c.example.org:8443/sync/v5/site"
         );
+    }
+
+    #[test]
+    fn errors_are_classified_by_variant() {
+        use ureq::Error as E;
+        assert_eq!(map_error(E::HostNotFound).class(), Class::Offline);
+        assert_eq!(
+            map_error(E::Timeout(ureq::Timeout::Connect)).class(),
+            Class::Offline
+        );
+        let stalled = map_error(E::Timeout(ureq::Timeout::PerRead));
+        assert_eq!(stalled.class(), Class::Transient);
+        assert!(
+            stalled.to_string().contains("no progress for 60 s"),
+            "{stalled}"
+        );
+        assert!(matches!(
+            map_error(E::BodyExceedsLimit(9)),
+            TransportError::TooLarge(9)
+        ));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(map_error(E::Io(refused)).class(), Class::Offline);
+        let cert = |c| {
+            let io = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(c),
+            );
+            map_error(E::Io(io))
+        };
+        let e = cert(rustls::CertificateError::NotValidYet);
+        assert!(matches!(
+            e,
+            TransportError::Certificate(Certificate::Time { expired: false })
+        ));
+        assert!(e.to_string().contains("device's clock"), "{e}");
+        assert!(e.advice().unwrap().contains("set the time or check NTP"));
+        let e = cert(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(e.class(), Class::Offline);
+        assert!(e.advice().unwrap().contains("private CA"), "{e}");
     }
 }

@@ -1,0 +1,198 @@
+//! Local records through the store's rules: `put`, `get`, `delete`, `list`,
+//! `import`, `queue`, `tables`. Every write goes through the same SQLite triggers
+//! as the clinic's app, so the CLI can do nothing an app could not.
+
+use std::io::{BufRead, Read, Write};
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::Class;
+use crate::store::{self, outbox, registry, row, Store, StoreError};
+
+use super::{CmdResult, Failure};
+
+/// Parses one record given as text. The text itself is checked first (no key
+/// twice, depth, size), since a parsed value would silently keep only one of two
+/// equal keys.
+pub fn parse_record(text: &str, at: &str) -> Result<Value, Failure> {
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| Failure::new(Class::Input, format!("{at}: not JSON: {e}")))?;
+    if v.is_object() {
+        if let Err(
+            p @ (row::Problem::DuplicateKey(_) | row::Problem::TooDeep | row::Problem::NotJson(_)),
+        ) = row::check(text, None)
+        {
+            return Err(Failure::new(
+                Class::Input,
+                format!("{at}: the record {p}; nothing was written"),
+            ));
+        }
+    }
+    Ok(v)
+}
+
+pub fn put(db: &Path, table: &str, json_text: &str) -> CmdResult {
+    if json_text.len() > store::MAX_RECORD_BYTES {
+        return Err(Failure::new(
+            Class::Input,
+            format!(
+                "record: over the {}-byte record limit; nothing was written",
+                store::MAX_RECORD_BYTES
+            ),
+        ));
+    }
+    let row = parse_record(json_text, "record")?;
+    let mut store = Store::open_configured(db)?;
+    store.put(table, &row)?;
+    Ok(())
+}
+
+pub fn get(db: &Path, table: &str, id: &str) -> CmdResult {
+    let store = Store::open_configured(db)?;
+    match store.get(table, id)? {
+        Some(v) => {
+            println!("{v}");
+            Ok(())
+        }
+        None => Err(Failure::new(
+            Class::Input,
+            format!("no {table} record {id}"),
+        )),
+    }
+}
+
+pub fn delete(db: &Path, table: &str, id: &str) -> CmdResult {
+    let mut store = Store::open_configured(db)?;
+    if store.delete(table, id)? {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            Class::Input,
+            format!("no {table} record {id}"),
+        ))
+    }
+}
+
+pub fn list(db: &Path, table: Option<&str>) -> CmdResult {
+    let store = Store::open_configured(db)?;
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(out.lock());
+    store.for_each_record(table, |t, d| {
+        writeln!(out, "{{\"table\":{},\"record\":{d}}}", Value::from(t))
+            .map_err(|e| StoreError::Io("writing output".into(), e))
+    })?;
+    Ok(())
+}
+
+/// Bulk import of JSON Lines: `{"table": T, "record": {...}}` per line, or plain
+/// records with `--table`. One transaction for the whole file, so a bad line
+/// leaves nothing half-written; reading streams line by line, so memory does not
+/// grow with the file, and lines are capped at the record limit.
+pub fn import(db: &Path, path: &str, table: Option<&str>) -> Result<u64, Failure> {
+    let file: Box<dyn Read> = if path == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(path)
+                .map_err(|e| Failure::new(Class::Input, format!("{path}: {e}")))?,
+        )
+    };
+    let mut reader = std::io::BufReader::with_capacity(64 << 10, file);
+    let mut store = Store::open_configured(db)?;
+    let tx = store.tx()?;
+    let mut line = Vec::with_capacity(4096);
+    let mut n = 0u64;
+    let mut lineno = 0u64;
+    loop {
+        line.clear();
+        lineno += 1;
+        let at = format!("{path} line {lineno}");
+        let read = (&mut reader)
+            .take(store::MAX_RECORD_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Failure::new(Class::Input, format!("{at}: {e}")))?;
+        if read == 0 {
+            break;
+        }
+        if line.len() > store::MAX_RECORD_BYTES {
+            return Err(Failure::new(
+                Class::Input,
+                format!(
+                    "{at}: line is over the {}-byte record limit; nothing was imported",
+                    store::MAX_RECORD_BYTES
+                ),
+            ));
+        }
+        let text = std::str::from_utf8(&line)
+            .map_err(|_| Failure::new(Class::Input, format!("{at}: not UTF-8")))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let v = parse_record(text, &at)?;
+        let (t, row) = match table {
+            Some(t) => (t.to_string(), v),
+            None => {
+                let t = v.get("table").and_then(|t| t.as_str()).ok_or_else(|| {
+                    Failure::new(
+                        Class::Input,
+                        format!("{at}: needs {{\"table\": …, \"record\": {{…}}}} (or use --table)"),
+                    )
+                })?;
+                (
+                    t.to_string(),
+                    v.get("record").cloned().unwrap_or(Value::Null),
+                )
+            }
+        };
+        store::put_local(&tx, &t, &row, &at)
+            .map_err(|e| Failure::new(Class::Input, format!("{e}; nothing was imported")))?;
+        n += 1;
+    }
+    tx.commit()
+        .map_err(|e| StoreError::sqlite("committing the import", e))?;
+    Ok(n)
+}
+
+pub fn queue(db: &Path, json: bool, list_all: bool, rejected: bool) -> CmdResult {
+    let store = Store::open_configured(db)?;
+    let pending = outbox::pending_count(store.conn())?;
+    let set_aside = outbox::rejected_count(store.conn())?;
+    let rows = if list_all || rejected {
+        outbox::list(store.conn(), rejected, 10_000)?
+    } else {
+        vec![]
+    };
+    if json {
+        let v = serde_json::json!({"pending": pending, "rejected": set_aside, "records": rows});
+        println!("{v}");
+    } else {
+        println!("{pending} record(s) waiting to be pushed, {set_aside} set aside");
+        for r in rows {
+            println!(
+                "{:>8} {:<7} {:<8} {} {}{}",
+                r.seq,
+                r.action,
+                r.state,
+                r.table,
+                r.id,
+                r.reason.map(|x| format!("  ({x})")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn queue_retry(db: &Path, only: Option<(&str, &str)>) -> CmdResult {
+    let store = Store::open_configured(db)?;
+    let n = outbox::retry(store.conn(), only)?;
+    println!("{n} record(s) back in the queue");
+    Ok(())
+}
+
+/// Lists the registry (for the README and for people writing imports).
+pub fn tables() {
+    for t in registry::tables() {
+        println!("{:<22} {:<16} {:?}", t.name, t.kind.sql_name(), t.owner);
+    }
+}

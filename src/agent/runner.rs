@@ -1,0 +1,334 @@
+//! Running syncs: one cycle with its status file, LED and log lines
+//! (`fieldsync sync`), the long-running loop with backoff and cheap probes
+//! (`fieldsync run`), and the single-flight lock both take.
+//!
+//! What must hold: one sync per database at a time (a lock the OS releases when
+//! the process dies); `run` stops only at a safe point between cycles; waits use
+//! the [`Clock`], never the date.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{self, Clock};
+use crate::error::Class;
+use crate::field::led::{self, Leds};
+use crate::field::notify;
+use crate::field::status::{self, Attempt};
+use crate::store::{outbox, Store};
+use crate::sync::{self, Outcome, Progress, Report};
+use crate::wire::client::Client;
+use crate::wire::credentials;
+use crate::wire::transport::{HttpTransport, Origin, Transport};
+use crate::wire::TransportError;
+
+use super::config::Settings;
+use super::{CmdResult, Failure};
+
+/// How long the connectivity probe may take. Defaults to 5 s: an offline sync
+/// ends within a few seconds, not after the 15 s connect timeout and retries.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// While offline, `run` probes this often so a sync starts soon after the link
+/// returns. Defaults to 30 s.
+pub const OFFLINE_PROBE_EVERY: Duration = Duration::from_secs(30);
+/// Shortest backoff after a failed cycle. Defaults to 30 s (§5 step 9).
+pub const BACKOFF_START: Duration = Duration::from_secs(30);
+
+/// The single-flight lock: a second sync exits at once. Held until dropped; the
+/// OS releases it if the process dies.
+pub struct SyncLock(#[allow(dead_code)] std::fs::File);
+
+/// The lock file beside the database.
+pub fn lock_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+pub fn lock(db: &Path) -> Result<SyncLock, Failure> {
+    let p = lock_path(db);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| Failure::new(Class::Local, format!("lock file {}: {e}", p.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(SyncLock(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Failure::new(
+            Class::Busy,
+            "another fieldsync sync is running on this database; not starting a second",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Failure::new(Class::Local, format!("lock: {e}")))
+        }
+    }
+}
+
+/// Everything a sync needs, built from the settings.
+pub struct Setup<T: Transport> {
+    pub settings: Settings,
+    pub client: Client<T>,
+    pub leds: Leds,
+}
+
+impl<T: Transport> Setup<T> {
+    /// A setup over any transport (tests put an in-process central here).
+    pub fn with_transport(settings: Settings, transport: T, clock: Arc<dyn Clock>) -> Setup<T> {
+        let client = Client::new(
+            transport,
+            credentials::basic_auth(&settings.site, &settings.digest),
+            settings.hardware_id.clone(),
+            clock,
+        )
+        .with_retry_delays(settings.retry_delays.clone());
+        let leds = Leds::new(
+            &settings.led_dir,
+            settings.led.clone(),
+            settings.attention_led.clone(),
+        );
+        Setup {
+            settings,
+            client,
+            leds,
+        }
+    }
+}
+
+/// The real setup: HTTP to the configured central, the system clock.
+pub fn setup(store: &Store) -> Result<Setup<HttpTransport>, Failure> {
+    let settings = Settings::load(store)?;
+    let transport = HttpTransport::new(settings.origin.clone(), &settings.tls)
+        .map_err(|e| Failure::new(e.class(), e.to_string()))?;
+    Ok(Setup::with_transport(settings, transport, clock::system()))
+}
+
+/// TCP connect to the central within [`PROBE_TIMEOUT`].
+pub fn probe(origin: &Origin) -> Result<(), TransportError> {
+    use std::net::ToSocketAddrs;
+    let host = origin.bare_host();
+    let addrs = (host, origin.port)
+        .to_socket_addrs()
+        .map_err(|e| TransportError::unreachable(format!("cannot resolve {host}: {e}")))?;
+    let mut last = None;
+    for a in addrs {
+        match std::net::TcpStream::connect_timeout(&a, PROBE_TIMEOUT) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(TransportError::unreachable(match last {
+        Some(e) => format!("{}:{}: {e}", origin.host, origin.port),
+        None => format!("{} has no address", origin.host),
+    }))
+}
+
+/// One cycle with status file, LED and log lines. Returns the report.
+pub fn sync_once<T: Transport>(
+    db: &Path,
+    store: &mut Store,
+    s: &mut Setup<T>,
+    probe: impl FnOnce() -> Result<(), TransportError>,
+) -> Report {
+    let snap_path = status::snapshot_path(db);
+    let mut snap = status::read_snapshot(&snap_path).unwrap_or_default();
+    snap.running = true;
+    snap.pid = Some(std::process::id());
+    s.leds.show(led::Pattern::Syncing);
+    let _ = status::write_snapshot(&snap_path, &snap);
+    log::info!(
+        "sync started (site {}, central {})",
+        s.settings.site,
+        s.settings.origin.url("")
+    );
+    let clock = s.client.clock();
+    let started = clock.now();
+    let mut last_write = clock.now();
+    let mut last_log = clock.now();
+    let mut last_step = None;
+    // Under `fieldsync run` with systemd's watchdog: a long sync is alive too.
+    let watchdog = notify::watchdog_interval();
+    let mut last_ping = clock.now();
+    let mut observe = |p: Progress| {
+        let now = clock.now();
+        // Snapshot on every step change and at most every second; a log line
+        // at least every 5 s during long work ("x of y").
+        if last_step != Some(p.step) || now - last_write >= Duration::from_secs(1) {
+            snap.step = Some(p.step);
+            snap.done = p.done;
+            snap.total = p.total;
+            let _ = status::write_snapshot(&snap_path, &snap);
+            last_write = now;
+        }
+        if last_step == Some(p.step) && now - last_log >= Duration::from_secs(5) {
+            match p.total {
+                Some(t) => log::info!("{:?}: {} of {t}", p.step, p.done),
+                None => log::info!("{:?}: {}", p.step, p.done),
+            }
+            last_log = now;
+        }
+        last_step = Some(p.step);
+        if watchdog.is_some_and(|w| now - last_ping >= w.min(Duration::from_secs(5))) {
+            notify::notify("WATCHDOG=1");
+            last_ping = now;
+        }
+    };
+    let report = sync::run(store, &mut s.client, &s.settings.sync, probe, &mut observe);
+    log_report(&report, s.client.clock().now() - started);
+    let attempt = Attempt::from_report(&report);
+    if let Err(e) = status::record_attempt(store, &attempt) {
+        log::warn!("could not save the sync result: {e}");
+    }
+    let rejected = outbox::rejected_count(store.conn()).unwrap_or(0);
+    let pattern = led::pattern(false, Some(report.outcome()), report.outbox_left, rejected);
+    s.leds.show(pattern);
+    snap.running = false;
+    snap.step = None;
+    snap.led = Some(pattern);
+    snap.last = Some(attempt);
+    let _ = status::write_snapshot(&snap_path, &snap);
+    report
+}
+
+fn log_report(r: &Report, took: Duration) {
+    let summary = format!(
+        "pushed {} record(s) in {} batch(es), pulled {} central + {} queued, integrated {}, integration errors {}, \
+         outbox now {}, {} request(s), took {:.1}s",
+        r.pushed,
+        r.push_batches,
+        r.pulled_central,
+        r.pulled_queue,
+        r.integrated,
+        r.integration_failed,
+        r.outbox_left,
+        r.requests,
+        took.as_secs_f64()
+    );
+    let hint = r
+        .hint
+        .clone()
+        .or_else(|| r.class.map(|c| c.hint().to_string()))
+        .unwrap_or_default();
+    match (r.outcome(), &r.error) {
+        (Outcome::Ok, _) => log::info!("sync ok: {summary}"),
+        (Outcome::OkWithIntegrationErrors, _) => {
+            log::warn!("sync ok with integration errors: {summary}; {hint}")
+        }
+        (Outcome::Offline, Some(e)) => log::warn!("sync offline: {e}; {hint}"),
+        (Outcome::NeedsAttention, Some(e)) => log::error!("sync stopped: {e}; {hint} ({summary})"),
+        (_, Some(e)) => log::warn!("sync incomplete: {e}; {hint} ({summary})"),
+        (_, None) => log::info!("sync: {summary}"),
+    }
+}
+
+/// `fieldsync sync [--json]`.
+pub fn sync(db: &Path, json: bool) -> CmdResult {
+    let _lock = lock(db)?;
+    let mut store = Store::open_configured(db)?;
+    let mut s = setup(&store)?;
+    let origin = s.settings.origin.clone();
+    let report = sync_once(db, &mut store, &mut s, || probe(&origin));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    }
+    match report.class {
+        None => Ok(()),
+        Some(c) => Err(Failure::new(
+            c,
+            report.error.unwrap_or_else(|| c.hint().into()),
+        )),
+    }
+}
+
+/// The long-running loop for devices without systemd timers: sync every
+/// `interval`; while offline or failing, back off (capped doubling with jitter from
+/// 30 s to the interval) but probe cheaply every 30 s so a sync starts soon after
+/// the link returns; stop at the next safe point on SIGTERM/SIGINT.
+pub fn run(db: &Path, interval: Duration) -> CmdResult {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| Failure::new(Class::Local, format!("signal handler: {e}")))?;
+    }
+    let _lock = lock(db)?;
+    let mut store = Store::open_configured(db)?;
+    let mut s = setup(&store)?;
+    let clock = s.client.clock();
+    notify::notify("READY=1");
+    let watchdog = notify::watchdog_interval();
+    let mut failures: u32 = 0;
+    loop {
+        let origin = s.settings.origin.clone();
+        let report = sync_once(db, &mut store, &mut s, || probe(&origin));
+        notify::notify(&format!("STATUS=last sync: {:?}", report.outcome()));
+        let wait = match report.outcome() {
+            Outcome::Ok | Outcome::OkWithIntegrationErrors => {
+                if failures > 0 {
+                    log::info!("recovered after {failures} failed attempt(s)");
+                }
+                failures = 0;
+                interval
+            }
+            _ => {
+                failures += 1;
+                backoff(failures, interval)
+            }
+        };
+        // Sleep in small steps: stop promptly, feed the watchdog, and probe so a
+        // sync starts soon after the link comes back.
+        let until = clock.now() + wait;
+        let mut next_probe = clock.now() + OFFLINE_PROBE_EVERY;
+        let offline = report.outcome() == Outcome::Offline;
+        while clock.now() < until {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if watchdog.is_some() {
+                notify::notify("WATCHDOG=1");
+            }
+            if offline && clock.now() >= next_probe {
+                if probe(&s.settings.origin).is_ok() {
+                    log::info!("central reachable again; syncing now");
+                    break;
+                }
+                next_probe = clock.now() + OFFLINE_PROBE_EVERY;
+            }
+            clock.sleep(Duration::from_millis(250));
+        }
+        if stop.load(Ordering::Relaxed) {
+            notify::notify("STOPPING=1");
+            log::info!("stopping on signal");
+            return Ok(());
+        }
+    }
+}
+
+/// Capped doubling from 30 s to `cap`, plus up to a quarter of jitter.
+pub fn backoff(failures: u32, cap: Duration) -> Duration {
+    let base = BACKOFF_START
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(cap);
+    base + crate::wire::client::jitter(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_interval() {
+        let cap = Duration::from_secs(300);
+        let within = |d: Duration, base: u64| {
+            d >= Duration::from_secs(base) && d < Duration::from_millis(base * 1250)
+        };
+        assert!(within(backoff(1, cap), 30));
+        assert!(within(backoff(2, cap), 60));
+        assert!(within(backoff(4, cap), 240));
+        assert!(within(backoff(5, cap), 300));
+        assert!(within(backoff(40, cap), 300));
+    }
+}

@@ -1,0 +1,360 @@
+//! What a legacy row must be, wherever it comes from (a local write, a pull, a
+//! push on the central): JSON text that is an object, with a string `ID` equal to
+//! its record id, no key twice at any level, nested no deeper and no larger than
+//! the wire can carry.
+//!
+//! Why each rule: SQLite's JSON functions read the *first* of two equal keys and
+//! serde reads the *last*, so a row with `store_ID` twice is judged as one store
+//! locally and pushed as another (issue 18); a lone surrogate escape or a depth of
+//! thousands is accepted by some parsers and refused by others, which turns one bad
+//! row into a central that answers 400 for a whole batch. One check, used by every
+//! reader, keeps all sides agreeing on what a row says.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// Largest row, serialised. Defaults to 1 MiB: legacy rows are a few hundred bytes;
+/// anything near this is a broken export.
+pub const MAX_ROW_BYTES: usize = 1 << 20;
+/// Deepest nesting of objects and arrays. Defaults to 64: Open mSupply documents
+/// nest forms a dozen levels; serde_json stops at 128.
+pub const MAX_DEPTH: usize = 64;
+
+/// Why a row is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    TooLarge(usize),
+    /// Not JSON at all (including invalid escapes such as a lone surrogate).
+    NotJson(String),
+    NotObject,
+    NoId,
+    IdNotString,
+    IdMismatch {
+        id: String,
+        expected: String,
+    },
+    DuplicateKey(String),
+    TooDeep,
+}
+
+impl Problem {
+    /// A short code for set-aside reasons and quarantined records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Problem::TooLarge(_) => "too_large",
+            Problem::NotJson(_) => "not_json",
+            Problem::NotObject => "not_object",
+            Problem::NoId => "missing_key",
+            Problem::IdNotString => "bad_type",
+            Problem::IdMismatch { .. } => "id_mismatch",
+            Problem::DuplicateKey(_) => "duplicate_key",
+            Problem::TooDeep => "too_deep",
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::TooLarge(n) => {
+                write!(f, "{n} bytes, over the {MAX_ROW_BYTES}-byte record limit")
+            }
+            Problem::NotJson(e) => write!(f, "not valid JSON ({e})"),
+            Problem::NotObject => f.write_str("must be a JSON object"),
+            Problem::NoId => f.write_str("has no \"ID\" field"),
+            Problem::IdNotString => f.write_str("\"ID\" must be a non-empty string"),
+            Problem::IdMismatch { id, expected } => {
+                write!(f, "\"ID\" is {id:?} but the record id is {expected:?}")
+            }
+            Problem::DuplicateKey(k) => write!(f, "has the key {k:?} twice"),
+            Problem::TooDeep => write!(f, "is nested deeper than {MAX_DEPTH} levels"),
+        }
+    }
+}
+
+/// Checks `text` as a row; `expected_id`, when given, must equal its `ID`.
+/// Returns the row's `ID`.
+pub fn check(text: &str, expected_id: Option<&str>) -> Result<String, Problem> {
+    if text.len() > MAX_ROW_BYTES {
+        return Err(Problem::TooLarge(text.len()));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut state = State::default();
+    let outcome = Top { state: &mut state }.deserialize(&mut de);
+    match outcome {
+        Ok(()) => {}
+        Err(e) => {
+            return Err(state
+                .problem
+                .take()
+                .unwrap_or_else(|| Problem::NotJson(e.to_string())))
+        }
+    }
+    de.end().map_err(|e| Problem::NotJson(e.to_string()))?;
+    let id = match state.id {
+        IdSeen::None => return Err(Problem::NoId),
+        IdSeen::NotString => return Err(Problem::IdNotString),
+        IdSeen::Str(id) => id,
+    };
+    if let Some(expected) = expected_id {
+        if id != expected {
+            return Err(Problem::IdMismatch {
+                id,
+                expected: expected.to_string(),
+            });
+        }
+    }
+    Ok(id)
+}
+
+#[derive(Default)]
+enum IdSeen {
+    #[default]
+    None,
+    NotString,
+    Str(String),
+}
+
+#[derive(Default)]
+struct State {
+    id: IdSeen,
+    problem: Option<Problem>,
+}
+
+impl State {
+    fn fail<E: de::Error>(&mut self, p: Problem) -> E {
+        let msg = p.to_string();
+        self.problem = Some(p);
+        E::custom(msg)
+    }
+}
+
+/// The top level: must be an object; its `ID` is remembered.
+struct Top<'s> {
+    state: &'s mut State,
+}
+
+impl<'de> DeserializeSeed<'de> for Top<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Top<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut keys = HashSet::new();
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if !keys.insert(k.clone().into_owned()) {
+                return Err(self.state.fail(Problem::DuplicateKey(k.into_owned())));
+            }
+            if k == "ID" {
+                let v: IdValue = map.next_value()?;
+                self.state.id = match v.0 {
+                    Some(s) if !s.is_empty() => IdSeen::Str(s),
+                    _ => IdSeen::NotString,
+                };
+            } else {
+                map.next_value_seed(Nested {
+                    state: &mut *self.state,
+                    depth: 1,
+                })?;
+            }
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(self.state.fail(Problem::NotObject))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Err(self.state.fail(Problem::NotObject))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Err(self.state.fail(Problem::NotObject))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Err(self.state.fail(Problem::NotObject))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Err(self.state.fail(Problem::NotObject))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Err(self.state.fail(Problem::NotObject))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(self.state.fail(Problem::NotObject))
+    }
+}
+
+/// `ID`'s value: a string, or anything else (remembered as "not a string").
+struct IdValue(Option<String>);
+
+impl<'de> de::Deserialize<'de> for IdValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<IdValue, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = IdValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an ID")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<IdValue, E> {
+                Ok(IdValue(Some(s.to_string())))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<IdValue, E> {
+                Ok(IdValue(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<IdValue, E> {
+                Ok(IdValue(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<IdValue, E> {
+                Ok(IdValue(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<IdValue, E> {
+                Ok(IdValue(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<IdValue, E> {
+                Ok(IdValue(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<IdValue, A::Error> {
+                while m.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+                Ok(IdValue(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<IdValue, A::Error> {
+                while s.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(IdValue(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Any value below the top, with the depth it sits at.
+struct Nested<'s> {
+    state: &'s mut State,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Nested<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Nested<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.state.fail(Problem::TooDeep));
+        }
+        let mut keys = HashSet::new();
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if !keys.insert(k.clone().into_owned()) {
+                return Err(self.state.fail(Problem::DuplicateKey(k.into_owned())));
+            }
+            map.next_value_seed(Nested {
+                state: &mut *self.state,
+                depth: self.depth + 1,
+            })?;
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.state.fail(Problem::TooDeep));
+        }
+        while seq
+            .next_element_seed(Nested {
+                state: &mut *self.state,
+                depth: self.depth + 1,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_rows_pass_and_give_their_id() {
+        assert_eq!(
+            check(r#"{"ID":"T1","store_ID":"S"}"#, Some("T1")).unwrap(),
+            "T1"
+        );
+        let nested = r#"{"ID":"D","data":{"a":[1,{"b":null}],"c":5.0,"d":"ü\u00e9"}}"#;
+        assert_eq!(check(nested, None).unwrap(), "D");
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let cases: &[(&str, Problem)] = &[
+            (
+                r#"{"ID":"T","store_ID":"S","store_ID":"X"}"#,
+                Problem::DuplicateKey("store_ID".into()),
+            ),
+            (
+                r#"{"ID":"T","a":{"k":1,"k":2}}"#,
+                Problem::DuplicateKey("k".into()),
+            ),
+            (r#"{"store_ID":"S"}"#, Problem::NoId),
+            (r#"{"ID":null}"#, Problem::IdNotString),
+            (r#"{"ID":""}"#, Problem::IdNotString),
+            (r#"{"ID":7}"#, Problem::IdNotString),
+            (r#"[1]"#, Problem::NotObject),
+            (r#""x""#, Problem::NotObject),
+        ];
+        for (text, want) in cases {
+            assert_eq!(&check(text, None).unwrap_err(), want, "{text}");
+        }
+        assert!(matches!(
+            check(r#"{"ID":"T","n":"\ud83d"}"#, None),
+            Err(Problem::NotJson(_))
+        ));
+        assert!(matches!(
+            check("{\"ID\":\"T\"} x", None),
+            Err(Problem::NotJson(_))
+        ));
+        assert_eq!(
+            check(r#"{"ID":"A"}"#, Some("B")).unwrap_err().code(),
+            "id_mismatch"
+        );
+        let deep = format!(
+            r#"{{"ID":"T","d":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(check(&deep, None).unwrap_err(), Problem::TooDeep);
+        let big = format!(r#"{{"ID":"T","d":"{}"}}"#, "x".repeat(MAX_ROW_BYTES));
+        assert!(matches!(check(&big, None), Err(Problem::TooLarge(_))));
+    }
+}

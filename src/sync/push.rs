@@ -1,0 +1,213 @@
+//! §5 steps 3, 4 and 8: push the outbox in bounded batches, the final empty push,
+//! the wait for the central's integration, and transfer numbering (whose numbers
+//! leave in a push at once).
+//!
+//! What must hold: an entry is marked sent only in a transaction after the central
+//! confirmed its batch, and only if it was not edited since it was read; one bad
+//! row (too large, not a row, refused by the central) is set aside with its reason
+//! and never holds back the rest; the wait follows *every* final push (rev 2), so
+//! nothing is pulled while the central still integrates what this site sent.
+
+use std::time::Duration;
+
+use crate::store::{outbox, row, StoreError};
+use crate::wire::transport::Transport;
+use crate::wire::{ProtocolError, WireError};
+
+use super::batch::{self, Batch, Limits, Offer};
+use super::{transfer, Cycle, Step, SyncError};
+
+/// First look at `site_status` after the final push (the central usually
+/// finishes in milliseconds); later looks every second (§5 step 4).
+const FIRST_STATUS_LOOK: Duration = Duration::from_millis(20);
+const STATUS_LOOK_EVERY: Duration = Duration::from_secs(1);
+
+impl<T: Transport> Cycle<'_, T> {
+    /// Drains the outbox, sends the final empty push, then waits for integration.
+    pub(super) fn push(&mut self) -> Result<(), SyncError> {
+        // Start at a 2G-sized body; adapt_bytes moves it towards what the link
+        // carries in the target time, within [MIN_BATCH_BYTES, batch_bytes].
+        let mut budget = batch::START_BATCH_BYTES.min(self.cfg.batch_bytes);
+        loop {
+            let total = outbox::pending_count(self.store.conn())?;
+            self.step(
+                Step::Push,
+                self.report.pushed,
+                Some(self.report.pushed + total),
+            );
+            let (b, set_aside) = self.fill(total, budget)?;
+            if b.is_empty() && total > set_aside {
+                continue; // only unsendable records were in the way; read again
+            }
+            let final_push = b.is_empty();
+            let (body, sent) = b.finish();
+            let started = self.clock.now();
+            match self.client.push(&body) {
+                Ok(started_integration) => {
+                    if final_push {
+                        if !started_integration {
+                            return Err(SyncError::violation(
+                                "integration not started: the central answered false to the final push",
+                            ));
+                        }
+                        break;
+                    }
+                    let tx = self.store.tx()?;
+                    outbox::mark_sent(&tx, &sent)?;
+                    tx.commit()
+                        .map_err(|e| StoreError::sqlite("confirming pushed records", e))?;
+                    self.report.pushed += sent.len() as u64;
+                    self.report.push_batches += 1;
+                    budget = batch::adapt_bytes(
+                        body.len(),
+                        (self.clock.now() - started).as_secs_f64(),
+                        self.cfg.target_request.as_secs_f64(),
+                        self.cfg.batch_bytes,
+                    );
+                }
+                Err(WireError::Protocol(ProtocolError::Rejected { records, code, .. })) => {
+                    self.set_aside_refused(&code, &records)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Everything confirmed goes in one transaction (see outbox::delete_sent).
+        let tx = self.store.tx()?;
+        outbox::delete_sent(&tx)?;
+        tx.commit()
+            .map_err(|e| StoreError::sqlite("clearing pushed records", e))?;
+        self.wait_integration()
+    }
+
+    /// Reads the next batch in push order. Rows that can never be sent are set
+    /// aside on the way, with their reason; returns the batch and how many.
+    fn fill(&mut self, total: u64, budget: usize) -> Result<(Batch, u64), SyncError> {
+        let mut b = Batch::new(total);
+        let limits = Limits {
+            max_records: self.cfg.batch_records,
+            max_bytes: budget,
+        };
+        let mut unsendable: Vec<(String, String, String)> = Vec::new();
+        outbox::for_each_pending(
+            self.store.conn(),
+            limits.max_records.clamp(1, batch::MAX_BATCH_RECORDS) + 1,
+            |e| {
+                let problem = match (&e.unreadable, &e.data) {
+                    (Some(why), _) => Some(format!("invalid: {why}")),
+                    (None, Some(data)) if !e.delete => row::check(data, Some(&e.id))
+                        .err()
+                        .map(|p| format!("{}: {p}", p.code())),
+                    _ => None,
+                };
+                if let Some(why) = problem {
+                    unsendable.push((e.table, e.id, why));
+                    return true;
+                }
+                match b.offer(&e, limits) {
+                    Offer::Added => true,
+                    Offer::Full => false,
+                    Offer::TooLarge(n) => {
+                        unsendable.push((e.table, e.id, format!("too_large: {n} bytes")));
+                        true
+                    }
+                }
+            },
+        )?;
+        for (t, id, why) in &unsendable {
+            log::warn!(
+                "{t} {id} cannot be sent ({why}); set aside (see `fieldsync queue --rejected`)"
+            );
+            outbox::reject(self.store.conn(), t, id, why)?;
+            self.report.too_large += 1;
+        }
+        Ok((b, unsendable.len() as u64))
+    }
+
+    /// §7.2: entries listed in a 403/400 are set aside and the rest is re-sent; a
+    /// list matching nothing of the batch stops the cycle.
+    fn set_aside_refused(
+        &mut self,
+        code: &str,
+        records: &[crate::wire::protocol::RejectedRecord],
+    ) -> Result<(), SyncError> {
+        let tx = self.store.tx()?;
+        let mut matched = 0;
+        for r in records {
+            if outbox::reject(
+                &tx,
+                &r.table_name,
+                &r.record_id,
+                &format!("{code}: {}", r.reason),
+            )? {
+                log::warn!(
+                    "central refused {} {} ({}); set aside",
+                    r.table_name,
+                    r.record_id,
+                    r.reason
+                );
+                matched += 1;
+            }
+        }
+        tx.commit()
+            .map_err(|e| StoreError::sqlite("setting refused records aside", e))?;
+        if matched == 0 {
+            return Err(SyncError::violation(format!(
+                "the central refused the push ({code}) but listed no record of this batch"
+            )));
+        }
+        self.report.rejected += matched;
+        Ok(())
+    }
+
+    /// §5 step 4 (rev 2): after every final push, `site_status` until `idle`, at
+    /// most `integration_wait`. Codes other than the four known ones mean busy
+    /// (§9.2).
+    fn wait_integration(&mut self) -> Result<(), SyncError> {
+        self.step(Step::WaitIntegration, 0, None);
+        let started = self.clock.now();
+        let mut delay = FIRST_STATUS_LOOK;
+        loop {
+            let status = self.client.site_status()?;
+            if status.code == "idle" {
+                return Ok(());
+            }
+            let waited = self.clock.now() - started;
+            if waited >= self.cfg.integration_wait {
+                return Err(SyncError::still_busy(
+                    status.code,
+                    "the central is still integrating our push; the next sync continues",
+                ));
+            }
+            self.step(Step::WaitIntegration, waited.as_secs(), None);
+            self.clock.sleep(delay);
+            delay = (delay * 2).min(STATUS_LOOK_EVERY);
+        }
+    }
+
+    /// §5 step 8: number received transfers, then push the numbers at once.
+    pub(super) fn transfers(&mut self) -> Result<(), SyncError> {
+        let Some(active) = self.store.active_store()? else {
+            return Ok(());
+        };
+        self.step(Step::Transfers, 0, None);
+        let (numbered, unlinked) = transfer::number_all(self.store, &active)?;
+        for n in &numbered {
+            log::info!(
+                "numbered received {} {} as {} (linked to {})",
+                n.table,
+                n.id,
+                n.number,
+                n.linked
+            );
+        }
+        for u in &unlinked {
+            log::warn!("{u} has no number and no link to an initiating record; left as it is");
+        }
+        let any = !numbered.is_empty();
+        self.report.numbered.extend(numbered);
+        if any {
+            self.push()?;
+        }
+        Ok(())
+    }
+}
