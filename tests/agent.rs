@@ -134,12 +134,7 @@ fn transfer_is_numbered_by_the_receiving_site() {
     let (kaw, opua) = (env.db("kaw"), env.db("opua"));
     for (db, name) in [(&kaw, "kaw"), (&opua, "opua")] {
         env.init(db, name);
-        sql(db)
-            .execute(
-                "UPDATE setting SET value = ?1 WHERE key = 'hardware_id'",
-                [format!("HW-{name}")],
-            )
-            .unwrap();
+        env.config(db, "hardware_id", &format!("HW-{name}"));
         assert_eq!(env.sync(db).0, 0);
     }
     // Opua already has supplier invoice 4.
@@ -244,12 +239,7 @@ fn replaced_device_needs_a_hardware_id_reset() {
     let (old, new) = (env.db("old"), env.db("new"));
     env.init(&old, "kaw");
     env.init(&new, "kaw");
-    sql(&new)
-        .execute(
-            "UPDATE setting SET value = 'NEW-DEVICE' WHERE key = 'hardware_id'",
-            [],
-        )
-        .unwrap();
+    env.config(&new, "hardware_id", "NEW-DEVICE");
     assert_eq!(env.sync(&old).0, 0);
     let (code, report, stderr) = env.sync(&new);
     assert_eq!(code, 13, "{stderr}");
@@ -318,9 +308,7 @@ fn status_answers_while_another_program_holds_a_write_lock_and_leds_follow() {
     env.init(&db, "kaw");
     let leds = env.dir.join("leds");
     std::fs::create_dir_all(leds.join("ACT")).unwrap();
-    sql(&db)
-        .execute("INSERT OR REPLACE INTO setting VALUES ('led', 'ACT')", [])
-        .unwrap();
+    env.config(&db, "led", "ACT");
     let out = common::agent_env(
         &db,
         &["sync"],

@@ -172,24 +172,9 @@ fn random_link_faults_then_convergence() {
         &[("P", "pw-kaw")],
     );
     assert!(out.status.success());
-    {
-        let c = sql(&db);
-        c.execute(
-            "INSERT OR REPLACE INTO setting VALUES ('retry_base_ms', '5')",
-            [],
-        )
-        .unwrap();
-        c.execute(
-            "INSERT OR REPLACE INTO setting VALUES ('init_poll_secs', '1')",
-            [],
-        )
-        .unwrap();
-        c.execute(
-            "INSERT OR REPLACE INTO setting VALUES ('batch_records', '50')",
-            [],
-        )
-        .unwrap();
-    }
+    env.config(&db, "retry_base_ms", "5");
+    env.config(&db, "init_poll_secs", "1");
+    env.config(&db, "batch_records", "50");
     for i in 0..300 {
         env.central
             .put(
@@ -298,12 +283,7 @@ fn sigkill_at_random_points_then_convergence() {
     }
     let db = env.db("kaw");
     env.init(&db, "kaw");
-    sql(&db)
-        .execute(
-            "INSERT OR REPLACE INTO setting VALUES ('batch_records', '200')",
-            [],
-        )
-        .unwrap();
+    env.config(&db, "batch_records", "200");
     let mut expected: BTreeMap<String, Value> = BTreeMap::new();
     let mut next = 0u64;
     let mut killed = 0;

@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use common::{agent_env, sql, Env};
+use common::{agent_env, fake, sql, Env};
 use serde_json::json;
 
 type Body = Arc<dyn Fn(&str) -> Vec<u8> + Send + Sync>;
@@ -22,71 +21,31 @@ struct Fake {
 }
 
 fn fake(central: Body, queue: Body) -> Fake {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let acks: Arc<Mutex<Vec<String>>> = Arc::default();
     let acks2 = acks.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(stream) = conn else { continue };
-            let (central, queue, acks) = (central.clone(), queue.clone(), acks2.clone());
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut w = stream;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                    let mut len = 0usize;
-                    loop {
-                        let mut h = String::new();
-                        reader.read_line(&mut h).unwrap();
-                        if h == "\r\n" || h.is_empty() {
-                            break;
-                        }
-                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap();
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    reader.read_exact(&mut body).unwrap();
-                    let path = target
-                        .strip_prefix("/sync/v5")
-                        .unwrap_or(&target)
-                        .to_string();
-                    let (status, out): (u16, Vec<u8>) = if path == "/site" {
-                        (200, json!({"id": "FAKE", "siteId": 2, "code": "K", "name": "kaw", "initialisationStatus": "completed",
-                                     "isOmSupplyCentralServer": false, "omSupplyCentralServerUrl": "", "mSupplyCentralSiteId": 1}).to_string().into_bytes())
-                    } else if path.starts_with("/queued_records?") {
-                        (200, queue(&path))
-                    } else if path == "/queued_records" {
-                        (200, br#"{"integrationStarted":true}"#.to_vec())
-                    } else if path == "/site_status" {
-                        (
-                            200,
-                            br#"{"code":"idle","message":"idle","data":null}"#.to_vec(),
-                        )
-                    } else if path.starts_with("/central_records") {
-                        (200, central(&path))
-                    } else if path == "/acknowledged_records" {
-                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                        for id in v["syncIDs"].as_array().unwrap() {
-                            acks.lock().unwrap().push(id.as_str().unwrap().to_string());
-                        }
-                        (204, vec![])
-                    } else {
-                        (404, b"{}".to_vec())
-                    };
-                    let head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\r\n", out.len());
-                    if w.write_all(head.as_bytes()).is_err() || w.write_all(&out).is_err() {
-                        return;
-                    }
+    let addr = fake::serve(Arc::new(move |req: &fake::Request| {
+        let path = req.target.strip_prefix("/sync/v5").unwrap_or(&req.target);
+        let (status, out): (u16, Vec<u8>) = match (req.method.as_str(), req.endpoint()) {
+            ("GET", "/site") => (200, json!({"id": "FAKE", "siteId": 2, "code": "K", "name": "kaw", "initialisationStatus": "completed",
+                     "isOmSupplyCentralServer": false, "omSupplyCentralServerUrl": "", "mSupplyCentralSiteId": 1}).to_string().into_bytes()),
+            ("GET", "/queued_records") => (200, queue(path)),
+            ("POST", "/queued_records") => (200, br#"{"integrationStarted":true}"#.to_vec()),
+            ("GET", "/site_status") => (200, br#"{"code":"idle","message":"idle","data":null}"#.to_vec()),
+            ("GET", "/central_records") => (200, central(path)),
+            ("POST", "/acknowledged_records") => {
+                let v: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+                for id in v["syncIDs"].as_array().unwrap() {
+                    acks2.lock().unwrap().push(id.as_str().unwrap().to_string());
                 }
-            });
-        }
-    });
+                (204, vec![])
+            }
+            _ => (404, b"{}".to_vec()),
+        };
+        let mut r = fake::Reply::raw(status, out);
+        r.headers
+            .push(("Content-Type".into(), "application/json".into()));
+        r
+    }));
     Fake { addr, acks }
 }
 
@@ -129,21 +88,21 @@ fn agent(env: &Env, fake: &Fake, name: &str) -> std::path::PathBuf {
     assert!(env
         .agent(
             &db,
-            &["dev", "set-identity", "--site-id", "2", "--store", "S_KAW"]
+            &[
+                "dev",
+                "set-identity",
+                "--site-id",
+                "2",
+                "--store",
+                "S_KAW",
+                "--site-uuid",
+                "FAKE"
+            ]
         )
         .status
         .success());
+    env.config(&db, "retry_base_ms", "1");
     let c = sql(&db);
-    c.execute(
-        "INSERT OR REPLACE INTO setting VALUES ('site_uuid', 'FAKE')",
-        [],
-    )
-    .unwrap();
-    c.execute(
-        "INSERT OR REPLACE INTO setting VALUES ('retry_base_ms', '1')",
-        [],
-    )
-    .unwrap();
     c.execute("INSERT INTO record (table_name, record_id, data) VALUES ('transact', 'MINE', '{\"ID\":\"MINE\",\"store_ID\":\"S_KAW\",\"comment\":\"local\"}')", []).unwrap();
     db
 }

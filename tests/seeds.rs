@@ -39,12 +39,7 @@ fn seed(name: &str) -> Seed {
     };
     for (db, n) in [(&s.site1, "site1"), (&s.site2, "site2"), (&s.hub, "hub")] {
         s.env.init(db, n);
-        sql(db)
-            .execute(
-                "UPDATE setting SET value = ?1 WHERE key = 'hardware_id'",
-                [format!("HW-{n}")],
-            )
-            .unwrap();
+        s.env.config(db, "hardware_id", &format!("HW-{n}"));
         s.sync_ok(db);
     }
     s
@@ -307,12 +302,7 @@ fn moving_a_store_to_another_site() {
     s.env.central.move_store("S_B", Some("site4")).unwrap();
     let site4 = s.env.db("site4");
     s.env.init(&site4, "site4");
-    sql(&site4)
-        .execute(
-            "UPDATE setting SET value = 'HW-site4' WHERE key = 'hardware_id'",
-            [],
-        )
-        .unwrap();
+    s.env.config(&site4, "hardware_id", "HW-site4");
     s.sync_ok(&site4);
     assert_eq!(
         s.has(&site4, "item_line", "IL_B7").unwrap()["quantity"],
@@ -350,12 +340,7 @@ fn replaced_device_and_the_sync_report() {
     let s = seed("device");
     let replacement = s.env.db("site1-new");
     s.env.init(&replacement, "site1");
-    sql(&replacement)
-        .execute(
-            "UPDATE setting SET value = 'HW-new-pi' WHERE key = 'hardware_id'",
-            [],
-        )
-        .unwrap();
+    s.env.config(&replacement, "hardware_id", "HW-new-pi");
     let (code, _, stderr) = s.env.sync(&replacement);
     assert_eq!(code, 13, "{stderr}");
     assert!(stderr.contains("reset the hardware id"), "{stderr}");

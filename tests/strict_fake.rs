@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use common::{agent_env, sql, Env};
+use common::{agent_env, fake, Env};
 use serde_json::{json, Value};
 
 const AUTH: &str = "Basic dXNlcm5hbWU6NWU4ODQ4OThkYTI4MDQ3MTUxZDBlNTZmOGRjNjI5Mjc3MzYwM2QwZDZhYWJiZGQ2MmExMWVmNzIxZDE1NDJkOA==";
@@ -105,113 +103,57 @@ fn check(method: &str, path: &str, headers: &[(String, String)], body: &[u8]) ->
 #[test]
 fn every_request_has_exact_headers_and_key_spellings() {
     let env = Env::new("strict");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let problems: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let state = Arc::new(Mutex::new(("new".to_string(), 0u32)));
     let (p2, s2, st2) = (problems.clone(), seen.clone(), state.clone());
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(stream) = conn else { continue };
-            let (problems, seen, state) = (p2.clone(), s2.clone(), st2.clone());
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(stream.try_clone().unwrap());
-                let mut w = stream;
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut parts = line.split_whitespace();
-                    let (method, target) = (
-                        parts.next().unwrap_or("").to_string(),
-                        parts.next().unwrap_or("").to_string(),
-                    );
-                    let mut headers = Vec::new();
-                    loop {
-                        let mut h = String::new();
-                        r.read_line(&mut h).unwrap();
-                        if h == "\r\n" || h.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':') {
-                            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-                        }
-                    }
-                    let len: usize = headers
-                        .iter()
-                        .find(|(k, _)| k == "content-length")
-                        .map(|(_, v)| v.parse().unwrap())
-                        .unwrap_or(0);
-                    let mut body = vec![0; len];
-                    r.read_exact(&mut body).unwrap();
-                    let path = target.split('?').next().unwrap().to_string();
-                    let bad = check(&method, &path, &headers, &body);
-                    seen.lock().unwrap().push(format!("{method} {path}"));
-                    let (status, out) = if !bad.is_empty() {
-                        problems.lock().unwrap().extend(bad.clone());
-                        (
-                            400,
-                            json!({"error": {"code": "strict_fake", "message": bad.join("; "), "data": null}}),
-                        )
-                    } else {
-                        let mut st = state.lock().unwrap();
-                        match (method.as_str(), path.as_str()) {
-                            ("GET", "/sync/v5/site") => (
-                                200,
-                                json!({"id": "STRICT", "siteId": 7, "code": "U", "name": "username",
-                                "initialisationStatus": st.0, "isOmSupplyCentralServer": false, "omSupplyCentralServerUrl": "", "mSupplyCentralSiteId": 1}),
-                            ),
-                            ("POST", "/sync/v5/initialise") => {
-                                st.0 = "completed".into();
-                                (200, json!({"queueLength": 1}))
-                            }
-                            ("GET", "/sync/v5/site_status") => (
-                                200,
-                                json!({"code": "idle", "message": "idle", "data": null}),
-                            ),
-                            ("GET", "/sync/v5/central_records") => {
-                                (200, json!({"maxCursor": 0, "data": []}))
-                            }
-                            ("GET", "/sync/v5/queued_records") => {
-                                st.1 += 1;
-                                if st.1 == 1 {
-                                    (
-                                        200,
-                                        json!({"queueLength": 1, "data": [{"syncOutId": "1", "tableName": "store", "recordId": "S_U", "action": "insert",
-                                        "recordData": {"ID": "S_U", "name": "U store", "sync_id_remote_site": 7}}]}),
-                                    )
-                                } else {
-                                    (200, json!({"queueLength": 0, "data": []}))
-                                }
-                            }
-                            ("POST", "/sync/v5/queued_records") => {
-                                (200, json!({"integrationStarted": body.len() < 30}))
-                            }
-                            ("POST", "/sync/v5/acknowledged_records") => (204, Value::Null),
-                            _ => (404, json!({})),
-                        }
-                    };
-                    let text = if status == 204 {
-                        String::new()
-                    } else {
-                        out.to_string()
-                    };
-                    let head = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n",
-                        text.len()
-                    );
-                    if w.write_all(head.as_bytes())
-                        .and_then(|_| w.write_all(text.as_bytes()))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
+    let addr = fake::serve(Arc::new(move |req: &fake::Request| {
+        let path = req.target.split('?').next().unwrap_or("").to_string();
+        let bad = check(&req.method, &path, &req.headers, &req.body);
+        s2.lock().unwrap().push(format!("{} {path}", req.method));
+        if !bad.is_empty() {
+            p2.lock().unwrap().extend(bad.clone());
+            return fake::Reply::json(
+                400,
+                json!({"error": {"code": "strict_fake", "message": bad.join("; "), "data": null}}),
+            );
         }
-    });
+        let mut st = st2.lock().unwrap();
+        let (status, out) = match (req.method.as_str(), path.as_str()) {
+            ("GET", "/sync/v5/site") => (
+                200,
+                json!({"id": "STRICT", "siteId": 7, "code": "U", "name": "username",
+                "initialisationStatus": st.0, "isOmSupplyCentralServer": false, "omSupplyCentralServerUrl": "", "mSupplyCentralSiteId": 1}),
+            ),
+            ("POST", "/sync/v5/initialise") => {
+                st.0 = "completed".into();
+                (200, json!({"queueLength": 1}))
+            }
+            ("GET", "/sync/v5/site_status") => (
+                200,
+                json!({"code": "idle", "message": "idle", "data": null}),
+            ),
+            ("GET", "/sync/v5/central_records") => (200, json!({"maxCursor": 0, "data": []})),
+            ("GET", "/sync/v5/queued_records") => {
+                st.1 += 1;
+                if st.1 == 1 {
+                    (
+                        200,
+                        json!({"queueLength": 1, "data": [{"syncOutId": "1", "tableName": "store", "recordId": "S_U", "action": "insert",
+                        "recordData": {"ID": "S_U", "name": "U store", "sync_id_remote_site": 7}}]}),
+                    )
+                } else {
+                    (200, json!({"queueLength": 0, "data": []}))
+                }
+            }
+            ("POST", "/sync/v5/queued_records") => {
+                (200, json!({"integrationStarted": req.body.len() < 30}))
+            }
+            ("POST", "/sync/v5/acknowledged_records") => return fake::Reply::raw(204, vec![]),
+            _ => (404, json!({})),
+        };
+        fake::Reply::json(status, out)
+    }));
     let db = env.db("strict");
     let out = agent_env(
         &db,
@@ -227,12 +169,7 @@ fn every_request_has_exact_headers_and_key_spellings() {
         &[("P", "password")],
     );
     assert!(out.status.success());
-    sql(&db)
-        .execute(
-            "INSERT OR REPLACE INTO setting VALUES ('init_poll_secs', '1')",
-            [],
-        )
-        .unwrap();
+    env.config(&db, "init_poll_secs", "1");
     let (code, report, stderr) = env.sync(&db);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(report["initialised"], true);

@@ -1,31 +1,260 @@
-//! `fieldsync-central`: the reference central's command line (serve and administer).
+//! `fieldsync-central`: the reference central's command line (serve and
+//! administer). Parsing only (argh); the work is in `fieldsync::central`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use argh::FromArgs;
+use fieldsync::agent::config::PasswordSource;
 use fieldsync::central::Central;
 
-const USAGE: &str = "\
-usage: fieldsync-central [--db PATH] <command>
+/// The reference central server: serve the v5 sync API and administer sites,
+/// stores and central data. TLS for a pilot: a reverse proxy in front (README).
+#[derive(FromArgs)]
+struct Cli {
+    /// the central's database (default ./central.sqlite)
+    #[argh(option, default = "PathBuf::from(\"central.sqlite\")")]
+    db: PathBuf,
+    #[argh(subcommand)]
+    command: Command,
+}
 
-  serve [--listen ADDR]                       serve the v5 API (default 127.0.0.1:8080)
-  site add NAME --code CODE (--password-env VAR | --password-file F)
-  site password NAME (--password-env VAR | --password-file F)
-  site reset-hardware-id NAME                 the next device to connect is bound
-  site reinitialise NAME                      ask the site to initialise again
-  store add ID --code CODE --name NAME [--site SITE]   (no --site: active on the central)
-  store move ID [--site SITE]                 make the store active on another site
-  store copy STORE --site SITE --kind collector|transfer|none
-  put TABLE JSON                              central (or central store) data
-  delete TABLE ID
-  merge TABLE KEEP_ID DROP_ID                 item, name or clinician
-  get TABLE ID
-  report [--json]                             every site and its last connection
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Serve(Serve),
+    Site(Site),
+    Store(Store),
+    Put(Put),
+    Delete(Delete),
+    Merge(Merge),
+    Get(Get),
+    Report(Report),
+}
 
---db defaults to ./central.sqlite. TLS: put a reverse proxy in front (README).";
+/// serve the v5 API until SIGTERM/SIGINT
+#[derive(FromArgs)]
+#[argh(subcommand, name = "serve")]
+struct Serve {
+    /// address to listen on (default 127.0.0.1:8080)
+    #[argh(option, default = "String::from(\"127.0.0.1:8080\")")]
+    listen: String,
+}
+
+/// sites: add, password, reset-hardware-id, reinitialise
+#[derive(FromArgs)]
+#[argh(subcommand, name = "site")]
+struct Site {
+    #[argh(subcommand)]
+    command: SiteCommand,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum SiteCommand {
+    Add(SiteAdd),
+    Password(SitePassword),
+    ResetHardwareId(SiteName),
+    Reinitialise(SiteReinit),
+}
+
+/// add a site (its password from a file, an environment variable or stdin)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "add")]
+struct SiteAdd {
+    /// the site's name (its Basic-auth user)
+    #[argh(positional)]
+    name: String,
+    /// a short code (default: the name in capitals)
+    #[argh(option)]
+    code: Option<String>,
+    /// read the password from this environment variable
+    #[argh(option)]
+    password_env: Option<String>,
+    /// read the password from this file
+    #[argh(option)]
+    password_file: Option<PathBuf>,
+    /// read the password from the first line of stdin
+    #[argh(switch)]
+    password_stdin: bool,
+}
+
+/// change a site's password (its devices need `fieldsync init` again)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "password")]
+struct SitePassword {
+    /// the site's name
+    #[argh(positional)]
+    name: String,
+    /// read the password from this environment variable
+    #[argh(option)]
+    password_env: Option<String>,
+    /// read the password from this file
+    #[argh(option)]
+    password_file: Option<PathBuf>,
+    /// read the password from the first line of stdin
+    #[argh(switch)]
+    password_stdin: bool,
+}
+
+/// forget the bound hardware id: the next device to connect is bound
+#[derive(FromArgs)]
+#[argh(subcommand, name = "reset-hardware-id")]
+struct SiteName {
+    /// the site's name
+    #[argh(positional)]
+    name: String,
+}
+
+/// ask the site to initialise again
+#[derive(FromArgs)]
+#[argh(subcommand, name = "reinitialise")]
+struct SiteReinit {
+    /// the site's name
+    #[argh(positional)]
+    name: String,
+}
+
+/// stores: add, move, copy
+#[derive(FromArgs)]
+#[argh(subcommand, name = "store")]
+struct Store {
+    #[argh(subcommand)]
+    command: StoreCommand,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum StoreCommand {
+    Add(StoreAdd),
+    Move(StoreMove),
+    Copy(StoreCopy),
+}
+
+/// add a store (no --site: active on the central)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "add")]
+struct StoreAdd {
+    /// the store's ID
+    #[argh(positional)]
+    id: String,
+    /// its code (default: the ID)
+    #[argh(option)]
+    code: Option<String>,
+    /// its name (default: the ID)
+    #[argh(option)]
+    name: Option<String>,
+    /// the site where it is active
+    #[argh(option)]
+    site: Option<String>,
+}
+
+/// make a store active on another site (no --site: on the central)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "move")]
+struct StoreMove {
+    /// the store's ID
+    #[argh(positional)]
+    id: String,
+    /// the site where it becomes active
+    #[argh(option)]
+    site: Option<String>,
+}
+
+/// how a site holds a store: collector, transfer or none
+#[derive(FromArgs)]
+#[argh(subcommand, name = "copy")]
+struct StoreCopy {
+    /// the store's ID
+    #[argh(positional)]
+    store: String,
+    /// the site
+    #[argh(option)]
+    site: String,
+    /// collector, transfer or none
+    #[argh(option)]
+    kind: String,
+}
+
+/// insert or update central (or central store) data
+#[derive(FromArgs)]
+#[argh(subcommand, name = "put")]
+struct Put {
+    /// the legacy table
+    #[argh(positional)]
+    table: String,
+    /// the row as JSON
+    #[argh(positional)]
+    json: String,
+}
+
+/// delete central data
+#[derive(FromArgs)]
+#[argh(subcommand, name = "delete")]
+struct Delete {
+    /// the legacy table
+    #[argh(positional)]
+    table: String,
+    /// the record's ID
+    #[argh(positional)]
+    id: String,
+}
+
+/// merge one record into another (item, name or clinician)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "merge")]
+struct Merge {
+    /// the legacy table
+    #[argh(positional)]
+    table: String,
+    /// the ID that stays
+    #[argh(positional)]
+    keep: String,
+    /// the ID merged into it
+    #[argh(positional)]
+    drop: String,
+}
+
+/// print a record
+#[derive(FromArgs)]
+#[argh(subcommand, name = "get")]
+struct Get {
+    /// the legacy table
+    #[argh(positional)]
+    table: String,
+    /// the record's ID
+    #[argh(positional)]
+    id: String,
+}
+
+/// every site, its last connection, sites silent for over a month flagged
+#[derive(FromArgs)]
+#[argh(subcommand, name = "report")]
+struct Report {
+    /// as JSON
+    #[argh(switch)]
+    json: bool,
+}
 
 fn main() -> ExitCode {
-    match run() {
+    let args: Vec<String> = std::env::args().collect();
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cli = match Cli::from_args(&["fieldsync-central"], strs.get(1..).unwrap_or(&[])) {
+        Ok(c) => c,
+        Err(early) => {
+            return match early.status {
+                Ok(()) => {
+                    println!("{}", early.output);
+                    ExitCode::SUCCESS
+                }
+                Err(()) => {
+                    eprintln!("fieldsync-central: {}", early.output.trim_end());
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fieldsync-central: {e}");
@@ -34,178 +263,104 @@ fn main() -> ExitCode {
     }
 }
 
-fn take(args: &mut Vec<String>, name: &str) -> Option<String> {
-    let i = args.iter().position(|a| a == name)?;
-    if i + 1 >= args.len() {
-        return None;
-    }
-    let v = args.remove(i + 1);
-    args.remove(i);
-    Some(v)
+fn password(file: Option<PathBuf>, env: Option<String>, stdin: bool) -> Result<String, String> {
+    PasswordSource::from_options(file, env, stdin)?.read()
 }
 
-fn password(args: &mut Vec<String>) -> Result<String, String> {
-    if let Some(v) = take(args, "--password-env") {
-        return std::env::var(&v).map_err(|_| format!("environment variable {v} is not set"));
-    }
-    if let Some(f) = take(args, "--password-file") {
-        return std::fs::read_to_string(&f)
-            .map(|s| s.trim_end().to_string())
-            .map_err(|e| format!("{f}: {e}"));
-    }
-    Err("give the password with --password-env VAR or --password-file F (never on the command line)".into())
-}
-
-fn run() -> Result<(), String> {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    if args.is_empty() || args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let db = take(&mut args, "--db")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("central.sqlite"));
+fn run(cli: Cli) -> Result<(), String> {
     fieldsync::field::logging::init(log::LevelFilter::Info, None);
-    let central = Central::open(&db).map_err(|e| e.to_string())?;
-    let word = |args: &mut Vec<String>, what: &str| -> Result<String, String> {
-        if args.is_empty() {
-            Err(format!("missing {what}"))
-        } else {
-            Ok(args.remove(0))
-        }
-    };
-    let cmd = word(&mut args, "command")?;
+    let central = Central::open(&cli.db).map_err(|e| e.to_string())?;
     let e = |e: fieldsync::central::AdminError| e.to_string();
-    match cmd.as_str() {
-        "serve" => {
-            let listen = take(&mut args, "--listen").unwrap_or_else(|| "127.0.0.1:8080".into());
-            let listener = std::net::TcpListener::bind(&listen)
-                .map_err(|e| format!("listen on {listen}: {e}"))?;
+    match cli.command {
+        Command::Serve(s) => {
+            let listener = std::net::TcpListener::bind(&s.listen)
+                .map_err(|e| format!("listen on {}: {e}", s.listen))?;
             log::info!(
                 "fieldsync-central serving v5 on http://{}",
                 listener.local_addr().map_err(|e| e.to_string())?
             );
             fieldsync::central::http::serve(central, listener).map_err(|e| e.to_string())
         }
-        "site" => {
-            let sub = word(&mut args, "site command")?;
-            match sub.as_str() {
-                "add" => {
-                    let name = word(&mut args, "NAME")?;
-                    let code = take(&mut args, "--code").unwrap_or_else(|| name.to_uppercase());
-                    let pw = password(&mut args)?;
-                    let id = central.add_site(&name, &code, &pw).map_err(e)?;
-                    println!("site {name} added with siteId {id}");
-                    Ok(())
-                }
-                "password" => {
-                    let name = word(&mut args, "NAME")?;
-                    let pw = password(&mut args)?;
-                    central.set_password(&name, &pw).map_err(e)
-                }
-                "reset-hardware-id" => central
-                    .reset_hardware_id(&word(&mut args, "NAME")?)
-                    .map_err(e),
-                "reinitialise" => central
-                    .request_reinitialise(&word(&mut args, "NAME")?)
-                    .map_err(e),
-                other => Err(format!("unknown site command {other:?}")),
+        Command::Site(s) => match s.command {
+            SiteCommand::Add(a) => {
+                let pw = password(a.password_file, a.password_env, a.password_stdin)?;
+                let code = a.code.unwrap_or_else(|| a.name.to_uppercase());
+                let id = central.add_site(&a.name, &code, &pw).map_err(e)?;
+                println!("site {} added with siteId {id}", a.name);
+                Ok(())
             }
-        }
-        "store" => {
-            let sub = word(&mut args, "store command")?;
-            match sub.as_str() {
-                "add" => {
-                    let id = word(&mut args, "ID")?;
-                    let code = take(&mut args, "--code").unwrap_or_else(|| id.clone());
-                    let name = take(&mut args, "--name").unwrap_or_else(|| id.clone());
-                    let site = take(&mut args, "--site");
-                    central
-                        .add_store(&id, &code, &name, site.as_deref())
-                        .map_err(e)
-                }
-                "move" => {
-                    let id = word(&mut args, "ID")?;
-                    let site = take(&mut args, "--site");
-                    central.move_store(&id, site.as_deref()).map_err(e)
-                }
-                "copy" => {
-                    let store = word(&mut args, "STORE")?;
-                    let site = take(&mut args, "--site").ok_or("--site is required")?;
-                    let kind = take(&mut args, "--kind").ok_or("--kind is required")?;
-                    central.set_copy(&store, &site, &kind).map_err(e)
-                }
-                other => Err(format!("unknown store command {other:?}")),
+            SiteCommand::Password(p) => {
+                let pw = password(p.password_file, p.password_env, p.password_stdin)?;
+                central.set_password(&p.name, &pw).map_err(e)
             }
-        }
-        "put" => {
-            let table = word(&mut args, "TABLE")?;
-            let text = word(&mut args, "JSON")?;
+            SiteCommand::ResetHardwareId(n) => central.reset_hardware_id(&n.name).map_err(e),
+            SiteCommand::Reinitialise(n) => central.request_reinitialise(&n.name).map_err(e),
+        },
+        Command::Store(s) => match s.command {
+            StoreCommand::Add(a) => {
+                let code = a.code.unwrap_or_else(|| a.id.clone());
+                let name = a.name.unwrap_or_else(|| a.id.clone());
+                central
+                    .add_store(&a.id, &code, &name, a.site.as_deref())
+                    .map_err(e)
+            }
+            StoreCommand::Move(m) => central.move_store(&m.id, m.site.as_deref()).map_err(e),
+            StoreCommand::Copy(c) => central.set_copy(&c.store, &c.site, &c.kind).map_err(e),
+        },
+        Command::Put(p) => {
             let row: serde_json::Value =
-                serde_json::from_str(&text).map_err(|err| format!("record: not JSON: {err}"))?;
-            central.put(&table, &row).map_err(e)
+                serde_json::from_str(&p.json).map_err(|err| format!("record: not JSON: {err}"))?;
+            central.put(&p.table, &row).map_err(e)
         }
-        "delete" => {
-            let table = word(&mut args, "TABLE")?;
-            central.delete(&table, &word(&mut args, "ID")?).map_err(e)
-        }
-        "merge" => {
-            let table = word(&mut args, "TABLE")?;
-            let keep = word(&mut args, "KEEP_ID")?;
-            central
-                .merge(&table, &keep, &word(&mut args, "DROP_ID")?)
-                .map_err(e)
-        }
-        "get" => {
-            let table = word(&mut args, "TABLE")?;
-            match central.get(&table, &word(&mut args, "ID")?).map_err(e)? {
-                Some(v) => {
-                    println!("{v}");
-                    Ok(())
-                }
-                None => Err("no such record".into()),
+        Command::Delete(d) => central.delete(&d.table, &d.id).map_err(e),
+        Command::Merge(m) => central.merge(&m.table, &m.keep, &m.drop).map_err(e),
+        Command::Get(g) => match central.get(&g.table, &g.id).map_err(e)? {
+            Some(v) => {
+                println!("{v}");
+                Ok(())
             }
-        }
-        "report" => {
-            let json = args.iter().any(|a| a == "--json");
-            let now = fieldsync::field::status::now_unix() as i64;
-            let rows = central.report(now).map_err(e)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).unwrap_or_default()
-                );
-            } else {
-                println!(
-                    "{:<5} {:<16} {:<10} {:<12} {:<8} {:<22} LAST CONNECTED",
-                    "ID", "SITE", "STATUS", "STORES", "QUEUED", "HARDWARE"
-                );
-                for r in rows {
-                    let last = r.last_seen.map_or("never".to_string(), |t| {
-                        fieldsync::field::status::ago(t as u64, now as u64)
-                    });
-                    println!(
-                        "{:<5} {:<16} {:<10} {:<12} {:<8} {:<22} {last}{}",
-                        r.site_id,
-                        r.name,
-                        r.init_status,
-                        r.stores.join(","),
-                        r.queued,
-                        if r.hardware_id_bound {
-                            "bound"
-                        } else {
-                            "unbound"
-                        },
-                        if r.silent {
-                            "  ** silent for over a month **"
-                        } else {
-                            ""
-                        }
-                    );
-                }
-            }
-            Ok(())
-        }
-        other => Err(format!("unknown command {other:?}; see --help")),
+            None => Err("no such record".into()),
+        },
+        Command::Report(r) => report(&central, r.json),
     }
+}
+
+fn report(central: &Central, json: bool) -> Result<(), String> {
+    let now = fieldsync::field::status::now_unix() as i64;
+    let rows = central.report(now).map_err(|e| e.to_string())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<5} {:<16} {:<10} {:<12} {:<8} {:<22} LAST CONNECTED",
+        "ID", "SITE", "STATUS", "STORES", "QUEUED", "HARDWARE"
+    );
+    for r in rows {
+        let last = r.last_seen.map_or("never".to_string(), |t| {
+            fieldsync::field::status::ago(t as u64, now as u64)
+        });
+        println!(
+            "{:<5} {:<16} {:<10} {:<12} {:<8} {:<22} {last}{}",
+            r.site_id,
+            r.name,
+            r.init_status,
+            r.stores.join(","),
+            r.queued,
+            if r.hardware_id_bound {
+                "bound"
+            } else {
+                "unbound"
+            },
+            if r.silent {
+                "  ** silent for over a month **"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
 }

@@ -1,44 +1,50 @@
 //! `fieldsync-linkem`: the link emulator as a process, for benches and by hand.
-//!
-//!   fieldsync-linkem UPSTREAM [--up-bps N] [--down-bps N] [--rtt-ms N] [--fault-rate P] [--seed S]
-//!
 //! Prints the listening address on the first line, then runs until killed.
 
 use std::time::Duration;
 
+use argh::FromArgs;
 use fieldsync::testkit::linkem::{Linkem, Plan, Shape};
 
+/// A userspace link between a client and HOST:PORT: bandwidth and latency per
+/// direction, and seeded faults.
+#[derive(FromArgs)]
+struct Cli {
+    /// the upstream address, HOST:PORT
+    #[argh(positional)]
+    upstream: std::net::SocketAddr,
+    /// client→upstream bytes per second (0: unlimited)
+    #[argh(option, default = "0")]
+    up_bps: u64,
+    /// upstream→client bytes per second (0: unlimited)
+    #[argh(option, default = "0")]
+    down_bps: u64,
+    /// round-trip time in milliseconds (half each way)
+    #[argh(option, default = "0")]
+    rtt_ms: u64,
+    /// probability (0..1) that a connection gets a random fault
+    #[argh(option, default = "0.0")]
+    fault_rate: f64,
+    /// seed of the fault generator (a failing run replays with the same seed)
+    #[argh(option, default = "1")]
+    seed: u64,
+}
+
 fn main() {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let take = |args: &mut Vec<String>, name: &str| -> Option<String> {
-        let i = args.iter().position(|a| a == name)?;
-        let v = args.get(i + 1).cloned();
-        args.drain(i..(i + 2).min(args.len()));
-        v
-    };
-    let num = |v: Option<String>, d: f64| v.and_then(|s| s.parse::<f64>().ok()).unwrap_or(d);
-    let up = num(take(&mut args, "--up-bps"), 0.0) as u64;
-    let down = num(take(&mut args, "--down-bps"), 0.0) as u64;
-    let rtt = num(take(&mut args, "--rtt-ms"), 0.0);
-    let rate = num(take(&mut args, "--fault-rate"), 0.0);
-    let seed = num(take(&mut args, "--seed"), 1.0) as u64;
-    let Some(upstream) = args.first().and_then(|a| a.parse().ok()) else {
-        eprintln!("usage: fieldsync-linkem HOST:PORT [--up-bps N] [--down-bps N] [--rtt-ms N] [--fault-rate P] [--seed S]");
-        std::process::exit(2);
-    };
-    let half = Duration::from_secs_f64(rtt / 2000.0);
+    let cli: Cli = argh::from_env();
+    let half = Duration::from_millis(cli.rtt_ms) / 2;
     let shape = Shape {
-        up_bps: up,
-        down_bps: down,
+        up_bps: cli.up_bps,
+        down_bps: cli.down_bps,
         up_latency: half,
         down_latency: half,
     };
     let plan = Plan {
-        seed,
-        fault_rate: rate,
+        seed: cli.seed,
+        fault_rate: cli.fault_rate,
         scripted: Default::default(),
     };
-    let link = Linkem::start(upstream, shape, plan).unwrap_or_else(|e| {
+    let link = Linkem::start(cli.upstream, shape, plan).unwrap_or_else(|e| {
         eprintln!("fieldsync-linkem: {e}");
         std::process::exit(1)
     });

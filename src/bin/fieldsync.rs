@@ -223,6 +223,9 @@ struct Dev {
     /// the active store
     #[argh(option)]
     store: String,
+    /// the central's id for the site (as its first answer would give)
+    #[argh(option)]
+    site_uuid: Option<String>,
 }
 
 /// print the version
@@ -384,6 +387,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             let mut store = fieldsync::store::Store::open(&db)?;
             store.set_site_identity(d.site_id, &d.store)?;
+            if let Some(uuid) = d.site_uuid {
+                store.set_setting(fieldsync::store::key::SITE_UUID, &uuid)?;
+            }
             Ok(())
         }
         Command::Demo(d) => demo(d.dir),

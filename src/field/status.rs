@@ -301,9 +301,9 @@ pub fn render(v: &View, now: u64) -> String {
         if let Some(e) = &a.error {
             line(&mut out, "problem", e.clone());
         }
-        if let Some(h) = &a.hint {
-            line(&mut out, "what to do", h.clone());
-        }
+    }
+    if let Some(w) = &v.what_to_do {
+        line(&mut out, "what to do", w.clone());
     }
     if v.integration_failed > 0 {
         line(
@@ -382,7 +382,7 @@ mod tests {
                 step: None,
                 progress: None,
                 led: crate::field::led::pattern(false, Some(report.outcome()), 2, 0),
-                what_to_do: None,
+                what_to_do: Some(class.hint().to_string()),
                 class: Some(class),
             };
             let text = render(&v, now_unix());

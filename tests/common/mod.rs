@@ -3,6 +3,8 @@
 //! binary for end-to-end runs.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -88,12 +90,17 @@ impl Env {
             String::from_utf8_lossy(&out.stderr)
         );
         // Fast polls in tests.
-        let c = rusqlite::Connection::open(db).unwrap();
-        c.execute(
-            "INSERT OR REPLACE INTO setting VALUES ('init_poll_secs', '1')",
-            [],
-        )
-        .unwrap();
+        self.config(db, "init_poll_secs", "1");
+    }
+
+    /// `fieldsync config set KEY VALUE`, as a deployer would.
+    pub fn config(&self, db: &Path, key: &str, value: &str) {
+        let out = self.agent(db, &["config", "set", key, value]);
+        assert!(
+            out.status.success(),
+            "config set {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn sync(&self, db: &Path) -> (i32, serde_json::Value, String) {
