@@ -372,7 +372,7 @@ impl Central {
             slot.keep = true;
             let central = self.clone();
             let site_id = site.site_id;
-            std::thread::spawn(move || {
+            let work = move || {
                 let started = std::time::Instant::now();
                 let result = central.conn().and_then(|c| {
                     let tx = c.unchecked_transaction()?;
@@ -392,7 +392,12 @@ impl Central {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&site_id);
-            });
+            };
+            if self.background_integration {
+                std::thread::spawn(work);
+            } else {
+                work();
+            }
             return Ok(Reply::json(200, json!({"integrationStarted": true})));
         }
         let tx = conn.unchecked_transaction()?;

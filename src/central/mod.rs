@@ -107,6 +107,9 @@ pub struct Central {
     pub versions: (u32, u32),
     /// Gzip answers for clients that accept it [PC]; off only to measure without.
     pub gzip: bool,
+    /// Integrate a site's final push on a thread of its own while `site_status`
+    /// says so (the default); in-process tests integrate before answering.
+    pub background_integration: bool,
 }
 
 #[derive(Debug)]
@@ -152,6 +155,7 @@ impl Central {
                 crate::wire::protocol::API_VERSION,
             ),
             gzip: true,
+            background_integration: true,
         };
         let conn = c.conn()?;
         conn.execute_batch(SCHEMA)?;

@@ -1,3 +1,12 @@
 //! Test and bench support; never in device builds (feature `testkit`).
+//!
+//! - [`linkem`]: the link emulator, a userspace TCP proxy with bandwidth, latency
+//!   and seeded faults (the kernel's netem is not available everywhere);
+//! - [`inprocess`]: the reference central as a [`crate::wire::transport::Transport`]
+//!   in the same process, for cycle tests in virtual time.
 
+#[cfg(feature = "central")]
+pub mod bench;
+#[cfg(feature = "central")]
+pub mod inprocess;
 pub mod linkem;

@@ -99,6 +99,10 @@ impl<T: Transport> Client<T> {
         &mut self.transport
     }
 
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
     /// One request with the §2 headers; retried on transient link failures and on
     /// 408/502/504 (every v5 request is safe to repeat).
     fn request(
