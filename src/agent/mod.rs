@@ -2,7 +2,9 @@
 //! Each returns a [`Failure`] (message + class → exit code) or prints its result;
 //! exit codes are mapped in one place, [`crate::error::Class::exit_code`].
 //!
-//! - [`config`]: settings, `init`, `config`, password reading;
+//! - [`settings`]: every setting in one table, resolved from stored rows and the
+//!   environment by one pure function;
+//! - [`config`]: `init`, `config`, password reading;
 //! - [`runner`]: one sync with its status file, LED and log lines; `run`'s loop;
 //!   the single-flight lock;
 //! - [`records`]: local records (`put`, `get`, `delete`, `list`, `import`,
@@ -14,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod records;
 pub mod runner;
+pub mod settings;
 
 use std::path::Path;
 

@@ -23,7 +23,7 @@ use crate::wire::credentials;
 use crate::wire::transport::{HttpTransport, Origin, Transport};
 use crate::wire::TransportError;
 
-use super::config::Settings;
+use super::settings::Settings;
 use super::{CmdResult, Failure};
 
 /// How long the connectivity probe may take. Defaults to 5 s: an offline sync

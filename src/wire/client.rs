@@ -16,9 +16,8 @@ use serde::de::DeserializeOwned;
 
 use crate::clock::Clock;
 use crate::wire::credentials::Secret;
-use crate::wire::protocol::{
-    self, Acknowledge, Broken, Partial, PullError, PullHeader, SyncRecord,
-};
+use crate::wire::decode::{self, Broken, Partial, PullError, PullHeader};
+use crate::wire::protocol::{self, Acknowledge, SyncRecord};
 use crate::wire::transport::{Method, Request, Response, Timeouts, Transport};
 use crate::wire::{ProtocolError, TransportError, WireError};
 
@@ -275,7 +274,7 @@ impl<T: Transport> Client<T> {
             since.set(0);
             each(rec)
         };
-        let result = protocol::decode_pull(&mut counted, &mut per_record);
+        let result = decode::decode_pull(&mut counted, &mut per_record);
         let reader = counted.into_inner();
         self.traffic.bytes_received += reader.n;
         match result {

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod credentials;
+pub mod decode;
 pub mod protocol;
 pub mod transport;
 
