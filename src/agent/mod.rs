@@ -48,6 +48,31 @@ impl From<StoreError> for Failure {
 
 pub type CmdResult = Result<(), Failure>;
 
+/// argh reads every argument that starts with `-` as an option, so the usual
+/// lone `-` for stdin reaches the commands as this name instead.
+pub const STDIN_ARG: &str = "<stdin>";
+
+/// Parses this process's arguments for the binaries (`--help` printed and exit 0;
+/// a usage error printed on stderr and the bad-input exit code).
+pub fn parse_args<T: argh::TopLevelCommand>(name: &str) -> Result<T, std::process::ExitCode> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|a| if a == "-" { STDIN_ARG.to_string() } else { a })
+        .collect();
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    T::from_args(&[name], &strs).map_err(|early| match early.status {
+        Ok(()) => {
+            println!("{}", early.output);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(()) => {
+            eprintln!("{name}: {}", early.output.trim_end());
+            eprintln!("see `{name} help` (or `{name} <command> --help`)");
+            std::process::ExitCode::from(Class::Input.exit_code())
+        }
+    })
+}
+
 /// `fieldsync status [--json]`: readable while a sync or the app holds the write
 /// lock, and on a device not configured yet (class 3, and JSON that says what to do).
 pub fn status(db: &Path, json: bool) -> CmdResult {

@@ -237,22 +237,9 @@ struct Report {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let cli = match Cli::from_args(&["fieldsync-central"], strs.get(1..).unwrap_or(&[])) {
+    let cli: Cli = match fieldsync::agent::parse_args("fieldsync-central") {
         Ok(c) => c,
-        Err(early) => {
-            return match early.status {
-                Ok(()) => {
-                    println!("{}", early.output);
-                    ExitCode::SUCCESS
-                }
-                Err(()) => {
-                    eprintln!("fieldsync-central: {}", early.output.trim_end());
-                    ExitCode::from(2)
-                }
-            };
-        }
+        Err(code) => return code,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -233,33 +233,10 @@ struct Dev {
 #[argh(subcommand, name = "version")]
 struct Version {}
 
-/// argh reads every argument that starts with `-` as an option, so the usual
-/// lone `-` for stdin is passed to the commands as this name instead.
-const STDIN: &str = "<stdin>";
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args()
-        .map(|a| if a == "-" { STDIN.to_string() } else { a })
-        .collect();
-    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let name = strs
-        .first()
-        .map_or("fieldsync", |n| n.rsplit('/').next().unwrap_or(n));
-    let cli = match Cli::from_args(&[name], strs.get(1..).unwrap_or(&[])) {
+    let cli: Cli = match agent::parse_args("fieldsync") {
         Ok(c) => c,
-        Err(early) => {
-            return match early.status {
-                Ok(()) => {
-                    println!("{}", early.output);
-                    ExitCode::SUCCESS
-                }
-                Err(()) => {
-                    eprintln!("fieldsync: {}", early.output.trim_end());
-                    eprintln!("see `fieldsync help` (or `fieldsync <command> --help`)");
-                    ExitCode::from(Class::Input.exit_code())
-                }
-            };
-        }
+        Err(code) => return code,
     };
     let result = run(cli);
     // For the memory tests and the bench: the process's own peak RSS.
@@ -336,7 +313,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             )),
         },
         Command::Put(p) => {
-            let text = if p.json == STDIN {
+            let text = if p.json == agent::STDIN_ARG {
                 let mut s = String::new();
                 let limit = fieldsync::store::MAX_RECORD_BYTES as u64 + 1;
                 std::io::Read::read_to_string(
@@ -354,7 +331,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Delete(d) => records::delete(&db, &d.table, &d.id),
         Command::List(l) => records::list(&db, l.table.as_deref()),
         Command::Import(i) => {
-            let file = if i.file == STDIN {
+            let file = if i.file == agent::STDIN_ARG {
                 "-"
             } else {
                 i.file.as_str()
