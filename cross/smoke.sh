@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 bin=${1:-target/cross/aarch64-unknown-linux-gnu/release/fieldsync}
 central=target/debug/fieldsync-central
 [ -x "$central" ] || cargo build --bin fieldsync-central
-agent() { timeout 120 qemu-aarch64 -L /usr/aarch64-linux-gnu "$bin" --db "$dir/agent.sqlite" "$@"; }
+agent() { timeout 120 qemu-aarch64 -L / "$bin" --db "$dir/agent.sqlite" "$@"; }
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cleanup() { [ -n "${cpid:-}" ] && kill "$cpid" 2>/dev/null; rm -rf "$dir"; }

@@ -310,8 +310,14 @@ pub struct HttpTransport {
 
 impl HttpTransport {
     pub fn new(origin: Origin, tls: &Tls) -> Result<HttpTransport, TransportError> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(roots(tls)?)
+            .unversioned_rustls_crypto_provider(provider)
+            .root_certs(if origin.https {
+                roots(tls)?
+            } else {
+                ureq::tls::RootCerts::new_with_certs(&[])
+            })
             .build();
         let config = ureq::config::Config::builder()
             .http_status_as_error(false)
@@ -351,13 +357,20 @@ impl ureq::unversioned::resolver::Resolver for SyncResolver {
     }
 }
 
-/// The system's CA bundle (Debian, Raspberry Pi OS, Alpine; else the Mozilla roots
-/// built into the binary) plus the operator's CA file.
+/// Where devices keep their trusted CAs: Debian/Raspberry Pi OS, Fedora, Alpine,
+/// Termux; Android keeps one PEM file per CA in a directory.
+const CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+    "/data/data/com.termux/files/usr/etc/tls/cert.pem",
+];
+const CA_DIRS: &[&str] = &["/system/etc/security/cacerts", "/etc/ssl/certs"];
+
+/// The device's trusted CAs plus the operator's CA file. No roots are compiled
+/// in (they would be stale on a device that lives for years, and cost the binary
+/// 60 KB); a device without any is told what to install.
 fn roots(tls: &Tls) -> Result<ureq::tls::RootCerts, TransportError> {
-    const BUNDLES: &[&str] = &[
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-    ];
     let pem_certs = |pem: &[u8]| -> Vec<ureq::tls::Certificate<'static>> {
         ureq::tls::parse_pem(pem)
             .filter_map(|item| match item {
@@ -366,13 +379,32 @@ fn roots(tls: &Tls) -> Result<ureq::tls::RootCerts, TransportError> {
             })
             .collect()
     };
-    let mut certs: Vec<_> = BUNDLES
+    let prefix_bundle = std::env::var("PREFIX")
+        .ok()
+        .map(|p| format!("{p}/etc/tls/cert.pem"));
+    let mut certs: Vec<_> = CA_BUNDLES
         .iter()
+        .map(|p| p.to_string())
+        .chain(prefix_bundle)
         .filter_map(|p| std::fs::read(p).ok())
         .map(|pem| pem_certs(&pem))
         .find(|c| !c.is_empty())
         .unwrap_or_default();
-    let system = !certs.is_empty();
+    if certs.is_empty() {
+        for dir in CA_DIRS {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if let Ok(pem) = std::fs::read(e.path()) {
+                    certs.extend(pem_certs(&pem));
+                }
+            }
+            if !certs.is_empty() {
+                break;
+            }
+        }
+    }
     if let Some(path) = &tls.ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| TransportError::BadUrl(format!("CA file {}: {e}", path.display())))?;
@@ -385,13 +417,15 @@ fn roots(tls: &Tls) -> Result<ureq::tls::RootCerts, TransportError> {
         }
         certs.extend(extra);
     }
-    Ok(if certs.is_empty() {
-        ureq::tls::RootCerts::WebPki
-    } else if system || tls.ca_file.is_some() {
-        ureq::tls::RootCerts::new_with_certs(&certs)
-    } else {
-        ureq::tls::RootCerts::WebPki
-    })
+    if certs.is_empty() {
+        return Err(TransportError::BadUrl(format!(
+            "this device has no trusted CA certificates (looked in {} and {}): install the \
+             ca-certificates package, or give the central's CA with `fieldsync config set ca_file PATH`",
+            CA_BUNDLES.join(", "),
+            CA_DIRS.join(", ")
+        )));
+    }
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
 }
 
 impl Transport for HttpTransport {
