@@ -158,22 +158,31 @@ pub fn queue(db: &Path, json: bool, list_all: bool, rejected: bool) -> CmdResult
     let store = Store::open_configured(db)?;
     let pending = outbox::pending_count(store.conn())?;
     let set_aside = outbox::rejected_count(store.conn())?;
+    let held = outbox::held_count(store.conn())?;
     let rows = if list_all || rejected {
         outbox::list(store.conn(), rejected, 10_000)?
     } else {
         vec![]
     };
     if json {
-        let v = serde_json::json!({"pending": pending, "rejected": set_aside, "records": rows});
+        let v = serde_json::json!({"pending": pending, "rejected": set_aside, "local_only": held, "records": rows});
         println!("{v}");
     } else {
-        println!("{pending} record(s) waiting to be pushed, {set_aside} set aside");
+        println!(
+            "{pending} record(s) waiting to be pushed, {set_aside} set aside, {held} local only"
+        );
         for r in rows {
+            // 'held': a dispensary store's transactions kept here (§9.7).
+            let state = if r.state == "held" {
+                "local only"
+            } else {
+                r.state.as_str()
+            };
             println!(
-                "{:>8} {:<7} {:<8} {} {}{}",
+                "{:>8} {:<7} {:<10} {} {}{}",
                 r.seq,
                 r.action,
-                r.state,
+                state,
                 r.table,
                 r.id,
                 r.reason.map(|x| format!("  ({x})")).unwrap_or_default()

@@ -227,10 +227,11 @@ fn recipients(conn: &Connection, table: &str, row: &Value, full: bool) -> Result
                 }
             }
         }
-        Kind::Patient | Kind::Name => {
+        Kind::Patient | Kind::Name | Kind::PatientJoin => {
             let patient = match table {
                 "name" => Some(s(row, "ID").to_string()),
                 "nameInsuranceJoin" => Some(s(row, "nameID").to_string()),
+                "om_document" => Some(s(row, "owner_name_ID").to_string()),
                 _ => None,
             };
             match patient {
@@ -260,7 +261,7 @@ fn recipients(conn: &Connection, table: &str, row: &Value, full: bool) -> Result
             active_and_collectors(&mut out, s(row, "toStoreID"))?;
             active_and_collectors(&mut out, s(row, "fromStoreID"))?;
         }
-        Kind::User => {}
+        Kind::Created => {}
     }
     out.remove(&CENTRAL_SITE_ID);
     Ok(out)
@@ -598,7 +599,7 @@ fn judge_one(
                     _ => Some((false, "other_store")),
                 }
             }
-            Kind::Patient | Kind::Name => {
+            Kind::Patient | Kind::Name | Kind::PatientJoin => {
                 if owns(owner(conn, &rec.table_name, row, Some(site), batch)?) {
                     None
                 } else {
@@ -614,7 +615,7 @@ fn judge_one(
                     Some((false, "other_store"))
                 }
             }
-            Kind::User => {
+            Kind::Created => {
                 let pushed_by: Option<Option<u32>> = conn
                     .prepare_cached(
                         "SELECT site_id FROM record WHERE table_name = ?1 AND record_id = ?2",

@@ -131,6 +131,11 @@ pub struct View {
     pub led: Pattern,
     /// The one thing to do now, if anything.
     pub what_to_do: Option<String>,
+    /// Another program changed fieldsync's rules in the database: what was found
+    /// now, or when they were last restored (issue 18).
+    pub rules: Option<String>,
+    /// Stored rows set aside by a schema upgrade (not valid rows).
+    pub quarantined: u64,
     /// The class of the current condition (exit-code meaning), if any.
     pub class: Option<Class>,
 }
@@ -160,6 +165,8 @@ impl View {
                 db.display()
             )),
             class: Some(Class::NotConfigured),
+            rules: None,
+            quarantined: 0,
         }
     }
 }
@@ -208,6 +215,10 @@ pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> 
         last_attempt,
         what_to_do: None,
         class: None,
+        rules: rules_note(store, now_unix())?,
+        quarantined: conn
+            .query_row("SELECT count(*) FROM record_quarantine", [], |r| r.get(0))
+            .unwrap_or(0),
     };
     if v.site.is_none() {
         v.class = Some(Class::NotConfigured);
@@ -223,6 +234,29 @@ pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> 
         v.outbox_rejected,
     );
     Ok(v)
+}
+
+/// What status says about the rules: changed right now (a read-only look; the
+/// next write restores them), or restored before.
+fn rules_note(store: &Store, now: u64) -> Result<Option<String>, StoreError> {
+    let problems = crate::store::rules::verify(store.conn())?;
+    if !problems.is_empty() {
+        return Ok(Some(format!(
+            "changed by another program ({}); the next sync restores them — find that program and stop it",
+            problems.join("; ")
+        )));
+    }
+    Ok(store
+        .setting(crate::store::RULES_REPAIRED)?
+        .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
+        .map(|v| {
+            format!(
+                "restored {} ({}; {} time(s) in all): writes made meanwhile were not checked or queued",
+                ago(v["unix"].as_u64().unwrap_or(0), now),
+                v["detail"].as_str().unwrap_or("?"),
+                v["count"]
+            )
+        }))
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -305,6 +339,19 @@ pub fn render(v: &View, now: u64) -> String {
     if let Some(w) = &v.what_to_do {
         line(&mut out, "what to do", w.clone());
     }
+    if let Some(r) = &v.rules {
+        line(&mut out, "store rules", r.clone());
+    }
+    if v.quarantined > 0 {
+        line(
+            &mut out,
+            "set aside on upgrade",
+            format!(
+                "{} stored row(s) were not valid rows: table record_quarantine",
+                v.quarantined
+            ),
+        );
+    }
     if v.integration_failed > 0 {
         line(
             &mut out,
@@ -384,6 +431,8 @@ mod tests {
                 led: crate::field::led::pattern(false, Some(report.outcome()), 2, 0),
                 what_to_do: Some(class.hint().to_string()),
                 class: Some(class),
+                rules: None,
+                quarantined: 0,
             };
             let text = render(&v, now_unix());
             assert!(text.contains(class.hint()), "{class:?}: {text}");

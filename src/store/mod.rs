@@ -1,10 +1,10 @@
 //! The local store: one SQLite file holding this site's records, settings, outbox
 //! and sync buffer (schema in `schema.sql`, rules in `triggers.sql`).
 //!
-//! What must hold: every local write is checked and captured by SQLite triggers, so
-//! the clinic's app writing the file directly obeys the same rules as our CLI; the
-//! sync's own writes go through [`Store::applying`], whose transaction sets the guard
-//! that lets them pass uncaptured. The file is shared: WAL mode lets readers (the
+//! What must hold: every local write is checked and captured by SQLite triggers
+//! ([`rules`]), so the clinic's app writing the file directly obeys the same rules
+//! as our CLI; the sync's own writes go through [`Store::without_rules`], a
+//! transaction that no other connection sees without the triggers. The file is shared: WAL mode lets readers (the
 //! `status` command, the app) run beside a writer, and a busy timeout makes writers
 //! wait their turn instead of failing.
 
@@ -13,18 +13,17 @@ mod error;
 pub mod outbox;
 pub mod registry;
 pub mod row;
+pub mod rules;
+mod schema;
 
 pub use error::StoreError;
+pub use schema::RULES_REPAIRED;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::{Map, Value};
-
-/// Schema versions, applied in order on open (`PRAGMA user_version` says how many ran).
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema2.sql")];
-const TRIGGERS: &str = include_str!("triggers.sql");
 
 /// How long a writer waits for the clinic's app (or a `status` reader) to release
 /// the database before giving up. Defaults to 30 s: long enough for an app's bulk
@@ -63,6 +62,9 @@ pub mod key {
     pub const CENTRAL_MAX_CURSOR: &str = "central_max_cursor";
     /// The adaptive pull page size (§9.3), kept between cycles.
     pub const PULL_LIMIT: &str = "pull_limit";
+    /// "1" while the active dispensary store keeps its transactions here (§9.7);
+    /// the capture triggers read it.
+    pub const HOLD_TRANSACTIONS: &str = "hold_transactions";
     pub const BATCH_RECORDS: &str = "batch_records";
     pub const BATCH_BYTES: &str = "batch_bytes";
     pub const INTEGRATION_WAIT: &str = "integration_wait_secs";
@@ -170,68 +172,9 @@ impl Store {
             .map_err(|e| StoreError::sqlite(format!("reading {name}"), e))
     }
 
-    /// Runs pending migrations, then refreshes the registry copy and the triggers if
-    /// this build's differ from the file's, all in one transaction.
     fn migrate(&mut self) -> Result<(), StoreError> {
         let version = self.pragma_i64("user_version")? as usize;
-        if version > MIGRATIONS.len() {
-            return Err(StoreError::Schema(format!(
-                "{} was written by a newer fieldsync (schema {version}, this build knows {}); upgrade fieldsync",
-                self.path.display(),
-                MIGRATIONS.len()
-            )));
-        }
-        let fingerprint = format!(
-            "{:x}-{:x}",
-            registry::fingerprint(),
-            fnv(TRIGGERS.as_bytes())
-        );
-        if version == MIGRATIONS.len()
-            && self.setting(key::SCHEMA_RULES)?.as_deref() == Some(fingerprint.as_str())
-        {
-            return Ok(());
-        }
-        let tx = self.tx()?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            tx.execute_batch(sql)
-                .map_err(|e| StoreError::sqlite(format!("migration {}", i + 1), e))?;
-        }
-        tx.execute("DELETE FROM registry", [])
-            .map_err(|e| StoreError::sqlite("registry", e))?;
-        for t in registry::tables() {
-            let (owner, parent, parent_field) = match t.owner {
-                registry::Owner::None => (None, None, None),
-                registry::Owner::Field(f) => (Some(f), None, None),
-                registry::Owner::Parent {
-                    field,
-                    table,
-                    parent_field,
-                } => (Some(field), Some(table), Some(parent_field)),
-            };
-            tx.execute(
-                "INSERT INTO registry VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    t.name,
-                    t.kind.sql_name(),
-                    owner,
-                    parent,
-                    parent_field,
-                    t.order
-                ],
-            )
-            .map_err(|e| StoreError::sqlite("registry", e))?;
-        }
-        tx.execute_batch(TRIGGERS)
-            .map_err(|e| StoreError::sqlite("installing triggers", e))?;
-        tx.execute(
-            "INSERT INTO setting VALUES ('schema_rules', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [&fingerprint],
-        )
-        .map_err(|e| StoreError::sqlite("schema_rules", e))?;
-        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
-            .map_err(|e| StoreError::sqlite("user_version", e))?;
-        tx.commit()
-            .map_err(|e| StoreError::sqlite("committing migrations", e))
+        schema::migrate(self, version)
     }
 
     pub fn path(&self) -> &Path {
@@ -292,6 +235,51 @@ impl Store {
                 StoreError::Schema(format!("setting {key} holds {v:?}, not a whole number"))
             }),
         }
+    }
+
+    /// §9.7: a dispensary store whose "include transactions in sync" preference
+    /// is off keeps its transactions, stock and stocktakes on the site. Reads the
+    /// active store's row and preferences, keeps the answer where the capture
+    /// triggers read it, and when the preference turns on again releases what was
+    /// held (in its push order, which `seq` kept). Returns what changed:
+    /// `Some(true)` now holding, `Some(false)` released (with the count).
+    pub fn refresh_hold(&mut self) -> Result<Option<(bool, u64)>, StoreError> {
+        let Some(active) = self.active_store()?.filter(|a| !a.is_empty()) else {
+            return Ok(None);
+        };
+        let err = |e| StoreError::sqlite("reading the dispensary preference", e);
+        let hold: bool = self
+            .conn
+            .query_row(
+                "SELECT coalesce((SELECT json_extract(data, '$.store_mode') FROM record \
+                                  WHERE table_name = 'store' AND record_id = ?1) = 'dispensary', 0) \
+                    AND EXISTS (SELECT 1 FROM record WHERE table_name = 'pref' \
+                                AND json_extract(data, '$.store_ID') = ?1 \
+                                AND json_extract(data, '$.item') = 'store_preferences' \
+                                AND lower(CAST(json_extract(data, '$.data.sync_include_transactions') AS TEXT)) \
+                                    IN ('0', 'false', 'no'))",
+                [&active],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        let was = self.setting(key::HOLD_TRANSACTIONS)?.as_deref() == Some("1");
+        if hold == was {
+            return Ok(None);
+        }
+        let tx = self.tx()?;
+        set_setting(&tx, key::HOLD_TRANSACTIONS, if hold { "1" } else { "0" })?;
+        let released = if hold {
+            0
+        } else {
+            tx.execute(
+                "UPDATE outbox SET state = 'pending' WHERE state = 'held'",
+                [],
+            )
+            .map_err(|e| StoreError::sqlite("releasing held records", e))? as u64
+        };
+        tx.commit()
+            .map_err(|e| StoreError::sqlite("saving the dispensary preference", e))?;
+        Ok(Some((hold, released)))
     }
 
     /// Stores whose `sync_id_remote_site` is `site_id` (a number on the wire; a
@@ -396,29 +384,23 @@ impl Store {
             .map_err(|e| StoreError::sqlite("counting records", e))
     }
 
-    /// Runs `f` inside one transaction with the sync guard set: writes pass the
-    /// ownership checks and are not captured. The guard is cleared before commit, so
-    /// no other connection ever sees it set; on error everything rolls back.
-    pub fn applying<T>(
+    /// Runs `f` inside one transaction with the rules' triggers dropped: writes
+    /// pass the ownership checks and are not captured (nothing received is
+    /// echoed). The triggers are created again before the commit, so no other
+    /// connection ever sees the file without them; on error everything rolls back,
+    /// triggers included.
+    pub fn without_rules<T>(
         &mut self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let tx = self.tx()?;
-        tx.execute("UPDATE sync_guard SET applying = 1", [])
-            .map_err(|e| StoreError::sqlite("sync guard", e))?;
+        rules::drop_all(&tx)?;
         let out = f(&tx)?;
-        tx.execute("UPDATE sync_guard SET applying = 0", [])
-            .map_err(|e| StoreError::sqlite("sync guard", e))?;
+        rules::create_all(&tx)?;
         tx.commit()
             .map_err(|e| StoreError::sqlite("committing sync writes", e))?;
         Ok(out)
     }
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 pub fn get_setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
@@ -554,11 +536,13 @@ pub fn put_local(tx: &Connection, table: &str, row: &Value, at: &str) -> Result<
             ),
         });
     }
-    tx.execute(
+    // Cached: preparing an INSERT on `record` compiles the rules' trigger programs,
+    // which costs more than the write itself.
+    tx.prepare_cached(
         "INSERT INTO record (table_name, record_id, data) VALUES (?1, ?2, ?3) \
          ON CONFLICT (table_name, record_id) DO UPDATE SET data = excluded.data",
-        params![table, id, text],
     )
+    .and_then(|mut s| s.execute(params![table, id, text]))
     .map_err(|e| {
         StoreError::sqlite(format!("{at}: writing {table} {id}"), e).for_record(table, id)
     })?;
@@ -647,7 +631,7 @@ mod tests {
     #[test]
     fn an_edit_cannot_take_over_or_give_away() {
         let mut s = initialised();
-        s.applying(|tx| {
+        s.without_rules(|tx| {
             tx.execute(
                 "INSERT INTO record (table_name, record_id, data, origin) VALUES \
                  ('transact', 'F1', '{\"ID\":\"F1\",\"store_ID\":\"S_OTHER\"}', 'sync')",
@@ -782,5 +766,62 @@ mod tests {
         let e = s.put("transact", &json!([1])).unwrap_err();
         assert!(e.to_string().contains("must be a JSON object"), "{e}");
         assert_eq!(s.count_records(None).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_dispensary_keeps_its_transactions_until_the_preference_turns_on() {
+        let mut s = initialised();
+        let pref = |include: serde_json::Value| {
+            json!({"ID": "PREF1", "item": "store_preferences", "store_ID": "S_KAW",
+                   "data": {"sync_include_transactions": include}})
+        };
+        let receive = |s: &mut Store, t: &str, row: serde_json::Value| {
+            s.without_rules(|tx| {
+                tx.execute(
+                    "INSERT INTO record (table_name, record_id, data, origin) VALUES (?1, ?2, ?3, 'sync') \
+                     ON CONFLICT DO UPDATE SET data = excluded.data",
+                    params![t, row["ID"].as_str().unwrap(), row.to_string()],
+                )
+                .map_err(|e| StoreError::sqlite("t", e))?;
+                Ok(())
+            })
+            .unwrap();
+        };
+        receive(
+            &mut s,
+            "store",
+            json!({"ID": "S_KAW", "store_mode": "dispensary"}),
+        );
+        receive(&mut s, "pref", pref(json!(false)));
+        assert_eq!(s.refresh_hold().unwrap(), Some((true, 0)));
+        s.put(
+            "transact",
+            &json!({"ID": "P1", "store_ID": "S_KAW", "type": "ci"}),
+        )
+        .unwrap();
+        s.put("trans_line", &json!({"ID": "PL1", "transaction_ID": "P1"}))
+            .unwrap();
+        s.put("Location", &json!({"ID": "LOC", "store_ID": "S_KAW"}))
+            .unwrap();
+        assert_eq!(
+            outbox::held_count(s.conn()).unwrap(),
+            2,
+            "transactions kept here"
+        );
+        assert_eq!(
+            outbox::pending_count(s.conn()).unwrap(),
+            1,
+            "other store data still syncs"
+        );
+        receive(&mut s, "pref", pref(json!(true)));
+        assert_eq!(s.refresh_hold().unwrap(), Some((false, 2)));
+        let mut order = vec![];
+        outbox::for_each_pending(s.conn(), 10, |e| {
+            order.push(e.id);
+            true
+        })
+        .unwrap();
+        assert_eq!(order, ["LOC", "P1", "PL1"], "released in push order");
+        assert_eq!(s.refresh_hold().unwrap(), None, "no change, nothing to do");
     }
 }

@@ -41,6 +41,16 @@ pub fn pending_count(conn: &Connection) -> Result<u64, StoreError> {
     .map_err(|e| StoreError::sqlite("counting the outbox", e))
 }
 
+/// Entries a dispensary store keeps on the site (§9.7).
+pub fn held_count(conn: &Connection) -> Result<u64, StoreError> {
+    conn.query_row(
+        "SELECT count(*) FROM outbox WHERE state = 'held'",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(|e| StoreError::sqlite("counting held records", e))
+}
+
 pub fn rejected_count(conn: &Connection) -> Result<u64, StoreError> {
     conn.query_row(
         "SELECT count(*) FROM outbox WHERE state = 'rejected'",

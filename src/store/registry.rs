@@ -24,10 +24,14 @@ pub enum Kind {
     /// `name_store_join`: central store data, except that it is patient data when it
     /// joins a patient homed here to the active store.
     NameStoreJoin,
+    /// Patient data owned through its patient (`nameInsuranceJoin`, `om_document`):
+    /// the parent `name` row must be a patient, and its home store is the owner.
+    PatientJoin,
     /// Created anywhere, never edited.
     Message,
-    /// `user`: new users may be created on a site [PC].
-    User,
+    /// Rows a site may create and then edit alone (`user` [PC]; `barcode`, which
+    /// Open mSupply sites create, §9.6); rows received from elsewhere are read-only.
+    Created,
     /// Never leaves the device.
     Local,
 }
@@ -42,8 +46,9 @@ impl Kind {
             Kind::Patient => "patient",
             Kind::Name => "name",
             Kind::NameStoreJoin => "name_store_join",
+            Kind::PatientJoin => "patient_join",
             Kind::Message => "message",
-            Kind::User => "user",
+            Kind::Created => "created",
             Kind::Local => "local",
         }
     }
@@ -87,11 +92,14 @@ const fn t(name: &'static str, kind: Kind, owner: Owner) -> Table {
 const STORE_ID: Owner = Owner::Field("store_ID");
 
 /// Every known table, listed in the rank order of protocol §7.4 (line by line, left
-/// to right); `order` is filled from this position. Local tables come last.
+/// to right) with the §9.6 tables placed after what they refer to; `order` is
+/// filled from this position. Local tables come last.
 const TABLES: &[Table] = &[
     // rank 1
     t("currency", Kind::Central, Owner::None),
     t("unit", Kind::Central, Owner::None),
+    t("item_category_level1", Kind::Central, Owner::None),
+    t("item_category_level2", Kind::Central, Owner::None),
     t("item_category", Kind::Central, Owner::None),
     t("Location_type", Kind::Central, Owner::None),
     t("options", Kind::Central, Owner::None),
@@ -101,14 +109,24 @@ const TABLES: &[Table] = &[
     t("item_direction", Kind::Central, Owner::None),
     t("diagnosis", Kind::Central, Owner::None),
     t("insuranceProvider", Kind::Central, Owner::None),
+    t("patient_event", Kind::Central, Owner::None),
+    t("form_schema", Kind::Central, Owner::None),
+    t("warning", Kind::Central, Owner::None),
+    t("ship_method", Kind::Central, Owner::None),
+    t("vaccine_vial_monitor_status", Kind::Central, Owner::None),
     // rank 2
     t("item", Kind::Central, Owner::None),
     t("period", Kind::Central, Owner::None),
+    t("item_warning_link", Kind::Central, Owner::None),
     // rank 3
-    t("barcode", Kind::Central, Owner::None),
+    t("barcode", Kind::Created, Owner::None),
     t("list_master", Kind::Central, Owner::None),
     t("list_master_line", Kind::Central, Owner::None),
+    t("om_document_registry", Kind::Central, Owner::None),
+    t("program_indicator", Kind::Central, Owner::None),
+    t("indicator_attribute", Kind::Central, Owner::None),
     t("name", Kind::Name, Owner::Field("supplying_store_id")),
+    t("contact", Kind::Central, Owner::None),
     // rank 4
     t("store", Kind::CentralStore, Owner::Field("ID")),
     t("Location", Kind::Store, STORE_ID),
@@ -121,16 +139,10 @@ const TABLES: &[Table] = &[
     t("name_tag_join", Kind::Central, Owner::None),
     t("clinician", Kind::Patient, STORE_ID),
     t("clinician_store_join", Kind::Patient, STORE_ID),
-    t(
-        "nameInsuranceJoin",
-        Kind::Patient,
-        Owner::Parent {
-            field: "nameID",
-            table: "name",
-            parent_field: "supplying_store_id",
-        },
-    ),
-    t("user", Kind::User, Owner::None),
+    t("nameInsuranceJoin", Kind::PatientJoin, patient("nameID")),
+    t("user", Kind::Created, Owner::None),
+    t("om_user_permission", Kind::CentralStore, STORE_ID),
+    t("om_document", Kind::PatientJoin, patient("owner_name_ID")),
     // rank 6
     t("item_line", Kind::Store, STORE_ID),
     // rank 7
@@ -138,44 +150,85 @@ const TABLES: &[Table] = &[
     t(
         "requisition_line",
         Kind::Store,
-        Owner::Parent {
-            field: "requisition_ID",
-            table: "requisition",
-            parent_field: "store_ID",
-        },
+        parent("requisition_ID", "requisition"),
+    ),
+    t("indicator_value", Kind::Store, STORE_ID),
+    t("purchase_order", Kind::Store, STORE_ID),
+    t(
+        "purchase_order_line",
+        Kind::Store,
+        parent("purchase_order_ID", "purchase_order"),
     ),
     // rank 8
     t("transact", Kind::Store, STORE_ID),
     t(
         "trans_line",
         Kind::Store,
-        Owner::Parent {
-            field: "transaction_ID",
-            table: "transact",
-            parent_field: "store_ID",
-        },
+        parent("transaction_ID", "transact"),
+    ),
+    // Goods received are edited in legacy mSupply, never by a remote site: read-only here.
+    t("Goods_received", Kind::CentralStore, STORE_ID),
+    t(
+        "Goods_received_line",
+        Kind::CentralStore,
+        parent("goods_received_ID", "Goods_received"),
     ),
     // rank 9
     t("Stock_take", Kind::Store, STORE_ID),
     t(
         "Stock_take_lines",
         Kind::Store,
-        Owner::Parent {
-            field: "stock_take_ID",
-            table: "Stock_take",
-            parent_field: "store_ID",
-        },
+        parent("stock_take_ID", "Stock_take"),
     ),
     t("location_movement", Kind::Store, STORE_ID),
     t("temperature_breach", Kind::Store, STORE_ID),
     t("temperature_log", Kind::Store, STORE_ID),
     t("name_note", Kind::Store, STORE_ID),
     t("message", Kind::Message, Owner::Field("fromStoreID")),
+    t("om_activity_log", Kind::Store, STORE_ID),
+    t("vaccine_vial_monitor_status_log", Kind::Store, STORE_ID),
     // Local data: number counters, logs, permissions, message read state [PC].
     t("number", Kind::Local, Owner::None),
     t("log", Kind::Local, Owner::None),
     t("permission", Kind::Local, Owner::None),
     t("message_read", Kind::Local, Owner::None),
+];
+
+/// A line owned through its header's `store_ID`.
+const fn parent(field: &'static str, table: &'static str) -> Owner {
+    Owner::Parent {
+        field,
+        table,
+        parent_field: "store_ID",
+    }
+}
+
+/// A row owned through a patient (`name` row) and its home store.
+const fn patient(field: &'static str) -> Owner {
+    Owner::Parent {
+        field,
+        table: "name",
+        parent_field: "supplying_store_id",
+    }
+}
+
+/// Central data that reaches only sites with at least one active dispensary
+/// store (seed 000, "Other dispensary data"; §9.7).
+pub const DISPENSARY_ONLY: &[&str] = &[
+    "abbreviation",
+    "item_direction",
+    "insuranceProvider",
+    "patient_event",
+];
+
+/// Store data a dispensary store keeps on its site while its "include
+/// transactions in sync" preference is off (§9.7): transactions, stock, stocktakes.
+pub const DISPENSARY_HELD: &[&str] = &[
+    "transact",
+    "trans_line",
+    "item_line",
+    "Stock_take",
+    "Stock_take_lines",
 ];
 
 /// Every known table with its rank filled in.
@@ -202,7 +255,7 @@ pub fn row_kind(table: &str, row: &serde_json::Value) -> Kind {
     match lookup(table) {
         None => Kind::Central,
         Some(t) if t.kind == Kind::Name => {
-            if row.get("type").and_then(|v| v.as_str()) == Some("patient") {
+            if is_patient(row) {
                 Kind::Patient
             } else {
                 Kind::Central
@@ -210,6 +263,11 @@ pub fn row_kind(table: &str, row: &serde_json::Value) -> Kind {
         }
         Some(t) => t.kind,
     }
+}
+
+/// Whether a `name` row is a patient.
+pub fn is_patient(row: &serde_json::Value) -> bool {
+    row.get("type").and_then(|v| v.as_str()) == Some("patient")
 }
 
 /// Whether rows of this kind are ever pushed to the central.
@@ -277,6 +335,15 @@ mod tests {
         assert!(order("name") < order("nameInsuranceJoin"));
         assert!(order("currency") < order("item"));
         assert!(order("item") < order("item_line"));
+        assert!(order("item_category_level1") < order("item_category_level2"));
+        assert!(order("item_category_level2") < order("item_category"));
+        assert!(order("purchase_order") < order("purchase_order_line"));
+        assert!(order("Goods_received") < order("Goods_received_line"));
+        assert!(
+            order("transact") < order("Goods_received"),
+            "transact.goods_received_ID"
+        );
+        assert!(order("name") < order("om_document"));
         assert_eq!(order("no_such_table"), UNKNOWN_ORDER);
     }
 

@@ -82,7 +82,7 @@ pub fn integrate(
             break;
         }
         after = rows.last().map(|r| r.key).unwrap_or(after);
-        store.applying(|tx| {
+        store.without_rules(|tx| {
             for row in &rows {
                 tx.execute_batch("SAVEPOINT row").map_err(|e| StoreError::sqlite("savepoint", e))?;
                 match apply(tx, site, row) {
@@ -197,6 +197,11 @@ fn apply(tx: &Connection, site: &Site, row: &Row) -> Result<Outcome, RowError> {
             )
             .and_then(|mut s| s.execute(params![row.table, row.id, text]))
             .map_err(sql)?;
+            // A received copy replaces any local edit: it is the central's now
+            // (transfer numbering takes only received documents, §7.5 rev 2).
+            tx.prepare_cached("DELETE FROM local_edit WHERE table_name = ?1 AND record_id = ?2")
+                .and_then(|mut s| s.execute(params![row.table, row.id]))
+                .map_err(sql)?;
             Ok(Outcome::Applied)
         }
         "delete" => {

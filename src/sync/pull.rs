@@ -250,6 +250,15 @@ impl<T: Transport> Cycle<'_, T> {
         self.report.integrated += r.integrated;
         self.report.ignored += r.ignored;
         self.report.integration_failed = buffer::counts(self.store.conn())?.failed;
+        match self.store.refresh_hold()? {
+            Some((true, _)) => log::info!(
+                "the dispensary store's transactions are kept on this site (its \"include transactions in sync\" preference is off)"
+            ),
+            Some((false, n)) => log::info!(
+                "the dispensary store's transactions sync again: {n} held record(s) queued"
+            ),
+            None => {}
+        }
         Ok(())
     }
 }

@@ -2,6 +2,10 @@
 //! from the central with number -1; this site gives it the store's next number and
 //! queues that change for push, so the central and the initiating site see it.
 //!
+//! Only documents *received* from the central, and not edited here since, are
+//! numbered (§7.5 rev 2): a document written on this site keeps the number its
+//! writer gave, even 0 (the store's `local_edit` table says which are which).
+//!
 //! What must hold: a number is given once. The new number, the counter and the
 //! outbox entry are written in one transaction (the number through the ordinary
 //! local-write path, so the store's trigger captures it); rows already numbered
@@ -96,10 +100,12 @@ fn candidates(
 ) -> Result<Vec<(String, String)>, StoreError> {
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT record_id, coalesce(json_extract(data, '$.{link_field}'), '') FROM record \
+            "SELECT record_id, coalesce(json_extract(data, '$.{link_field}'), '') FROM record r \
              WHERE table_name = ?1 AND json_extract(data, '$.store_ID') = ?2 \
                AND json_extract(data, '$.type') = ?3 \
                AND coalesce(json_extract(data, '$.{num_field}'), 0) < 1 \
+               AND NOT EXISTS (SELECT 1 FROM local_edit l \
+                               WHERE l.table_name = r.table_name AND l.record_id = r.record_id) \
              ORDER BY record_id"
         ))
         .map_err(|e| StoreError::sqlite("finding transfers to number", e))?;
@@ -145,7 +151,7 @@ mod tests {
     fn numbers_linked_supplier_invoices_once_and_queues_them() {
         let mut s = Store::open_in_memory().unwrap();
         s.set_site_identity(1, "S").unwrap();
-        s.applying(|tx| {
+        s.without_rules(|tx| {
             for (id, num, link) in [("SI1", -1, "CI1"), ("SI0", 4, "CI0"), ("SI2", -1, "")] {
                 let row = json!({"ID": id, "store_ID": "S", "type": "si", "invoice_num": num,
                                  "linked_transaction_id": link});
@@ -173,5 +179,25 @@ mod tests {
         assert_eq!(crate::store::outbox::pending_count(s.conn()).unwrap(), 1);
         let (again, _) = number_all(&mut s, "S").unwrap();
         assert!(again.is_empty(), "never renumbered");
+    }
+
+    #[test]
+    fn documents_written_here_keep_their_number() {
+        let mut s = Store::open_in_memory().unwrap();
+        s.set_site_identity(1, "S").unwrap();
+        // Case 40: a response requisition written locally with serial 0 is pushed
+        // with 0, never renumbered.
+        s.put(
+            "requisition",
+            &json!({"ID": "R0", "store_ID": "S", "type": "response", "serial_number": 0,
+                    "linked_requisition_id": "REQ1"}),
+        )
+        .unwrap();
+        let (numbered, _) = number_all(&mut s, "S").unwrap();
+        assert!(numbered.is_empty(), "{numbered:?}");
+        assert_eq!(
+            s.get("requisition", "R0").unwrap().unwrap()["serial_number"],
+            0
+        );
     }
 }
