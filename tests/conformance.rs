@@ -3,75 +3,8 @@
 
 mod common;
 
-use common::{raw, v5, Env};
+use common::{final_push, init, init_and_drain, pull_all, push, raw, upd, v5, Env};
 use serde_json::{json, Value};
-
-fn init(env: &Env, name: &str, hw: &str) -> u64 {
-    let r = v5(env, name, hw, "POST", "/initialise", b"{}");
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()["queueLength"].as_u64().unwrap()
-}
-
-fn push(env: &Env, name: &str, hw: &str, records: Value) -> common::Resp {
-    let n = records.as_array().map_or(0, |a| a.len());
-    let body = json!({"queueLength": n, "data": records}).to_string();
-    v5(env, name, hw, "POST", "/queued_records", body.as_bytes())
-}
-
-fn final_push(env: &Env, name: &str, hw: &str) -> bool {
-    let r = v5(
-        env,
-        name,
-        hw,
-        "POST",
-        "/queued_records",
-        br#"{"queueLength":0,"data":[]}"#,
-    );
-    assert_eq!(r.status, 200);
-    let started = r.json()["integrationStarted"].as_bool().unwrap();
-    // Wait for the integration to finish; a central that never says idle fails
-    // the test here rather than in a confusing assertion later.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let code = v5(env, name, hw, "GET", "/site_status", b"").json()["code"].clone();
-        if code == "idle" {
-            return started;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the central never said idle after the final push of {name} (last: {code})"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
-
-fn pull_all(env: &Env, name: &str, hw: &str) -> Vec<Value> {
-    v5(env, name, hw, "GET", "/queued_records?limit=1000", b"").json()["data"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// Initialises a site and acknowledges everything its initialisation queued.
-fn init_and_drain(env: &Env, site: &str, hw: &str) {
-    init(env, site, hw);
-    let ids: Vec<Value> = pull_all(env, site, hw)
-        .iter()
-        .map(|r| r["syncOutId"].clone())
-        .collect();
-    v5(
-        env,
-        site,
-        hw,
-        "POST",
-        "/acknowledged_records",
-        json!({"syncIDs": ids}).to_string().as_bytes(),
-    );
-}
-
-fn upd(sync_out: &str, table: &str, row: Value) -> Value {
-    json!({"syncOutId": sync_out, "tableName": table, "recordId": row["ID"], "action": "Update", "recordData": row})
-}
 
 #[test]
 fn c2_c4_auth_failures_bind_nothing() {

@@ -52,7 +52,9 @@ pub fn run(dir: Option<&Path>) -> Result<(), Failure> {
             )
             .map_err(fail)?;
     }
-    let addr = central::http::spawn(central.clone(), "127.0.0.1:0").map_err(fail)?;
+    let addr = central::http::spawn(central.clone(), "127.0.0.1:0")
+        .map_err(fail)?
+        .addr;
     println!("central: http://{addr} (data in {})", tmp.display());
 
     let db = tmp.join("agent.sqlite");

@@ -25,6 +25,7 @@ enum Command {
     Serve(Serve),
     Site(Site),
     Store(Store),
+    Unqueue(Unqueue),
     Put(Put),
     Delete(Delete),
     Merge(Merge),
@@ -56,6 +57,19 @@ enum SiteCommand {
     Password(SitePassword),
     ResetHardwareId(SiteName),
     Reinitialise(SiteReinit),
+    Primary(SitePrimary),
+}
+
+/// make a site the primary of a mirrored system: it edits the central data
+#[derive(FromArgs)]
+#[argh(subcommand, name = "primary")]
+struct SitePrimary {
+    /// the site's name
+    #[argh(positional)]
+    name: Option<String>,
+    /// end mirroring: the central edits central data again
+    #[argh(switch)]
+    none: bool,
 }
 
 /// add a site (its password from a file, an environment variable or stdin)
@@ -129,6 +143,16 @@ enum StoreCommand {
     Add(StoreAdd),
     Move(StoreMove),
     Copy(StoreCopy),
+    ResyncPatients(StoreResync),
+}
+
+/// send every patient visible in a store, with their dispensary data, to its site again
+#[derive(FromArgs)]
+#[argh(subcommand, name = "resync-patients")]
+struct StoreResync {
+    /// the store's ID
+    #[argh(positional)]
+    store: String,
 }
 
 /// add a store (no --site: active on the central)
@@ -174,6 +198,18 @@ struct StoreCopy {
     /// collector, transfer or none
     #[argh(option)]
     kind: String,
+}
+
+/// remove a record's unacknowledged entries from every site's queue
+#[derive(FromArgs)]
+#[argh(subcommand, name = "unqueue")]
+struct Unqueue {
+    /// the legacy table
+    #[argh(positional)]
+    table: String,
+    /// the record's ID
+    #[argh(positional)]
+    id: String,
 }
 
 /// insert or update central (or central store) data
@@ -282,6 +318,11 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             SiteCommand::ResetHardwareId(n) => central.reset_hardware_id(&n.name).map_err(e),
             SiteCommand::Reinitialise(n) => central.request_reinitialise(&n.name).map_err(e),
+            SiteCommand::Primary(p) => match (p.name, p.none) {
+                (Some(n), false) => central.set_primary(Some(&n)).map_err(e),
+                (None, true) => central.set_primary(None).map_err(e),
+                _ => Err("give a site name, or --none".into()),
+            },
         },
         Command::Store(s) => match s.command {
             StoreCommand::Add(a) => {
@@ -293,7 +334,20 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             StoreCommand::Move(m) => central.move_store(&m.id, m.site.as_deref()).map_err(e),
             StoreCommand::Copy(c) => central.set_copy(&c.store, &c.site, &c.kind).map_err(e),
+            StoreCommand::ResyncPatients(r) => {
+                let n = central.resync_patients(&r.store).map_err(e)?;
+                println!(
+                    "{n} record(s) queued to the site where {} is active",
+                    r.store
+                );
+                Ok(())
+            }
         },
+        Command::Unqueue(u) => {
+            let n = central.unqueue(&u.table, &u.id).map_err(e)?;
+            println!("{n} queue entr(ies) removed");
+            Ok(())
+        }
         Command::Put(p) => {
             let row: serde_json::Value =
                 serde_json::from_str(&p.json).map_err(|err| format!("record: not JSON: {err}"))?;
@@ -323,8 +377,8 @@ fn report(central: &Central, json: bool) -> Result<(), String> {
         return Ok(());
     }
     println!(
-        "{:<5} {:<16} {:<10} {:<12} {:<8} {:<22} LAST CONNECTED",
-        "ID", "SITE", "STATUS", "STORES", "QUEUED", "HARDWARE"
+        "{:<5} {:<16} {:<10} {:<12} {:<8} {:<8} {:<10} LAST CONNECTED",
+        "ID", "SITE", "STATUS", "STORES", "QUEUED", "STAGED", "HARDWARE"
     );
     for r in rows {
         let last = r.last_seen.map_or("never".to_string(), |t| {

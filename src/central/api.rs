@@ -1,17 +1,28 @@
-//! The v5 endpoints of the reference central (protocol §3, §4, §6): checks in the
-//! order §6 gives (site, password, version, hardware id, store — a request failing
-//! an earlier check binds nothing), one request per site at a time, and answers
-//! with the exact keys the agent and Open mSupply expect.
+//! The v5 endpoints of the reference central (protocol §3, §4, §6, §9): one
+//! request per site at a time, answers with the exact keys the agent and Open
+//! mSupply expect, and writes that start as writes.
+//!
+//! The HTTP layer authenticates a request from its headers before it reads the
+//! body ([`Central::authenticate`]), then calls [`Central::serve`];
+//! [`Central::handle`] does both for an in-process caller.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 
-use super::{routing, Activity, Central, CENTRAL_SITE_ID};
+use super::auth::SiteRow;
+use super::judge::{self, Pusher};
+use super::{admin, now, routing, write_tx, Activity, Central, CENTRAL_SITE_ID};
+use crate::store::registry::DISPENSARY_ONLY;
 use crate::wire::protocol::{code, Acknowledge, SiteInfo, SyncRecord};
 
 /// Largest page of a pull (§3: `limit` clamped to 1..1000, default 500).
 pub const MAX_LIMIT: u64 = 1000;
 pub const DEFAULT_LIMIT: u64 = 500;
+/// Rows a site may have staged and not yet sealed by a final push. Defaults to
+/// 500,000 (a large site's whole history); above it a push gets 413.
+pub const MAX_STAGED_PER_SITE: i64 = 500_000;
+/// Staging no final push sealed within a week is dropped: its site moved on.
+pub const STAGING_EXPIRES_SECS: i64 = 7 * 24 * 3600;
 
 pub struct Request {
     pub method: String,
@@ -38,6 +49,7 @@ impl Request {
     }
 }
 
+#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub body: Vec<u8>,
@@ -58,78 +70,51 @@ impl Reply {
     }
 }
 
-/// site_id, uuid, code, name, password hash, password generation, hardware id, init status.
-type StoredSite = (u32, String, String, String, String, i64, String, String);
-
-struct SiteRow {
-    site_id: u32,
-    uuid: String,
-    code: String,
-    name: String,
-    init_status: String,
-}
-
-/// Releases a site's activity slot when the request ends (unless handed on).
+/// Releases a site's activity slot when the request ends.
 struct Slot<'a> {
     central: &'a Central,
     site: u32,
-    keep: bool,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        if !self.keep {
-            self.central
-                .activity
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&self.site);
-        }
+        self.central
+            .activity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.site);
     }
 }
 
 impl Central {
+    /// Authenticates and serves one request (in-process callers; the HTTP layer
+    /// authenticates before reading the body).
     pub fn handle(&self, req: &Request) -> Reply {
-        match self.handle_inner(req) {
-            Ok(r) => r,
-            Err(e) => {
-                log::error!("{} {}: {e}", req.method, req.path);
-                Reply::error(
-                    500,
-                    "internal_error",
-                    "the central failed; see its log",
-                    Value::Null,
-                )
-            }
+        let auth = self
+            .conn()
+            .and_then(|conn| self.authenticate(&conn, &|n| req.header(n).map(str::to_string)));
+        match auth {
+            Ok(Ok(site)) => self.serve(&site, req),
+            Ok(Err(reply)) => reply,
+            Err(e) => internal(req, &e),
         }
     }
 
-    fn handle_inner(&self, req: &Request) -> super::Result<Reply> {
+    /// Serves one authenticated request.
+    pub fn serve(&self, site: &SiteRow, req: &Request) -> Reply {
+        match self.serve_inner(site, req) {
+            Ok(r) => r,
+            Err(e) => internal(req, &e),
+        }
+    }
+
+    fn serve_inner(&self, site: &SiteRow, req: &Request) -> super::Result<Reply> {
         let Some(endpoint) = req.path.strip_prefix("/sync/v5/") else {
             return Ok(Reply::error(404, "not_found", "unknown path", Value::Null));
         };
-        let conn = self.conn()?;
-        let site = match self.authenticate(&conn, req)? {
-            Ok(s) => s,
-            Err(reply) => return Ok(reply),
-        };
+        let mut conn = self.conn()?;
         if endpoint == "site_status" && req.method == "GET" {
-            let activity = self
-                .activity
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&site.site_id)
-                .copied();
-            let code = match activity {
-                None => "idle",
-                Some(Activity::Request) => "sync_is_running",
-                Some(Activity::Initialising) => "initialisation_in_progress",
-                Some(Activity::Integrating) => "integration_in_progress",
-            };
-            return Ok(Reply::json(
-                200,
-                json!({"code": code, "message": code, "data": null}),
-            ));
+            return self.site_status(&conn, site.site_id);
         }
         // One request per site at a time (§6).
         {
@@ -144,18 +129,17 @@ impl Central {
             }
             map.insert(site.site_id, Activity::Request);
         }
-        let mut slot = Slot {
+        let _slot = Slot {
             central: self,
             site: site.site_id,
-            keep: false,
         };
         match (req.method.as_str(), endpoint) {
-            ("GET", "site") => Ok(self.site_info(&site)),
-            ("POST", "initialise") => self.initialise(&conn, &site),
-            ("POST", "queued_records") => self.push(&conn, &site, req, &mut slot),
-            ("GET", "queued_records") => self.pull_queue(&conn, &site, req),
-            ("GET", "central_records") => self.central_records(&conn, req),
-            ("POST", "acknowledged_records") => self.acknowledge(&conn, &site, req),
+            ("GET", "site") => Ok(self.site_info(site)),
+            ("POST", "initialise") => self.initialise(&mut conn, site),
+            ("POST", "queued_records") => self.push(&mut conn, site, req),
+            ("GET", "queued_records") => self.pull_queue(&conn, site, req),
+            ("GET", "central_records") => self.central_records(&conn, site, req),
+            ("POST", "acknowledged_records") => self.acknowledge(&mut conn, site, req),
             _ => Ok(Reply::error(
                 404,
                 "not_found",
@@ -165,119 +149,25 @@ impl Central {
         }
     }
 
-    fn authenticate(
-        &self,
-        conn: &Connection,
-        req: &Request,
-    ) -> super::Result<Result<SiteRow, Reply>> {
-        let unknown = || {
-            Reply::error(
-                401,
-                code::SITE_NAME_NOT_FOUND,
-                "Site name not found; check the site name",
-                Value::Null,
-            )
-        };
-        let Some(decoded) = req
-            .header("authorization")
-            .and_then(|h| h.strip_prefix("Basic "))
-            .and_then(|b| crate::wire::credentials::base64_decode(b.trim()))
-            .and_then(|b| String::from_utf8(b).ok())
-        else {
-            return Ok(Err(unknown()));
-        };
-        let Some((name, digest)) = decoded.split_once(':') else {
-            return Ok(Err(unknown()));
-        };
-        let row: Option<StoredSite> = conn
-            .query_row(
-                "SELECT site_id, uuid, code, name, password_hash, password_gen, hardware_id, init_status \
-                 FROM site WHERE name = ?1",
-                [name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
-            )
-            .optional()?;
-        let Some((site_id, uuid, code_, sname, hash, generation, hardware, init_status)) = row
-        else {
-            return Ok(Err(unknown()));
-        };
-        if !self.password_ok(site_id, generation, &hash, digest) {
-            return Ok(Err(Reply::error(
-                401,
-                code::SITE_INCORRECT_PASSWORD,
-                "Incorrect password; check the site password",
-                Value::Null,
-            )));
-        }
-        let (min, max) = self.versions;
-        let version_ok = req
-            .header("version")
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .is_some_and(|v| v >= min && v <= max);
-        if !version_ok {
-            return Ok(Err(Reply::error(
-                409,
-                code::API_VERSION_INCOMPATIBLE,
-                "Sync API version not supported; upgrade required",
-                json!({"major": 5, "minor": 0, "minVersion": min, "maxVersion": max}),
-            )));
-        }
-        let device = req.header("msupply-site-uuid").unwrap_or("").trim();
-        if device.is_empty() || (!hardware.is_empty() && hardware != device) {
-            return Ok(Err(Reply::error(
-                401,
-                code::SITE_INCORRECT_HARDWARE_ID,
-                "Hardware id not registered for this site; ask the administrator to reset it",
-                Value::Null,
-            )));
-        }
-        if routing::active_stores(conn, site_id)?.is_empty() {
-            return Ok(Err(Reply::error(
-                401,
-                code::SITE_HAS_NO_STORE,
-                "This site has no active store",
-                Value::Null,
-            )));
-        }
-        // Bind on first contact; record the connection for the sync report. The
-        // report's clock is the server's, used for display only.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        conn.execute(
-            "UPDATE site SET hardware_id = CASE WHEN hardware_id = '' THEN ?2 ELSE hardware_id END, last_seen = ?3 \
-             WHERE site_id = ?1",
-            params![site_id, device, now],
-        )?;
-        Ok(Ok(SiteRow {
-            site_id,
-            uuid,
-            code: code_,
-            name: sname,
-            init_status,
-        }))
-    }
-
-    fn password_ok(&self, site: u32, generation: i64, hash: &str, digest: &str) -> bool {
-        let digest = digest.to_lowercase();
-        let cached = self
-            .verified
+    /// `idle` only when nothing of this site is owed: no request of it running,
+    /// no initialisation, no integration pending, running or failing.
+    fn site_status(&self, conn: &Connection, site: u32) -> super::Result<Reply> {
+        let activity = self
+            .activity
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(site, generation))
-            .cloned();
-        if let Some(c) = cached {
-            return constant_time_eq(c.as_bytes(), digest.as_bytes());
-        }
-        let ok = super::verify_digest(hash, &digest);
-        if ok {
-            self.verified
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((site, generation), digest);
-        }
-        ok
+            .get(&site)
+            .copied();
+        let code = match activity {
+            Some(Activity::Initialising) => "initialisation_in_progress",
+            _ if self.integration_owed(conn, site)? => "integration_in_progress",
+            Some(Activity::Request) => "sync_is_running",
+            None => "idle",
+        };
+        Ok(Reply::json(
+            200,
+            json!({"code": code, "message": code, "data": null}),
+        ))
     }
 
     fn site_info(&self, site: &SiteRow) -> Reply {
@@ -294,9 +184,9 @@ impl Central {
         Reply::json(200, serde_json::to_value(info).unwrap_or(Value::Null))
     }
 
-    /// Fills the queue in one transaction; `site_status` says
+    /// Fills the queue in one write transaction; `site_status` says
     /// `initialisation_in_progress` meanwhile and other calls get 503.
-    fn initialise(&self, conn: &Connection, site: &SiteRow) -> super::Result<Reply> {
+    fn initialise(&self, conn: &mut Connection, site: &SiteRow) -> super::Result<Reply> {
         self.activity
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -306,8 +196,15 @@ impl Central {
             [site.site_id],
         )?;
         let result = (|| {
-            let tx = conn.unchecked_transaction()?;
+            let tx = write_tx(conn)?;
             let n = routing::initialise(&tx, site.site_id)?;
+            if routing::has_dispensary(&tx, site.site_id)? {
+                // It reads the dispensary-only central data from the change log.
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?1, '1')",
+                    [format!("dispensary_data_sent:{}", site.site_id)],
+                )?;
+            }
             tx.execute(
                 "UPDATE site SET init_status = 'completed' WHERE site_id = ?1",
                 [site.site_id],
@@ -327,18 +224,21 @@ impl Central {
         }
     }
 
-    fn push(
-        &self,
-        conn: &Connection,
-        site: &SiteRow,
-        req: &Request,
-        slot: &mut Slot,
-    ) -> super::Result<Reply> {
+    fn push(&self, conn: &mut Connection, site: &SiteRow, req: &Request) -> super::Result<Reply> {
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Push {
             queue_length: u64,
             data: Vec<SyncRecord>,
+        }
+        if site.init_status != "completed" {
+            // §5: no pushes before initialisation (nothing to judge them against).
+            return Ok(Reply::error(
+                409,
+                "site_not_initialised",
+                "this site has not completed its initialisation; pushes come after it",
+                Value::Null,
+            ));
         }
         let push: Push = match serde_json::from_slice(&req.body) {
             Ok(p) => p,
@@ -355,55 +255,49 @@ impl Central {
             if push.queue_length > 0 {
                 return Ok(Reply::json(200, json!({"integrationStarted": false})));
             }
-            let staged: i64 = conn.query_row(
-                "SELECT count(*) FROM staging WHERE site_id = ?1",
+            // The final push: what this site staged is sealed and owed integration.
+            let staged: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM staging WHERE site_id = ?1)",
                 [site.site_id],
                 |r| r.get(0),
             )?;
-            if staged == 0 {
-                // Nothing staged: integration is done the moment it starts.
-                return Ok(Reply::json(200, json!({"integrationStarted": true})));
+            if staged {
+                self.seal(conn, site.site_id)?;
             }
-            // Final push: integration runs on its own; site_status reports it.
-            self.activity
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(site.site_id, Activity::Integrating);
-            slot.keep = true;
-            let central = self.clone();
-            let site_id = site.site_id;
-            let work = move || {
-                let started = std::time::Instant::now();
-                let result = central.conn().and_then(|c| {
-                    let tx = c.unchecked_transaction()?;
-                    let n = routing::integrate(&tx, site_id)?;
-                    tx.commit()?;
-                    Ok(n)
-                });
-                match result {
-                    Ok(n) => log::info!(
-                        "site {site_id}: integrated {n} record(s) in {:?}",
-                        started.elapsed()
-                    ),
-                    Err(e) => log::error!("integration for site {site_id} failed: {e}"),
-                }
-                central
-                    .activity
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&site_id);
-            };
-            if self.background_integration {
-                std::thread::spawn(work);
-            } else {
-                work();
+            if staged || self.integration_owed(conn, site.site_id)? {
+                self.start_integration(site.site_id);
             }
             return Ok(Reply::json(200, json!({"integrationStarted": true})));
         }
-        let tx = conn.unchecked_transaction()?;
-        match routing::judge(&tx, site.site_id, &push.data)? {
+        let tx = write_tx(conn)?;
+        // Staging no final push sealed for a week is dropped: its site moved on.
+        tx.execute(
+            "DELETE FROM staging WHERE site_id = ?1 AND staged_at < ?2 \
+             AND NOT EXISTS (SELECT 1 FROM integration WHERE site_id = ?1)",
+            params![site.site_id, now() - STAGING_EXPIRES_SECS],
+        )?;
+        let staged: i64 = tx.query_row(
+            "SELECT count(*) FROM staging WHERE site_id = ?1",
+            [site.site_id],
+            |r| r.get(0),
+        )?;
+        if staged + push.data.len() as i64 > MAX_STAGED_PER_SITE {
+            return Ok(Reply::error(
+                413,
+                code::REQUEST_TOO_LARGE,
+                &format!("this site has {staged} records staged; send the final push before more"),
+                Value::Null,
+            ));
+        }
+        let stores = routing::active_stores(&tx, site.site_id)?;
+        let who = Pusher {
+            site: site.site_id,
+            stores: &stores,
+            primary: admin::primary_site(&tx)? == Some(site.site_id),
+        };
+        match judge::batch(&tx, &who, &push.data)? {
             Ok(()) => {
-                routing::stage(&tx, site.site_id, &push.data)?;
+                stage(&tx, site.site_id, &push.data)?;
                 tx.commit()?;
                 Ok(Reply::json(200, json!({"integrationStarted": false})))
             }
@@ -455,15 +349,24 @@ impl Central {
         )
     }
 
-    fn central_records(&self, conn: &Connection, req: &Request) -> super::Result<Reply> {
+    /// The change log after `cursor`, without what this site must not see or
+    /// already has: dispensary-only data for a site without an active dispensary
+    /// store (§9.7), and a primary's own edits (never echoed).
+    fn central_records(
+        &self,
+        conn: &Connection,
+        site: &SiteRow,
+        req: &Request,
+    ) -> super::Result<Reply> {
         let cursor = match req.param("cursor").map(|c| c.parse::<u64>()) {
             None => 0,
-            Some(Ok(c)) => c,
-            Some(Err(_)) => {
+            // IDs are SQLite integers: a cursor past i64::MAX cannot be one.
+            Some(Ok(c)) if c <= i64::MAX as u64 => c,
+            Some(_) => {
                 return Ok(Reply::error(
                     400,
                     "invalid_cursor",
-                    "cursor must be a whole number",
+                    "cursor must be a whole number below 2^63",
                     Value::Null,
                 ))
             }
@@ -472,11 +375,19 @@ impl Central {
         let max: u64 = conn.query_row("SELECT coalesce(max(id), 0) FROM changelog", [], |r| {
             r.get(0)
         })?;
+        let hidden = if routing::has_dispensary(conn, site.site_id)? {
+            String::new()
+        } else {
+            DISPENSARY_ONLY.join(",")
+        };
         let head = format!("{{\"maxCursor\":{},\"data\":[", max.max(cursor));
         page(
             conn,
-            "SELECT id, table_name, record_id, action, data FROM changelog WHERE id > ?1 ORDER BY id LIMIT ?2",
-            params![cursor as i64, limit],
+            "SELECT id, table_name, record_id, action, data FROM changelog WHERE id > ?1 \
+             AND (origin_site IS NULL OR origin_site <> ?3) \
+             AND (?4 = '' OR instr(',' || ?4 || ',', ',' || table_name || ',') = 0) \
+             ORDER BY id LIMIT ?2",
+            params![cursor as i64, limit, site.site_id, hidden],
             head,
             |id| format!("\"ID\":{id}"),
         )
@@ -484,7 +395,7 @@ impl Central {
 
     fn acknowledge(
         &self,
-        conn: &Connection,
+        conn: &mut Connection,
         site: &SiteRow,
         req: &Request,
     ) -> super::Result<Reply> {
@@ -499,7 +410,7 @@ impl Central {
                 ))
             }
         };
-        let tx = conn.unchecked_transaction()?;
+        let tx = write_tx(conn)?;
         {
             let mut stmt =
                 tx.prepare_cached("DELETE FROM sync_out WHERE site_id = ?1 AND id = ?2")?;
@@ -516,6 +427,55 @@ impl Central {
             body: Vec::new(),
         })
     }
+}
+
+fn internal(req: &Request, e: &super::AdminError) -> Reply {
+    log::error!("{} {}: {e}", req.method, req.path);
+    Reply::error(
+        500,
+        "internal_error",
+        "the central failed; see its log",
+        Value::Null,
+    )
+}
+
+/// Stages an accepted batch; a site's push of a record drops that record's
+/// unacknowledged entries from its own queue [PC]. Rows are kept as pushed.
+fn stage(conn: &Connection, site: u32, batch: &[SyncRecord]) -> super::Result<()> {
+    let mut seq: i64 = conn
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM staging WHERE site_id = ?1")?
+        .query_row([site], |r| r.get(0))?;
+    let at = now();
+    for rec in batch {
+        seq += 1;
+        let delete = crate::wire::protocol::Action::parse(&rec.action)
+            == Some(crate::wire::protocol::Action::Delete);
+        let (action, data) = if delete {
+            ("delete", None)
+        } else {
+            ("update", rec.data_text())
+        };
+        conn.prepare_cached(
+            "INSERT INTO staging (site_id, table_name, record_id, action, data, seq, staged_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (site_id, table_name, record_id) DO UPDATE SET action = excluded.action, \
+             data = excluded.data, seq = excluded.seq, staged_at = excluded.staged_at",
+        )?
+        .execute(params![
+            site,
+            rec.table_name,
+            rec.record_id,
+            action,
+            data,
+            seq,
+            at
+        ])?;
+        conn.prepare_cached(
+            "DELETE FROM sync_out WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3 AND is_merge = 0",
+        )?
+        .execute(params![site, rec.table_name, rec.record_id])?;
+    }
+    Ok(())
 }
 
 /// A pull page: `head`, then one envelope per row of `sql` (id, table, record,
@@ -537,41 +497,25 @@ fn page(
         }
         first = false;
         let data: Option<String> = r.get(4)?;
-        write_record(
-            &mut body,
-            &lead(r.get(0)?),
-            &r.get::<_, String>(1)?,
-            &r.get::<_, String>(2)?,
-            &r.get::<_, String>(3)?,
-            data.as_deref(),
+        body.push(b'{');
+        body.extend_from_slice(lead(r.get(0)?).as_bytes());
+        for (key, value) in [
+            ("tableName", r.get::<_, String>(1)?),
+            ("recordId", r.get::<_, String>(2)?),
+        ] {
+            body.extend_from_slice(format!(",\"{key}\":").as_bytes());
+            body.extend_from_slice(Value::from(value).to_string().as_bytes());
+        }
+        body.extend_from_slice(b",\"action\":");
+        body.extend_from_slice(
+            Value::from(r.get::<_, String>(3)?.to_lowercase())
+                .to_string()
+                .as_bytes(),
         );
+        body.extend_from_slice(b",\"recordData\":");
+        body.extend_from_slice(data.as_deref().unwrap_or("null").as_bytes());
+        body.push(b'}');
     }
     body.extend_from_slice(b"]}");
     Ok(Reply { status: 200, body })
-}
-
-/// One envelope with the stored row copied in verbatim (already JSON).
-fn write_record(
-    out: &mut Vec<u8>,
-    lead: &str,
-    table: &str,
-    record: &str,
-    action: &str,
-    data: Option<&str>,
-) {
-    out.push(b'{');
-    out.extend_from_slice(lead.as_bytes());
-    out.extend_from_slice(b",\"tableName\":");
-    out.extend_from_slice(Value::from(table).to_string().as_bytes());
-    out.extend_from_slice(b",\"recordId\":");
-    out.extend_from_slice(Value::from(record).to_string().as_bytes());
-    out.extend_from_slice(b",\"action\":");
-    out.extend_from_slice(Value::from(action.to_lowercase()).to_string().as_bytes());
-    out.extend_from_slice(b",\"recordData\":");
-    out.extend_from_slice(data.unwrap_or("null").as_bytes());
-    out.push(b'}');
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -1,30 +1,51 @@
-//! The reference central server (protocol §6): state in SQLite, administration,
-//! the v5 endpoints, routing, initialisation and transfers. Used for development,
-//! tests, the demo and pilots; production sites talk to mSupply's own central.
+//! The reference central server (protocol §6): state in SQLite, the v5 endpoints,
+//! routing, initialisation and transfers. Used for development, tests, the demo
+//! and pilots; production sites may talk to mSupply's own central.
 //!
-//! Layout: this file holds the state and administration; `api` authenticates and
-//! answers the endpoints; `routing` decides who may push what and where each change
-//! goes; `http` is the wire. Built only with the `central` feature: device builds
-//! carry none of it.
+//! Layout: this file holds the state (schema, connections, the report); `admin`
+//! the administrator's operations; `auth` the checks every request passes; `api`
+//! the endpoints; `judge` who may push what (at push and again at integration);
+//! `routing` where each change goes; `integrate` the per-site integration worker
+//! and `transfers` the responding halves; `http` the wire. Built only with the
+//! `central` feature: device builds carry none of it.
+//!
+//! What must hold:
+//! - every transaction that writes starts as a write (`BEGIN IMMEDIATE`, waiting
+//!   out the busy timeout), so it cannot lose a race to another connection that
+//!   committed between its read and its write;
+//! - every commit that an answer reports (a staged push, an acknowledgement, an
+//!   integration) is on disk before the answer leaves (`synchronous=FULL`): the
+//!   agent deletes its outbox entries on that answer;
+//! - `site_status` says `idle` only when nothing this site sent waits to be
+//!   integrated.
 
+pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod http;
+pub mod integrate;
+pub mod judge;
 pub mod routing;
+pub mod transfers;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::{json, Value};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 /// The central's own site id (`mSupplyCentralSiteId`); remote sites count from 2.
 pub const CENTRAL_SITE_ID: u32 = 1;
 /// Sites silent for longer are flagged in the sync report (seed 001: a month).
 pub const SILENT_AFTER_SECS: i64 = 30 * 24 * 3600;
+/// How long a connection waits for another's write lock. Defaults to 60 s: an
+/// initialisation of a large site holds it for seconds, never minutes.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
-const SCHEMA: &str = "
+/// Schema versions of the central's database, applied in order on open.
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE IF NOT EXISTS site (
     site_id       INTEGER PRIMARY KEY,
     uuid          TEXT NOT NULL UNIQUE,
@@ -85,14 +106,46 @@ CREATE TABLE IF NOT EXISTS copy (
     PRIMARY KEY (store_id, site_id)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-";
+",
+    // 2: issues 18 and 22.
+    "
+-- The last known owning store of a row: a line whose header is gone is judged by it.
+ALTER TABLE record ADD COLUMN owner_store TEXT;
+-- When a row was staged (unix, the server's clock): staging that no final push
+-- sealed for a week is dropped.
+ALTER TABLE staging ADD COLUMN staged_at INTEGER NOT NULL DEFAULT 0;
+-- A site's sealed staging waiting for (or failing) integration; while a row is
+-- here, site_status says integration_in_progress.
+CREATE TABLE integration (
+    site_id    INTEGER PRIMARY KEY,
+    state      TEXT NOT NULL CHECK (state IN ('pending', 'running', 'failed')),
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    updated    INTEGER NOT NULL
+);
+-- Rows refused when integrated (judged again against the state at that moment).
+CREATE TABLE refused (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    site_id    INTEGER NOT NULL,
+    table_name TEXT NOT NULL,
+    record_id  TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    at         INTEGER NOT NULL
+);
+-- The site whose push a change-log entry came from (a primary's central data is
+-- not echoed back to it); NULL: the central's own edit.
+ALTER TABLE changelog ADD COLUMN origin_site INTEGER;
+-- Wrong passwords in a row, and until when the site's logins are refused.
+ALTER TABLE site ADD COLUMN failed_logins INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE site ADD COLUMN locked_until INTEGER NOT NULL DEFAULT 0;
+",
+];
 
 /// What a site is doing right now; one request per site at a time (§6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activity {
     Request,
     Initialising,
-    Integrating,
 }
 
 /// Shared by every connection thread of the server.
@@ -103,10 +156,16 @@ pub struct Central {
     /// Verified (site, password generation) → digest, so Argon2 runs once per
     /// site and password, not on every request.
     pub(crate) verified: Arc<Mutex<HashMap<(u32, i64), String>>>,
+    /// Sites whose integration worker is running now.
+    pub(crate) integrating: Arc<Mutex<std::collections::HashSet<u32>>>,
+    /// When each site's `last_seen` was last written (unix seconds).
+    pub(crate) last_seen: Arc<Mutex<HashMap<u32, i64>>>,
     /// API versions accepted (§6 default 14..14).
     pub versions: (u32, u32),
     /// Gzip answers for clients that accept it [PC]; off only to measure without.
     pub gzip: bool,
+    /// Accept gzip request bodies and say so (§9.1); off to act as a legacy central.
+    pub gzip_requests: bool,
     /// Integrate a site's final push on a thread of its own while `site_status`
     /// says so (the default); in-process tests integrate before answering.
     pub background_integration: bool,
@@ -130,18 +189,13 @@ impl From<rusqlite::Error> for AdminError {
 
 pub type Result<T> = std::result::Result<T, AdminError>;
 
-/// One row of the sync report.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SiteReport {
-    pub site_id: u32,
-    pub name: String,
-    pub code: String,
-    pub stores: Vec<String>,
-    pub init_status: String,
-    pub hardware_id_bound: bool,
-    pub last_seen: Option<i64>,
-    pub queued: u64,
-    pub silent: bool,
+/// The server's clock, in unix seconds. The central is a server with a real
+/// clock; it decides only expiry of abandoned staging and login back-off by it.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl Central {
@@ -150,30 +204,58 @@ impl Central {
             path: Arc::new(path.to_path_buf()),
             activity: Arc::default(),
             verified: Arc::default(),
+            integrating: Arc::default(),
+            last_seen: Arc::default(),
             versions: (
                 crate::wire::protocol::API_VERSION,
                 crate::wire::protocol::API_VERSION,
             ),
             gzip: true,
+            gzip_requests: true,
             background_integration: true,
         };
-        let conn = c.conn()?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = c.conn()?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for sql in MIGRATIONS.iter().skip(version as usize) {
+            tx.execute_batch(sql)?;
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
         // Sites that were mid-initialisation when the server stopped get to ask again.
-        conn.execute(
+        tx.execute(
             "UPDATE site SET init_status = 'error' WHERE init_status = 'started'",
             [],
         )?;
+        // Integrations cut by a stop run again.
+        tx.execute(
+            "UPDATE integration SET state = 'pending' WHERE state = 'running'",
+            [],
+        )?;
+        tx.commit()?;
         Ok(c)
     }
 
-    /// A connection per use: WAL lets a long initialisation run beside other sites.
+    /// A connection per use: WAL lets a long initialisation run beside other
+    /// sites. FULL: a commit is on disk before the answer that reports it.
     pub fn conn(&self) -> Result<Connection> {
         let conn = Connection::open(&*self.path)?;
-        conn.busy_timeout(Duration::from_secs(60))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
         Ok(conn)
+    }
+
+    /// Resumes what a stop interrupted: sealed staging waiting for integration.
+    pub fn resume(&self) -> Result<()> {
+        let conn = self.conn()?;
+        let sites: Vec<u32> = conn
+            .prepare("SELECT site_id FROM integration")?
+            .query_map([], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
+        for site in sites {
+            self.start_integration(site);
+        }
+        Ok(())
     }
 
     /// Marks a site busy, as a long request would (tests of the busy answers).
@@ -184,187 +266,6 @@ impl Central {
             .insert(site, a);
     }
 
-    // ---- sites ----------------------------------------------------------------
-
-    pub fn add_site(&self, name: &str, code: &str, password: &str) -> Result<u32> {
-        let conn = self.conn()?;
-        let next: u32 = conn.query_row(
-            "SELECT max(coalesce(max(site_id), 1), 1) + 1 FROM site",
-            [],
-            |r| r.get(0),
-        )?;
-        let digest = crate::wire::credentials::password_digest(password);
-        conn.execute(
-            "INSERT INTO site (site_id, uuid, code, name, password_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![next, crate::wire::credentials::new_id(), code, name, hash_digest(digest.expose())?],
-        )
-        .map_err(|e| AdminError(format!("adding site {name}: {e}")))?;
-        Ok(next)
-    }
-
-    pub fn site_id(&self, conn: &Connection, name: &str) -> Result<u32> {
-        conn.query_row("SELECT site_id FROM site WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })
-        .optional()?
-        .ok_or_else(|| {
-            AdminError(format!(
-                "no site named {name:?}; see `fieldsync-central report`"
-            ))
-        })
-    }
-
-    pub fn set_password(&self, name: &str, password: &str) -> Result<()> {
-        let conn = self.conn()?;
-        let id = self.site_id(&conn, name)?;
-        let digest = crate::wire::credentials::password_digest(password);
-        conn.execute(
-            "UPDATE site SET password_hash = ?2, password_gen = password_gen + 1 WHERE site_id = ?1",
-            params![id, hash_digest(digest.expose())?],
-        )?;
-        Ok(())
-    }
-
-    /// Clears the bound hardware id: the next device to connect is bound (seed 001).
-    pub fn reset_hardware_id(&self, name: &str) -> Result<()> {
-        let conn = self.conn()?;
-        let id = self.site_id(&conn, name)?;
-        conn.execute("UPDATE site SET hardware_id = '' WHERE site_id = ?1", [id])?;
-        Ok(())
-    }
-
-    /// An administrator asks the site to initialise again (§6).
-    pub fn request_reinitialise(&self, name: &str) -> Result<()> {
-        let conn = self.conn()?;
-        let id = self.site_id(&conn, name)?;
-        conn.execute(
-            "UPDATE site SET init_status = 'new' WHERE site_id = ?1",
-            [id],
-        )?;
-        Ok(())
-    }
-
-    // ---- stores ---------------------------------------------------------------
-
-    /// Adds a store (a `store` row, central store data) and its `name` row (central
-    /// data, the name other stores use in transfers). `site` None: active on the central.
-    pub fn add_store(&self, id: &str, code: &str, name: &str, site: Option<&str>) -> Result<()> {
-        let conn = self.conn()?;
-        let site_id = match site {
-            Some(s) => self.site_id(&conn, s)?,
-            None => CENTRAL_SITE_ID,
-        };
-        let name_id = format!("N_{id}");
-        self.put_central(
-            &conn,
-            "name",
-            &json!({"ID": name_id, "name": name, "code": code, "type": "store"}),
-        )?;
-        let row = json!({"ID": id, "code": code, "name": name, "name_ID": name_id,
-                         "sync_id_remote_site": site_id, "disabled": false});
-        routing::write_central_store_row(&conn, &row)?;
-        if site_id != CENTRAL_SITE_ID {
-            routing::queue_store_data_to(&conn, id, site_id)?;
-        }
-        Ok(())
-    }
-
-    /// Makes a store active on another site (seed: moving a store). The old site
-    /// keeps a transfer copy; the new site receives the store's data [PC].
-    pub fn move_store(&self, id: &str, site: Option<&str>) -> Result<()> {
-        let conn = self.conn()?;
-        let new_site = match site {
-            Some(s) => self.site_id(&conn, s)?,
-            None => CENTRAL_SITE_ID,
-        };
-        let mut row = routing::get(&conn, "store", id)?
-            .ok_or_else(|| AdminError(format!("no store {id:?}")))?;
-        let old_site = row["sync_id_remote_site"].as_u64().unwrap_or(0) as u32;
-        if old_site == new_site {
-            return Ok(());
-        }
-        row["sync_id_remote_site"] = json!(new_site);
-        conn.execute(
-            "DELETE FROM copy WHERE store_id = ?1 AND site_id = ?2",
-            params![id, new_site],
-        )?;
-        if old_site != CENTRAL_SITE_ID {
-            conn.execute(
-                "INSERT OR REPLACE INTO copy (store_id, site_id, kind) VALUES (?1, ?2, 'transfer')",
-                params![id, old_site],
-            )?;
-        }
-        routing::write_central_store_row(&conn, &row)?;
-        if new_site != CENTRAL_SITE_ID {
-            routing::queue_store_data_to(&conn, id, new_site)?;
-        }
-        Ok(())
-    }
-
-    /// Sets how `site` holds `store`: `collector`, `transfer`, or `none`.
-    pub fn set_copy(&self, store: &str, site: &str, kind: &str) -> Result<()> {
-        let conn = self.conn()?;
-        let site_id = self.site_id(&conn, site)?;
-        match kind {
-            "none" => {
-                conn.execute(
-                    "DELETE FROM copy WHERE store_id = ?1 AND site_id = ?2",
-                    params![store, site_id],
-                )?;
-            }
-            "collector" | "transfer" => {
-                conn.execute(
-                    "INSERT OR REPLACE INTO copy (store_id, site_id, kind) VALUES (?1, ?2, ?3)",
-                    params![store, site_id, kind],
-                )?;
-                // The store row reaches every copy site; a collector gets the data too.
-                if let Some(row) = routing::get(&conn, "store", store)? {
-                    routing::enqueue(&conn, site_id, "store", store, "update", Some(&row), false)?;
-                }
-                if kind == "collector" {
-                    routing::queue_store_data_to(&conn, store, site_id)?;
-                }
-            }
-            other => {
-                return Err(AdminError(format!(
-                    "copy kind {other:?}: use collector, transfer or none"
-                )))
-            }
-        }
-        Ok(())
-    }
-
-    // ---- central data -----------------------------------------------------------
-
-    /// Inserts or updates central or central store data, recording and routing it.
-    pub fn put(&self, table: &str, row: &Value) -> Result<()> {
-        let conn = self.conn()?;
-        self.put_central(&conn, table, row)
-    }
-
-    fn put_central(&self, conn: &Connection, table: &str, row: &Value) -> Result<()> {
-        let id = row
-            .get("ID")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| AdminError("record needs a string \"ID\"".into()))?;
-        routing::central_change(conn, table, id, "update", Some(row))
-    }
-
-    pub fn delete(&self, table: &str, id: &str) -> Result<()> {
-        let conn = self.conn()?;
-        routing::central_change(&conn, table, id, "delete", None)
-    }
-
-    /// Merges central record `drop` into `keep` (items, names, clinicians).
-    pub fn merge(&self, table: &str, keep: &str, drop: &str) -> Result<()> {
-        let conn = self.conn()?;
-        routing::central_merge(&conn, table, keep, drop)
-    }
-
-    pub fn get(&self, table: &str, id: &str) -> Result<Option<Value>> {
-        routing::get(&self.conn()?, table, id)
-    }
-
     // ---- report -------------------------------------------------------------------
 
     /// Every site with its last connection; `now` is the report's clock (the central
@@ -373,7 +274,11 @@ impl Central {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT s.site_id, s.name, s.code, s.init_status, s.hardware_id <> '', s.last_seen, \
-                    (SELECT count(*) FROM sync_out q WHERE q.site_id = s.site_id) \
+                    (SELECT count(*) FROM sync_out q WHERE q.site_id = s.site_id), \
+                    (SELECT count(*) FROM staging g WHERE g.site_id = s.site_id), \
+                    (SELECT state || coalesce(': ' || last_error, '') FROM integration i WHERE i.site_id = s.site_id), \
+                    (SELECT count(*) FROM refused f WHERE f.site_id = s.site_id), \
+                    s.site_id = (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'primary_site') \
              FROM site s ORDER BY s.site_id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -386,6 +291,10 @@ impl Central {
                 hardware_id_bound: r.get(4)?,
                 last_seen: r.get(5)?,
                 queued: r.get::<_, i64>(6)? as u64,
+                staged: r.get::<_, i64>(7)? as u64,
+                integration: r.get(8)?,
+                refused: r.get::<_, i64>(9)? as u64,
+                primary: r.get::<_, Option<bool>>(10)?.unwrap_or(false),
                 silent: false,
             })
         })?;
@@ -396,6 +305,34 @@ impl Central {
         }
         Ok(out)
     }
+}
+
+/// One row of the sync report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SiteReport {
+    pub site_id: u32,
+    pub name: String,
+    pub code: String,
+    pub stores: Vec<String>,
+    pub init_status: String,
+    pub hardware_id_bound: bool,
+    pub last_seen: Option<i64>,
+    pub queued: u64,
+    /// Rows staged by pushes and not integrated yet.
+    pub staged: u64,
+    /// `pending`, `running` or `failed: …` while this site's integration is owed.
+    pub integration: Option<String>,
+    /// Rows refused when integrated (judged again at that moment).
+    pub refused: u64,
+    /// The primary site of a mirrored system.
+    pub primary: bool,
+    pub silent: bool,
+}
+
+/// A write transaction that takes the write lock at its start (waiting up to the
+/// busy timeout), so it never fails to upgrade a read lock mid-way.
+pub fn write_tx(conn: &mut Connection) -> Result<Transaction<'_>> {
+    Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
 }
 
 /// Argon2id of the SHA-256 digest [PC]: a stolen central database does not give

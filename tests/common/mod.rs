@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 
 use fieldsync::central::Central;
 use fieldsync::wire::credentials;
+use serde_json::{json, Value};
 
 pub struct Env {
     pub dir: PathBuf,
@@ -29,7 +30,9 @@ impl Env {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let central = Central::open(&dir.join("central.sqlite")).unwrap();
-        let addr = fieldsync::central::http::spawn(central.clone(), "127.0.0.1:0").unwrap();
+        let addr = fieldsync::central::http::spawn(central.clone(), "127.0.0.1:0")
+            .unwrap()
+            .addr;
         Env { dir, central, addr }
     }
 
@@ -233,4 +236,75 @@ pub fn v5(env: &Env, name: &str, hw: &str, method: &str, path: &str, body: &[u8]
         ],
         body,
     )
+}
+
+// ---- raw v5 exchanges (conformance-style) ----------------------------------------
+
+/// `POST /initialise` as site `name`; returns `queueLength`.
+pub fn init(env: &Env, name: &str, hw: &str) -> u64 {
+    let r = v5(env, name, hw, "POST", "/initialise", b"{}");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["queueLength"].as_u64().unwrap()
+}
+
+pub fn push(env: &Env, name: &str, hw: &str, records: Value) -> Resp {
+    let n = records.as_array().map_or(0, |a| a.len());
+    let body = json!({"queueLength": n, "data": records}).to_string();
+    v5(env, name, hw, "POST", "/queued_records", body.as_bytes())
+}
+
+pub fn final_push(env: &Env, name: &str, hw: &str) -> bool {
+    let r = v5(
+        env,
+        name,
+        hw,
+        "POST",
+        "/queued_records",
+        br#"{"queueLength":0,"data":[]}"#,
+    );
+    assert_eq!(r.status, 200);
+    let started = r.json()["integrationStarted"].as_bool().unwrap();
+    // Wait for the integration to finish; a central that never says idle fails
+    // the test here rather than in a confusing assertion later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let code = v5(env, name, hw, "GET", "/site_status", b"").json()["code"].clone();
+        if code == "idle" {
+            return started;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the central never said idle after the final push of {name} (last: {code})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+pub fn pull_all(env: &Env, name: &str, hw: &str) -> Vec<Value> {
+    v5(env, name, hw, "GET", "/queued_records?limit=1000", b"").json()["data"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Initialises a site and acknowledges everything its initialisation queued.
+pub fn init_and_drain(env: &Env, site: &str, hw: &str) {
+    init(env, site, hw);
+    let ids: Vec<Value> = pull_all(env, site, hw)
+        .iter()
+        .map(|r| r["syncOutId"].clone())
+        .collect();
+    v5(
+        env,
+        site,
+        hw,
+        "POST",
+        "/acknowledged_records",
+        json!({"syncIDs": ids}).to_string().as_bytes(),
+    );
+}
+
+/// An `Update` envelope for a push.
+pub fn upd(sync_out: &str, table: &str, row: Value) -> Value {
+    json!({"syncOutId": sync_out, "tableName": table, "recordId": row["ID"], "action": "Update", "recordData": row})
 }

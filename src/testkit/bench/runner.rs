@@ -32,7 +32,7 @@ fn setup(root: &Path, name: &str, shape: Shape) -> Env {
         .unwrap();
     c.add_store("S_HUB", "HUB", "Regional hub", None).unwrap();
     c.set_copy("S_HUB", "bench", "collector").unwrap();
-    let addr = central::http::spawn(c.clone(), "127.0.0.1:0").unwrap();
+    let addr = central::http::spawn(c.clone(), "127.0.0.1:0").unwrap().addr;
     let link = Linkem::start(addr, shape, Plan::clean()).unwrap();
     Env {
         dir,
@@ -263,7 +263,9 @@ pub fn run(out_dir: &Path, from_results: bool) {
         let mut env = setup(&root, &format!("wire-{gzip}"), Shape::LOOPBACK);
         env.central.gzip = gzip;
         // Re-serve with the setting (the spawned server holds its own clone).
-        let addr = central::http::spawn(env.central.clone(), "127.0.0.1:0").unwrap();
+        let addr = central::http::spawn(env.central.clone(), "127.0.0.1:0")
+            .unwrap()
+            .addr;
         env.link = Linkem::start(addr, Shape::LOOPBACK, Plan::clean()).unwrap();
         let raw = fill_central(&env, &mut Gen(seed), 10_000);
         init_agent(&env);

@@ -1,0 +1,316 @@
+//! The administrator's operations on the central (CLI or admin API outside
+//! `/sync/v5/` [PC]): sites and passwords, hardware-id resets, stores and the
+//! sites that hold them, central data edits, merges, the primary site of a
+//! mirrored system, patient resync, and removing a record from every queue.
+//!
+//! Each operation is one write transaction. In a mirrored system (seed 000,
+//! "Mirrored sync") central data is edited on the primary site only: the
+//! central's own edits of it are refused with the primary's name.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::{json, Value};
+
+use super::{hash_digest, routing, write_tx, AdminError, Central, Result, CENTRAL_SITE_ID};
+use crate::store::registry::{self, Kind};
+
+impl Central {
+    // ---- sites ----------------------------------------------------------------
+
+    pub fn add_site(&self, name: &str, code: &str, password: &str) -> Result<u32> {
+        let mut conn = self.conn()?;
+        let hash = hash_digest(crate::wire::credentials::password_digest(password).expose())?;
+        let tx = write_tx(&mut conn)?;
+        let next: u32 = tx.query_row(
+            "SELECT max(coalesce(max(site_id), 1), 1) + 1 FROM site",
+            [],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO site (site_id, uuid, code, name, password_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![next, crate::wire::credentials::new_id(), code, name, hash],
+        )
+        .map_err(|e| AdminError(format!("adding site {name}: {e}")))?;
+        tx.commit()?;
+        Ok(next)
+    }
+
+    pub fn site_id(&self, conn: &Connection, name: &str) -> Result<u32> {
+        conn.query_row("SELECT site_id FROM site WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .ok_or_else(|| {
+            AdminError(format!(
+                "no site named {name:?}; see `fieldsync-central report`"
+            ))
+        })
+    }
+
+    pub fn set_password(&self, name: &str, password: &str) -> Result<()> {
+        let conn = self.conn()?;
+        let id = self.site_id(&conn, name)?;
+        let hash = hash_digest(crate::wire::credentials::password_digest(password).expose())?;
+        conn.execute(
+            "UPDATE site SET password_hash = ?2, password_gen = password_gen + 1, failed_logins = 0, \
+             locked_until = 0 WHERE site_id = ?1",
+            params![id, hash],
+        )?;
+        Ok(())
+    }
+
+    /// Clears the bound hardware id: the next device to connect is bound (seed 001).
+    pub fn reset_hardware_id(&self, name: &str) -> Result<()> {
+        let conn = self.conn()?;
+        let id = self.site_id(&conn, name)?;
+        conn.execute("UPDATE site SET hardware_id = '' WHERE site_id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// An administrator asks the site to initialise again (§6).
+    pub fn request_reinitialise(&self, name: &str) -> Result<()> {
+        let conn = self.conn()?;
+        let id = self.site_id(&conn, name)?;
+        conn.execute(
+            "UPDATE site SET init_status = 'new' WHERE site_id = ?1",
+            [id],
+        )?;
+        Ok(())
+    }
+
+    /// Designates the primary site of a mirrored system (seed 000): it edits the
+    /// central data, which the central then only routes. `None`: no mirroring.
+    pub fn set_primary(&self, name: Option<&str>) -> Result<()> {
+        let conn = self.conn()?;
+        match name {
+            Some(n) => {
+                let id = self.site_id(&conn, n)?;
+                conn.execute(
+                    "INSERT INTO meta VALUES ('primary_site', ?1) \
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    [id.to_string()],
+                )?;
+            }
+            None => {
+                conn.execute("DELETE FROM meta WHERE key = 'primary_site'", [])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The primary site of a mirrored system, if any.
+    pub fn primary(&self) -> Result<Option<u32>> {
+        primary_site(&self.conn()?)
+    }
+
+    // ---- stores ---------------------------------------------------------------
+
+    /// Adds a store (a `store` row, central store data) and its `name` row (central
+    /// data, the name other stores use in transfers). `site` None: active on the central.
+    pub fn add_store(&self, id: &str, code: &str, name: &str, site: Option<&str>) -> Result<()> {
+        let mut conn = self.conn()?;
+        not_mirrored(
+            &conn,
+            "a store is created on the primary site, then assigned here",
+        )?;
+        let tx = write_tx(&mut conn)?;
+        let site_id = match site {
+            Some(s) => self.site_id(&tx, s)?,
+            None => CENTRAL_SITE_ID,
+        };
+        let name_id = format!("N_{id}");
+        routing::central_change(
+            &tx,
+            "name",
+            &name_id,
+            "update",
+            Some(&json!({"ID": name_id, "name": name, "code": code, "type": "store"})),
+            None,
+        )?;
+        let row = json!({"ID": id, "code": code, "name": name, "name_ID": name_id,
+                         "sync_id_remote_site": site_id, "disabled": false});
+        routing::central_change(&tx, "store", id, "update", Some(&row), None)?;
+        if site_id != CENTRAL_SITE_ID {
+            routing::queue_store_data_to(&tx, id, site_id)?;
+            routing::ensure_dispensary_data(&tx, site_id)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Makes a store active on another site (seed: moving a store; in a mirrored
+    /// system, assigning a store the primary created). The old site keeps a
+    /// transfer copy; the new site receives the store's data [PC].
+    pub fn move_store(&self, id: &str, site: Option<&str>) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = write_tx(&mut conn)?;
+        let new_site = match site {
+            Some(s) => self.site_id(&tx, s)?,
+            None => CENTRAL_SITE_ID,
+        };
+        let mut row = routing::get(&tx, "store", id)?
+            .ok_or_else(|| AdminError(format!("no store {id:?}")))?;
+        let old_site = row["sync_id_remote_site"].as_u64().unwrap_or(0) as u32;
+        if old_site == new_site {
+            return Ok(());
+        }
+        row["sync_id_remote_site"] = json!(new_site);
+        tx.execute(
+            "DELETE FROM copy WHERE store_id = ?1 AND site_id = ?2",
+            params![id, new_site],
+        )?;
+        if old_site > CENTRAL_SITE_ID {
+            tx.execute(
+                "INSERT OR REPLACE INTO copy (store_id, site_id, kind) VALUES (?1, ?2, 'transfer')",
+                params![id, old_site],
+            )?;
+        }
+        // Assignment is the central's own business even in a mirrored system.
+        routing::write_store_row(&tx, &row)?;
+        if new_site != CENTRAL_SITE_ID {
+            routing::queue_store_data_to(&tx, id, new_site)?;
+            routing::ensure_dispensary_data(&tx, new_site)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Sets how `site` holds `store`: `collector`, `transfer`, or `none`.
+    pub fn set_copy(&self, store: &str, site: &str, kind: &str) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = write_tx(&mut conn)?;
+        let site_id = self.site_id(&tx, site)?;
+        match kind {
+            "none" => {
+                tx.execute(
+                    "DELETE FROM copy WHERE store_id = ?1 AND site_id = ?2",
+                    params![store, site_id],
+                )?;
+            }
+            "collector" | "transfer" => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO copy (store_id, site_id, kind) VALUES (?1, ?2, ?3)",
+                    params![store, site_id, kind],
+                )?;
+                // The store row reaches every copy site; a collector gets the data too.
+                if let Some(row) = routing::get(&tx, "store", store)? {
+                    routing::enqueue(&tx, site_id, "store", store, "update", Some(&row), false)?;
+                }
+                if kind == "collector" {
+                    routing::queue_store_data_to(&tx, store, site_id)?;
+                    routing::ensure_dispensary_data(&tx, site_id)?;
+                }
+            }
+            other => {
+                return Err(AdminError(format!(
+                    "copy kind {other:?}: use collector, transfer or none"
+                )))
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Seed 000, "Resync patient records when store is saved": queues every
+    /// patient visible in `store`, with their related dispensary data, to the
+    /// store's active site again. Returns how many records were queued.
+    pub fn resync_patients(&self, store: &str) -> Result<u64> {
+        let mut conn = self.conn()?;
+        let tx = write_tx(&mut conn)?;
+        let site = routing::active_site(&tx, store)?
+            .filter(|s| *s != CENTRAL_SITE_ID)
+            .ok_or_else(|| AdminError(format!("store {store:?} is not active on a remote site")))?;
+        let n = routing::queue_patients_of(&tx, store, site)?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Removes a record's unacknowledged entries from every site's queue (a record
+    /// no site can read, say); the record itself stays. Returns how many.
+    pub fn unqueue(&self, table: &str, id: &str) -> Result<u64> {
+        let conn = self.conn()?;
+        Ok(conn.execute(
+            "DELETE FROM sync_out WHERE table_name = ?1 AND record_id = ?2",
+            params![table, id],
+        )? as u64)
+    }
+
+    // ---- central data -----------------------------------------------------------
+
+    /// Inserts or updates central or central store data, recording and routing it.
+    pub fn put(&self, table: &str, row: &Value) -> Result<()> {
+        let id = row
+            .get("ID")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| AdminError("record needs a string \"ID\"".into()))?;
+        let mut conn = self.conn()?;
+        self.edits_central_data(&conn, table, row)?;
+        let tx = write_tx(&mut conn)?;
+        routing::central_change(&tx, table, id, "update", Some(row), None)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn delete(&self, table: &str, id: &str) -> Result<()> {
+        let mut conn = self.conn()?;
+        if let Some(row) = routing::get(&conn, table, id)? {
+            self.edits_central_data(&conn, table, &row)?;
+        }
+        let tx = write_tx(&mut conn)?;
+        routing::central_change(&tx, table, id, "delete", None, None)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Merges central record `drop` into `keep` (items, names, clinicians).
+    pub fn merge(&self, table: &str, keep: &str, drop: &str) -> Result<()> {
+        let mut conn = self.conn()?;
+        not_mirrored(&conn, "merges are made on the primary site")?;
+        let tx = write_tx(&mut conn)?;
+        routing::central_merge(&tx, table, keep, drop)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn get(&self, table: &str, id: &str) -> Result<Option<Value>> {
+        routing::get(&self.conn()?, table, id)
+    }
+
+    /// In a mirrored system the central's own edits of central and central store
+    /// data are refused (seed 000: both are edited on the primary); what stays the
+    /// central's is sync configuration — which site a store is active on, and
+    /// which sites hold copies (`move_store`, `set_copy`).
+    fn edits_central_data(&self, conn: &Connection, table: &str, row: &Value) -> Result<()> {
+        if matches!(
+            registry::row_kind(table, row),
+            Kind::Central | Kind::CentralStore
+        ) {
+            not_mirrored(conn, "central data is edited there")?;
+        }
+        Ok(())
+    }
+}
+
+/// The primary site id, when the system is mirrored.
+pub(crate) fn primary_site(conn: &Connection) -> Result<Option<u32>> {
+    Ok(conn
+        .query_row(
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'primary_site'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+fn not_mirrored(conn: &Connection, what: &str) -> Result<()> {
+    if let Some(p) = primary_site(conn)? {
+        let name: String = conn
+            .query_row("SELECT name FROM site WHERE site_id = ?1", [p], |r| {
+                r.get(0)
+            })
+            .unwrap_or_else(|_| format!("site {p}"));
+        return Err(AdminError(format!(
+            "this is a mirrored system whose primary site is {name}: {what}, not on the central"
+        )));
+    }
+    Ok(())
+}

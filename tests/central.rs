@@ -1,0 +1,623 @@
+//! The reference central (issue 22): races it must win, its HTTP server, compressed
+//! pushes (§9.1), durability of what it answers, mirrored sync, requisition
+//! transfers and patient resync. Raw v5 over loopback against the real server.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{final_push, init_and_drain, pull_all, push, raw, upd, v5, Env};
+use serde_json::{json, Value};
+
+fn long() -> bool {
+    std::env::var_os("FIELDSYNC_LONG").is_some()
+}
+
+fn count(env: &Env, sql: &str) -> i64 {
+    env.central
+        .conn()
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Pushes `n` item_line rows of `store` in batches of 1000, then the final push.
+fn push_lines(env: &Env, site: &str, hw: &str, store: &str, n: usize) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let rows: Vec<Value> = chunk
+            .iter()
+            .map(|i| {
+                upd(
+                    &i.to_string(),
+                    "item_line",
+                    json!({"ID": format!("{store}-{i:06}"), "store_ID": store, "quantity": i}),
+                )
+            })
+            .collect();
+        let body = json!({"queueLength": n, "data": rows}).to_string();
+        let r = v5(env, site, hw, "POST", "/queued_records", body.as_bytes());
+        assert_eq!(
+            r.status,
+            200,
+            "{site}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert!(final_push(env, site, hw));
+}
+
+#[test]
+fn integration_wins_its_races_while_other_sites_poll_and_push() {
+    // 100,000 rows in the long run; the CI run keeps the same shape smaller.
+    let big = if long() { 100_000 } else { 20_000 };
+    let env = Env::new("races");
+    const SITES: [&str; 5] = ["s1", "s2", "s3", "s4", "s5"];
+    let sites = SITES;
+    for (i, s) in sites.iter().enumerate() {
+        env.site(s, &format!("ST{i}"));
+        init_and_drain(&env, s, &format!("HW{i}"));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut others = Vec::new();
+    // Starve the machine's CPUs while it runs.
+    for _ in 0..2 {
+        let stop = stop.clone();
+        others.push(std::thread::spawn(move || {
+            let mut x = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            std::hint::black_box(x);
+        }));
+    }
+    // Four threads poll site_status as sites (each request may write last_seen).
+    for (i, s) in sites.iter().enumerate().skip(1) {
+        let (stop, addr, auth) = (stop.clone(), env.addr, env.auth(s));
+        let hw = format!("HW{i}");
+        others.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let r = raw(
+                    addr,
+                    "GET",
+                    "/sync/v5/site_status",
+                    &[
+                        ("Authorization", &auth),
+                        ("msupply-site-uuid", &hw),
+                        ("version", "14"),
+                    ],
+                    b"",
+                );
+                assert_eq!(r.status, 200);
+            }
+        }));
+    }
+    // Three sites push and integrate at the same time as the big one.
+    let env = Arc::new(env);
+    let mut pushers = Vec::new();
+    for (i, s) in sites.into_iter().enumerate() {
+        let env = env.clone();
+        let n = if i == 0 { big } else { 3_000 };
+        pushers.push(std::thread::spawn(move || {
+            push_lines(&env, s, &format!("HW{i}"), &format!("ST{i}"), n)
+        }));
+    }
+    let started = Instant::now();
+    for p in pushers {
+        p.join().unwrap();
+    }
+    eprintln!(
+        "pushed and integrated {big} + 4×3,000 rows in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    stop.store(true, Ordering::Relaxed);
+    for o in others {
+        o.join().unwrap();
+    }
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM record WHERE table_name = 'item_line'"
+        ),
+        big as i64 + 4 * 3_000
+    );
+    assert_eq!(count(&env, "SELECT count(*) FROM staging"), 0);
+    assert_eq!(count(&env, "SELECT count(*) FROM integration"), 0);
+}
+
+#[test]
+fn a_failing_integration_is_retried_and_never_reported_idle() {
+    let env = Env::new("retry");
+    env.site("a", "A");
+    init_and_drain(&env, "a", "HA");
+    push(
+        &env,
+        "a",
+        "HA",
+        json!([upd("1", "transact", json!({"ID": "T1", "store_ID": "A"}))]),
+    );
+    // The disk fails this one row, for a while.
+    let c = env.central.conn().unwrap();
+    c.execute_batch(
+        "CREATE TRIGGER sabotage BEFORE INSERT ON record WHEN NEW.record_id = 'T1' \
+         BEGIN SELECT RAISE(ABORT, 'disk trouble'); END;",
+    )
+    .unwrap();
+    let r = v5(
+        &env,
+        "a",
+        "HA",
+        "POST",
+        "/queued_records",
+        br#"{"queueLength":0,"data":[]}"#,
+    );
+    assert_eq!(r.json()["integrationStarted"], true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = env.central.report(0).unwrap();
+        let state = report[0].integration.clone().unwrap_or_default();
+        let code = v5(&env, "a", "HA", "GET", "/site_status", b"").json()["code"].clone();
+        assert_eq!(
+            code, "integration_in_progress",
+            "never idle while its rows wait"
+        );
+        if state.contains("disk trouble") {
+            break; // the report shows the failure with its error
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failure never showed in the report: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.execute_batch("DROP TRIGGER sabotage").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while v5(&env, "a", "HA", "GET", "/site_status", b"").json()["code"] != "idle" {
+        assert!(
+            Instant::now() < deadline,
+            "never integrated after the disk recovered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        env.central.get("transact", "T1").unwrap().is_some(),
+        "retried by itself"
+    );
+}
+
+#[test]
+fn the_server_keeps_connections_and_refuses_bad_framing() {
+    let env = Env::new("server");
+    env.site("a", "A");
+    let auth = env.auth("a");
+    let mut s = std::net::TcpStream::connect(env.addr).unwrap();
+    let request = format!(
+        "GET /sync/v5/site HTTP/1.1\r\nAuthorization: {auth}\r\nmsupply-site-uuid: H\r\nversion: 14\r\n\r\n"
+    );
+    // Two requests on one connection, the second sent after the first answer.
+    let mut seen = 0;
+    for _ in 0..2 {
+        s.write_all(request.as_bytes()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(
+            text.contains("Accept-Encoding: gzip"),
+            "§9.1: it says it takes gzip bodies"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 2);
+    for (head, status) in [
+        (
+            "POST /sync/v5/initialise HTTP/1.1\r\nContent-Length: 12abc\r\n\r\n",
+            "400",
+        ),
+        (
+            "POST /sync/v5/initialise HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "400",
+        ),
+        (
+            "POST /sync/v5/initialise HTTP/1.1\r\nContent-Length: 20000000\r\n\r\n",
+            "413",
+        ),
+        (
+            "POST /sync/v5/initialise HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "411",
+        ),
+    ] {
+        let mut s = std::net::TcpStream::connect(env.addr).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head:?}: {out}"
+        );
+    }
+}
+
+#[test]
+fn the_server_stops_after_the_requests_in_flight() {
+    let dir = std::env::temp_dir().join(format!("fs-stop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let central = fieldsync::central::Central::open(&dir.join("c.sqlite")).unwrap();
+    let server = fieldsync::central::http::spawn(central, "127.0.0.1:0").unwrap();
+    let addr = server.addr;
+    // A request in flight: its head arrives, its body trickles in.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"POST /nowhere HTTP/1.1\r\nContent-Length: 4\r\n\r\nab")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let stopping = std::thread::spawn(move || server.stop());
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(b"cd").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 404"),
+        "the request in flight is answered: {out}"
+    );
+    assert!(out.contains("Connection: close"));
+    stopping.join().unwrap();
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+        "no longer listening"
+    );
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+#[test]
+fn c35_compressed_pushes_are_the_same_pushes() {
+    let env = Env::new("gzip");
+    env.site("a", "A");
+    init_and_drain(&env, "a", "HA");
+    let rows: Vec<Value> = (0..50)
+        .map(|i| {
+            upd(
+                &i.to_string(),
+                "item_line",
+                json!({"ID": format!("Z{i}"), "store_ID": "A", "note": "zzzzzzzzzz"}),
+            )
+        })
+        .collect();
+    let body = json!({"queueLength": 50, "data": rows}).to_string();
+    let auth = env.auth("a");
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("msupply-site-uuid", "HA"),
+        ("version", "14"),
+        ("Content-Encoding", "gzip"),
+    ];
+    let r = raw(
+        env.addr,
+        "POST",
+        "/sync/v5/queued_records",
+        &headers,
+        &gzip(body.as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("accept-encoding"), Some("gzip"));
+    assert!(final_push(&env, "a", "HA"));
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM record WHERE table_name = 'item_line'"
+        ),
+        50
+    );
+    let row = env.central.get("item_line", "Z7").unwrap().unwrap();
+    assert_eq!(
+        row,
+        json!({"ID": "Z7", "store_ID": "A", "note": "zzzzzzzzzz"})
+    );
+    // 17 MiB once inflated: 413, nothing staged.
+    let pad = " ".repeat(17 << 20);
+    let bomb = format!(r#"{{"queueLength":1,"data":[]{pad}}}"#);
+    let r = raw(
+        env.addr,
+        "POST",
+        "/sync/v5/queued_records",
+        &headers,
+        &gzip(bomb.as_bytes()),
+    );
+    assert_eq!((r.status, r.code().as_str()), (413, "request_too_large"));
+    assert_eq!(count(&env, "SELECT count(*) FROM staging"), 0);
+    // Another encoding: 415, so an agent re-sends plain.
+    let mut other = headers;
+    other[3] = ("Content-Encoding", "br");
+    let r = raw(
+        env.addr,
+        "POST",
+        "/sync/v5/queued_records",
+        &other,
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 415);
+}
+
+#[test]
+fn what_the_central_answers_is_on_disk() {
+    let env = Env::new("durable");
+    let mode: i64 = env
+        .central
+        .conn()
+        .unwrap()
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, 2, "synchronous=FULL on every central connection");
+    // A central process killed right after answering a push loses nothing.
+    let dir = env.dir.join("proc");
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("c.sqlite");
+    let central = env!("CARGO_BIN_EXE_fieldsync-central");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(central)
+            .arg("--db")
+            .arg(&db)
+            .args(args)
+            .env("PW", "pw-a")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["site", "add", "a", "--password-env", "PW"]);
+    run(&["store", "add", "A", "--site", "a"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let serve = || {
+        let child = std::process::Command::new(central)
+            .arg("--db")
+            .arg(&db)
+            .args(["serve", "--listen", &listen])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&listen).is_err() {
+            assert!(Instant::now() < deadline, "the central did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    };
+    let mut child = serve();
+    let proc_env = Env {
+        dir: dir.clone(),
+        central: fieldsync::central::Central::open(&db).unwrap(),
+        addr: listen.parse().unwrap(),
+    };
+    init_and_drain(&proc_env, "a", "HA");
+    let r = push(
+        &proc_env,
+        "a",
+        "HA",
+        json!([upd("1", "transact", json!({"ID": "KEPT", "store_ID": "A"}))]),
+    );
+    assert_eq!(r.status, 200);
+    child.kill().unwrap(); // SIGKILL right after the answer
+    child.wait().unwrap();
+    let mut child = serve();
+    assert!(final_push(&proc_env, "a", "HA"));
+    assert!(
+        proc_env.central.get("transact", "KEPT").unwrap().is_some(),
+        "the answered push survived"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn mirrored_sync_the_primary_edits_central_data() {
+    let env = Env::new("mirrored");
+    env.site("cms", "CMS");
+    env.site("r1", "R1");
+    env.site("r2", "R2");
+    for (s, hw) in [("cms", "HC"), ("r1", "H1"), ("r2", "H2")] {
+        init_and_drain(&env, s, hw);
+    }
+    env.central.set_primary(Some("cms")).unwrap();
+    // The central's own edits of central data are refused, naming the primary.
+    let e = env
+        .central
+        .put("item", &json!({"ID": "I1", "item_name": "x"}))
+        .unwrap_err();
+    assert!(e.to_string().contains("primary site is cms"), "{e}");
+    let e = env
+        .central
+        .add_store("NEW", "NEW", "New", None)
+        .unwrap_err();
+    assert!(e.to_string().contains("created on the primary site"), "{e}");
+    // The primary pushes central data, and a new store with its name.
+    let r = push(
+        &env,
+        "cms",
+        "HC",
+        json!([
+            upd("1", "item", json!({"ID": "I1", "item_name": "Paracetamol"})),
+            upd(
+                "2",
+                "name",
+                json!({"ID": "N_S9", "name": "Store nine", "type": "store"})
+            ),
+            upd(
+                "3",
+                "store",
+                json!({"ID": "S9", "name": "Store nine", "name_ID": "N_S9", "sync_id_remote_site": 1})
+            ),
+        ]),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(final_push(&env, "cms", "HC"));
+    // Another site pushing central data is still refused.
+    let r = push(
+        &env,
+        "r1",
+        "H1",
+        json!([upd(
+            "1",
+            "item",
+            json!({"ID": "I1", "item_name": "renamed"})
+        )]),
+    );
+    assert_eq!(
+        (
+            r.status,
+            r.json()["error"]["data"]["records"][0]["reason"].clone()
+        ),
+        (403, json!("central_data"))
+    );
+    // The remote sites read it from the change log; the primary's own edit is not echoed.
+    let central_ids = |s: &str, hw: &str| -> Vec<String> {
+        v5(
+            &env,
+            s,
+            hw,
+            "GET",
+            "/central_records?cursor=0&limit=1000",
+            b"",
+        )
+        .json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["recordId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(central_ids("r1", "H1").contains(&"I1".to_string()));
+    assert!(
+        !central_ids("cms", "HC").contains(&"I1".to_string()),
+        "not echoed to the primary"
+    );
+    // The central assigns the primary's new store to a site.
+    env.central.move_store("S9", Some("r2")).unwrap();
+    let got: Vec<String> = pull_all(&env, "r2", "H2")
+        .iter()
+        .map(|r| r["recordId"].as_str().unwrap().to_string())
+        .collect();
+    assert!(got.contains(&"S9".to_string()), "{got:?}");
+}
+
+#[test]
+fn requisition_transfer_is_created_once_and_numbered_by_the_responder() {
+    let env = Env::new("requisition");
+    env.site("a", "A");
+    env.site("b", "B");
+    init_and_drain(&env, "a", "HA");
+    init_and_drain(&env, "b", "HB");
+    let request = |status: &str| {
+        json!([
+            upd(
+                "1",
+                "requisition",
+                json!({"ID": "RQ1", "store_ID": "A", "name_ID": "N_B", "type": "request",
+                                           "status": status, "serial_number": 12, "linked_requisition_id": ""})
+            ),
+            upd(
+                "2",
+                "requisition_line",
+                json!({"ID": "RL1", "requisition_ID": "RQ1", "item_ID": "I1", "Cust_stock_order": 40})
+            ),
+        ])
+    };
+    push(&env, "a", "HA", request("sg"));
+    assert!(final_push(&env, "a", "HA"));
+    let responses = || {
+        count(&env, "SELECT count(*) FROM record WHERE table_name = 'requisition' AND json_extract(data, '$.type') = 'response'")
+    };
+    assert_eq!(responses(), 0, "not finalised: nothing yet");
+    push(&env, "a", "HA", request("fn"));
+    assert!(final_push(&env, "a", "HA"));
+    push(&env, "a", "HA", request("fn"));
+    assert!(final_push(&env, "a", "HA"));
+    assert_eq!(responses(), 1, "once, however often pushed");
+    let got = pull_all(&env, "b", "HB");
+    let resp = got
+        .iter()
+        .find(|r| r["tableName"] == "requisition" && r["recordData"]["type"] == "response")
+        .unwrap();
+    assert_eq!(resp["recordData"]["serial_number"], -1);
+    assert_eq!(resp["recordData"]["linked_requisition_id"], "RQ1");
+    assert_eq!(resp["recordData"]["store_ID"], "B");
+    assert!(
+        got.iter()
+            .any(|r| r["tableName"] == "requisition_line"
+                && r["recordData"]["Cust_stock_order"] == 40)
+    );
+    assert!(pull_all(&env, "a", "HA")
+        .iter()
+        .any(|r| r["tableName"] == "requisition" && r["recordData"]["type"] == "response"));
+}
+
+#[test]
+fn patient_resync_queues_the_store_patients_again() {
+    let env = Env::new("resync");
+    env.site("a", "A");
+    init_and_drain(&env, "a", "HA");
+    push(
+        &env,
+        "a",
+        "HA",
+        json!([
+            upd(
+                "1",
+                "name",
+                json!({"ID": "P1", "type": "patient", "supplying_store_id": "A"})
+            ),
+            upd(
+                "2",
+                "name_store_join",
+                json!({"ID": "J1", "name_ID": "P1", "store_ID": "A"})
+            ),
+            upd(
+                "3",
+                "nameInsuranceJoin",
+                json!({"ID": "NI1", "nameID": "P1"})
+            ),
+        ]),
+    );
+    assert!(final_push(&env, "a", "HA"));
+    assert!(pull_all(&env, "a", "HA").is_empty(), "nothing echoed");
+    env.central
+        .put(
+            "insuranceProvider",
+            &json!({"ID": "IP1", "providerName": "Hospital fund"}),
+        )
+        .unwrap();
+    let n = env.central.resync_patients("A").unwrap();
+    let got: Vec<String> = pull_all(&env, "a", "HA")
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["tableName"].as_str().unwrap(),
+                r["recordId"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(n as usize, got.len());
+    for want in [
+        "name P1",
+        "name_store_join J1",
+        "nameInsuranceJoin NI1",
+        "insuranceProvider IP1",
+    ] {
+        assert!(got.contains(&want.to_string()), "{want}: {got:?}");
+    }
+}
