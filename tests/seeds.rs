@@ -223,6 +223,96 @@ fn stock_transfer_between_remote_sites_is_numbered_and_linked_everywhere() {
 }
 
 #[test]
+fn requisition_from_site_2_is_answered_and_numbered_by_site_1() {
+    // Seed 000, "Transfers" / "Mobile requisitions": store C (site 2) finalises a
+    // request requisition to store B (site 1); the central builds the response
+    // (serial -1, linked) with its lines; site 1 numbers it and pushes it back;
+    // both sites and B's collector end with the numbered, linked pair.
+    let s = seed("requisition");
+    assert!(s
+        .put(&s.site1, "requisition", json!({"ID": "OLD_RESP", "store_ID": "S_B", "type": "response", "serial_number": 6, "linked_requisition_id": ""}))
+        .status
+        .success());
+    s.sync_ok(&s.site1);
+    assert!(s.put(&s.site2, "requisition", json!({"ID": "RQ_C", "store_ID": "S_C", "name_ID": "N_S_B", "type": "request", "status": "sg", "serial_number": 3, "linked_requisition_id": ""})).status.success());
+    assert!(s.put(&s.site2, "requisition_line", json!({"ID": "RQL_C", "requisition_ID": "RQ_C", "item_ID": "I_PARA", "Cust_stock_order": 250})).status.success());
+    s.sync_ok(&s.site2);
+    assert!(
+        s.sync_ok(&s.site1)["numbered"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "not finalised yet"
+    );
+    assert!(s
+        .put(
+            &s.site2,
+            "requisition",
+            json!({"ID": "RQ_C", "status": "fn"})
+        )
+        .status
+        .success());
+    s.sync_ok(&s.site2);
+    let r1 = s.sync_ok(&s.site1);
+    assert_eq!(r1["numbered"][0]["table"], "requisition", "{r1}");
+    assert_eq!(
+        r1["numbered"][0]["number"], 7,
+        "after the store's response 6"
+    );
+    let resp_id = r1["numbered"][0]["id"].as_str().unwrap().to_string();
+    let resp = s.has(&s.site1, "requisition", &resp_id).unwrap();
+    assert_eq!(
+        (
+            resp["linked_requisition_id"].as_str(),
+            resp["type"].as_str()
+        ),
+        (Some("RQ_C"), Some("response"))
+    );
+    let lines: i64 = sql(&s.site1)
+        .query_row("SELECT count(*) FROM record WHERE table_name='requisition_line' AND json_extract(data,'$.requisition_ID') = ?1 AND json_extract(data, '$.Cust_stock_order') = 250", [&resp_id], |r| r.get(0))
+        .unwrap();
+    assert_eq!(lines, 1, "the response arrives with its line");
+    assert_eq!(
+        s.env.central.get("requisition", &resp_id).unwrap().unwrap()["serial_number"],
+        7
+    );
+    s.sync_ok(&s.site2);
+    assert_eq!(
+        s.has(&s.site2, "requisition", &resp_id).unwrap()["serial_number"],
+        7,
+        "site 2 sees the numbered response"
+    );
+    s.sync_ok(&s.hub);
+    assert_eq!(
+        s.has(&s.hub, "requisition", &resp_id).unwrap()["serial_number"],
+        7,
+        "B's collector too"
+    );
+    // Pushing the request again creates nothing new; nothing is renumbered.
+    assert!(s
+        .put(
+            &s.site2,
+            "requisition",
+            json!({"ID": "RQ_C", "comment": "again"})
+        )
+        .status
+        .success());
+    s.sync_ok(&s.site2);
+    assert!(s.sync_ok(&s.site1)["numbered"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let responses: i64 = s
+        .env
+        .central
+        .conn()
+        .unwrap()
+        .query_row("SELECT count(*) FROM record WHERE table_name='requisition' AND json_extract(data,'$.linked_requisition_id')='RQ_C'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(responses, 1);
+}
+
+#[test]
 fn patients_reach_where_they_are_visible_and_are_edited_only_at_home() {
     let s = seed("patients");
     assert!(s.put(&s.site1, "name", json!({"ID": "PAT1", "type": "patient", "supplying_store_id": "S_B", "name": "Aroha Ngata"})).status.success());

@@ -115,6 +115,11 @@ pub fn init(db: &Path, o: &InitOptions) -> CmdResult {
             ));
         }
     }
+    if store::get_setting(&tx, key::CENTRAL_URL)?.as_deref() != Some(o.url.as_str()) {
+        // Another central: what the old one said of gzip bodies no longer holds.
+        tx.execute("DELETE FROM setting WHERE key = ?1", [key::CENTRAL_GZIP])
+            .map_err(|e| StoreError::sqlite("saving settings", e))?;
+    }
     store::set_setting(&tx, key::CENTRAL_URL, &o.url)?;
     store::set_setting(&tx, key::SITE_NAME, &o.site)?;
     store::set_setting(
@@ -206,6 +211,9 @@ pub fn set(db: &Path, name: &str, value: &str) -> CmdResult {
     k.check(value).map_err(|m| Failure::new(Class::Input, m))?;
     let store = Store::open_configured(db)?;
     store.set_setting(k.name, value)?;
+    if k.name == key::CENTRAL_URL {
+        store.unset_setting(key::CENTRAL_GZIP)?;
+    }
     if let Some(var) = k.env.filter(|v| std::env::var_os(v).is_some()) {
         println!(
             "{} = {value} (note: the environment's {var} overrides it)",

@@ -9,8 +9,10 @@
 //!   the single-flight lock;
 //! - [`records`]: local records (`put`, `get`, `delete`, `list`, `import`,
 //!   `queue`, `tables`);
+//! - [`check`]: `fieldsync check`, the connection checked step by step;
 //! - [`demo`]: the whole job on an embedded default.
 
+pub mod check;
 pub mod config;
 #[cfg(feature = "central")]
 pub mod demo;

@@ -35,6 +35,52 @@ pub const OFFLINE_PROBE_EVERY: Duration = Duration::from_secs(30);
 /// Shortest backoff after a failed cycle. Defaults to 30 s (§5 step 9).
 pub const BACKOFF_START: Duration = Duration::from_secs(30);
 
+/// When a condition that fieldsync retries by itself has lasted long enough that
+/// a person must act, counted in syncs in a row (never by the date: a Pi has no
+/// clock). At the timer's 5 minutes: a wrong device clock or an untrusted
+/// certificate after an hour (neither fixes itself by retrying), the network
+/// answering instead of the central or the central failing after a day. Plain
+/// "unreachable" never: that is the offline light, and the central's report
+/// flags a site silent for a month.
+pub fn escalates(condition: &str, in_a_row: u32) -> bool {
+    match condition {
+        "clock" | "certificate" => in_a_row >= 12,
+        "intercepted" | "transient" => in_a_row >= 288,
+        _ => false,
+    }
+}
+
+/// Counts syncs in a row ending with the same condition (state kept in the
+/// store) and marks the report escalated when [`escalates`] says so.
+fn count_in_a_row(store: &Store, report: &mut Report) {
+    const KEY: &str = "condition_in_a_row";
+    let previous = store.setting(KEY).ok().flatten().unwrap_or_default();
+    let (prev_condition, prev_count) = previous
+        .split_once(':')
+        .map(|(c, n)| (c.to_string(), n.parse().unwrap_or(0)))
+        .unwrap_or_default();
+    let Some(condition) = report.condition.clone() else {
+        if !previous.is_empty() {
+            let _ = store.unset_setting(KEY);
+        }
+        return;
+    };
+    let n: u32 = if condition == prev_condition {
+        prev_count + 1
+    } else {
+        1
+    };
+    report.in_a_row = n;
+    if escalates(&condition, n) {
+        report.escalated = true;
+        let base = report.hint.clone().unwrap_or_default();
+        report.hint = Some(format!(
+            "{base} — this has lasted {n} syncs in a row; a person must look now"
+        ));
+    }
+    let _ = store.set_setting(KEY, &format!("{condition}:{n}"));
+}
+
 /// The single-flight lock: a second sync exits at once. Held until dropped; the
 /// OS releases it if the process dies.
 pub struct SyncLock(#[allow(dead_code)] std::fs::File);
@@ -174,7 +220,8 @@ pub fn sync_once<T: Transport>(
             last_ping = now;
         }
     };
-    let report = sync::run(store, &mut s.client, &s.settings.sync, probe, &mut observe);
+    let mut report = sync::run(store, &mut s.client, &s.settings.sync, probe, &mut observe);
+    count_in_a_row(store, &mut report);
     log_report(&report, s.client.clock().now() - started);
     let attempt = Attempt::from_report(&report);
     if let Err(e) = status::record_attempt(store, &attempt) {
@@ -318,6 +365,18 @@ pub fn backoff(failures: u32, cap: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retried_conditions_turn_into_a_person_s_job() {
+        assert!(!escalates("clock", 11) && escalates("clock", 12));
+        assert!(escalates("certificate", 12));
+        assert!(!escalates("intercepted", 287) && escalates("intercepted", 288));
+        assert!(escalates("transient", 300));
+        assert!(
+            !escalates("unreachable", 100_000),
+            "offline is the offline light"
+        );
+    }
 
     #[test]
     fn backoff_doubles_to_the_interval() {

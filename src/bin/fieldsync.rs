@@ -40,6 +40,7 @@ enum Command {
     Sync(Sync),
     Run(Run),
     Status(Status),
+    Check(Check),
     Config(ConfigCmd),
     Put(Put),
     Get(Get),
@@ -114,6 +115,15 @@ struct Run {
 #[argh(subcommand, name = "status")]
 struct Status {
     /// everything, as JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// check the connection to the central step by step; writes nothing
+#[derive(FromArgs)]
+#[argh(subcommand, name = "check")]
+struct Check {
+    /// as JSON
     #[argh(switch)]
     json: bool,
 }
@@ -297,6 +307,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Sync(s) => runner::sync(&db, s.json),
         Command::Run(r) => runner::run(&db, Duration::from_secs(r.interval)),
         Command::Status(s) => agent::status(&db, s.json),
+        Command::Check(c) => agent::check::check(&db, c.json),
         Command::Config(c) => match c
             .args
             .iter()

@@ -62,6 +62,8 @@ pub mod key {
     pub const CENTRAL_MAX_CURSOR: &str = "central_max_cursor";
     /// The adaptive pull page size (§9.3), kept between cycles.
     pub const PULL_LIMIT: &str = "pull_limit";
+    /// What the central said of gzip request bodies (§9.1): advertised, refused.
+    pub const CENTRAL_GZIP: &str = "central_gzip";
     /// "1" while the active dispensary store keeps its transactions here (§9.7);
     /// the capture triggers read it.
     pub const HOLD_TRANSACTIONS: &str = "hold_transactions";

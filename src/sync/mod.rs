@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::error::Class;
-use crate::store::{outbox, Store, StoreError};
-use crate::wire::client::{Client, Traffic, Unreadable};
+use crate::store::{key, outbox, Store, StoreError};
+use crate::wire::client::{Client, Gzip, Traffic, Unreadable};
 use crate::wire::transport::Transport;
 use crate::wire::{ProtocolError, TransportError, WireError};
 
@@ -133,10 +133,24 @@ pub struct Report {
     /// What to do about `error`: the class's hint, or a more specific one.
     #[serde(default)]
     pub hint: Option<String>,
+    /// Which retried condition ended the cycle (`unreachable`, `intercepted`,
+    /// `certificate`, `clock`, `transient`), for counting how long it lasts.
+    #[serde(default)]
+    pub condition: Option<String>,
+    /// Syncs in a row that ended with the same condition, this one included.
+    #[serde(default)]
+    pub in_a_row: u32,
+    /// The condition has lasted long enough that a person should look (the
+    /// agent's escalation rule; README "When retrying is not enough").
+    #[serde(default)]
+    pub escalated: bool,
 }
 
 impl Report {
     pub fn outcome(&self) -> Outcome {
+        if self.escalated {
+            return Outcome::NeedsAttention;
+        }
         match self.class {
             None => Outcome::Ok,
             Some(Class::Integration) => Outcome::OkWithIntegrationErrors,
@@ -171,6 +185,22 @@ impl SyncError {
             SyncError::Wire(e) => e.class(),
             SyncError::Unreadable(_) => Class::Site,
             SyncError::Attention(c, _) => *c,
+        }
+    }
+
+    /// The retried condition this error is, if it is one.
+    pub fn condition(&self) -> Option<&'static str> {
+        use crate::wire::transport::Certificate;
+        match self {
+            SyncError::Wire(WireError::Transport(t)) => Some(match t {
+                TransportError::Unreachable { .. } => "unreachable",
+                TransportError::Intercepted(_) => "intercepted",
+                TransportError::Certificate(Certificate::Time { .. }) => "clock",
+                TransportError::Certificate(Certificate::Untrusted(_)) => "certificate",
+                _ => "transient",
+            }),
+            e if e.class().is_transient() => Some("transient"),
+            _ => None,
         }
     }
 
@@ -262,6 +292,15 @@ pub fn run<T: Transport>(
 ) -> Report {
     let mut report = Report::default();
     client.traffic = Traffic::default();
+    // §9.1: what this central said of gzip bodies, kept between syncs (local data).
+    let gzip_before = match store.setting(key::CENTRAL_GZIP).ok().flatten().as_deref() {
+        Some("advertised") => Gzip::Advertised,
+        Some("refused") => Gzip::Refused,
+        _ => Gzip::Unknown,
+    };
+    if client.gzip == Gzip::Unknown {
+        client.gzip = gzip_before;
+    }
     let clock = client.clock();
     let result = Cycle {
         store,
@@ -275,7 +314,18 @@ pub fn run<T: Transport>(
     if let Err(e) = result {
         report.class = Some(e.class());
         report.hint = e.hint();
+        report.condition = e.condition().map(str::to_string);
         report.error = Some(e.to_string());
+    }
+    if client.gzip != gzip_before {
+        let v = match client.gzip {
+            Gzip::Advertised => "advertised",
+            Gzip::Refused => "refused",
+            Gzip::Unknown => "unknown",
+        };
+        if let Err(e) = store.set_setting(key::CENTRAL_GZIP, v) {
+            log::warn!("could not remember the central's gzip answer: {e}");
+        }
     }
     let traffic: Traffic = client.traffic;
     report.requests = traffic.requests;
@@ -343,6 +393,8 @@ impl<T: Transport> Cycle<'_, T> {
             return Err(e);
         }
         self.settle(state, &site)?;
+        // The active store is known only once initialisation completes.
+        self.refresh_hold()?;
         if InitState::load(self.store)? == InitState::Initialised {
             self.transfers()?;
         }

@@ -148,6 +148,7 @@ impl<T: Transport> Cycle<'_, T> {
     /// integration of what arrived.
     pub(super) fn pull_queue(&mut self) -> Result<Option<SyncError>, SyncError> {
         let mut previous: Vec<String> = Vec::new();
+        let mut warned_long = false;
         let bounds = self.cfg.pull_limits;
         loop {
             self.step(Step::Queue, self.report.pulled_queue, None);
@@ -181,6 +182,13 @@ impl<T: Transport> Cycle<'_, T> {
             let took = page_time(&result, self.clock.now() - started);
             match result {
                 Ok(h) => {
+                    if h.records > u64::from(limit) && !warned_long {
+                        log::warn!(
+                            "the central sent {} queued records for a limit of {limit}; accepted (§9.2)",
+                            h.records
+                        );
+                        warned_long = true;
+                    }
                     if h.queue_length.is_some_and(|q| q < h.records) {
                         log::warn!(
                             "central said queueLength {} but sent {} records; continuing",
@@ -250,6 +258,12 @@ impl<T: Transport> Cycle<'_, T> {
         self.report.integrated += r.integrated;
         self.report.ignored += r.ignored;
         self.report.integration_failed = buffer::counts(self.store.conn())?.failed;
+        self.refresh_hold()
+    }
+
+    /// §9.7: whether the active dispensary store keeps its transactions here, from
+    /// the store row and preferences as they are now.
+    pub(super) fn refresh_hold(&mut self) -> Result<(), SyncError> {
         match self.store.refresh_hold()? {
             Some((true, _)) => log::info!(
                 "the dispensary store's transactions are kept on this site (its \"include transactions in sync\" preference is off)"

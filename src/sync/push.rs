@@ -25,15 +25,22 @@ const STATUS_LOOK_EVERY: Duration = Duration::from_secs(1);
 impl<T: Transport> Cycle<'_, T> {
     /// Drains the outbox, sends the final empty push, then waits for integration.
     pub(super) fn push(&mut self) -> Result<(), SyncError> {
-        // Start at a 2G-sized body; adapt_bytes moves it towards what the link
-        // carries in the target time, within [MIN_BATCH_BYTES, batch_bytes].
-        let mut budget = batch::START_BATCH_BYTES.min(self.cfg.batch_bytes);
+        // The budget is in bytes on the wire: it starts at a 2G-sized body and
+        // adapt_bytes moves it towards what the link carries in the target time.
+        // A batch's uncompressed size is the wire budget over the last
+        // compression ratio, never above `batch_bytes` (the central's memory).
+        let mut wire_budget = batch::START_BATCH_BYTES.min(self.cfg.batch_bytes);
+        let mut ratio = 1.0f64;
         loop {
             let total = outbox::pending_count(self.store.conn())?;
             self.step(
                 Step::Push,
                 self.report.pushed,
                 Some(self.report.pushed + total),
+            );
+            let budget = ((wire_budget as f64 / ratio) as usize).clamp(
+                batch::MIN_BATCH_BYTES.min(self.cfg.batch_bytes),
+                self.cfg.batch_bytes,
             );
             let (b, set_aside) = self.fill(total, budget)?;
             if b.is_empty() && total > set_aside {
@@ -43,7 +50,7 @@ impl<T: Transport> Cycle<'_, T> {
             let (body, sent) = b.finish();
             let started = self.clock.now();
             match self.client.push(&body) {
-                Ok(started_integration) => {
+                Ok((started_integration, wire)) => {
                     if final_push {
                         if !started_integration {
                             return Err(SyncError::violation(
@@ -58,8 +65,9 @@ impl<T: Transport> Cycle<'_, T> {
                         .map_err(|e| StoreError::sqlite("confirming pushed records", e))?;
                     self.report.pushed += sent.len() as u64;
                     self.report.push_batches += 1;
-                    budget = batch::adapt_bytes(
-                        body.len(),
+                    ratio = (wire as f64 / body.len().max(1) as f64).clamp(0.02, 1.0);
+                    wire_budget = batch::adapt_bytes(
+                        wire,
                         (self.clock.now() - started).as_secs_f64(),
                         self.cfg.target_request.as_secs_f64(),
                         self.cfg.batch_bytes,

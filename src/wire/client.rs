@@ -58,6 +58,20 @@ pub struct Unreadable {
     pub why: String,
 }
 
+/// What this agent knows of the central's gzip request bodies (§9.1, RFC 7694).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gzip {
+    /// Never advertised: bodies go plain (a legacy central never sees gzip).
+    Unknown,
+    /// The central said `Accept-Encoding: gzip` on an answer.
+    Advertised,
+    /// It refused a gzip body (415): plain from now on, whatever it says.
+    Refused,
+}
+
+/// Push bodies above this are gzipped for a central that takes them (§9.1).
+pub const GZIP_PUSH_ABOVE: usize = 1024;
+
 pub struct Client<T: Transport> {
     transport: T,
     auth: Secret,
@@ -65,6 +79,8 @@ pub struct Client<T: Transport> {
     retry_delays: Vec<Duration>,
     clock: Arc<dyn Clock>,
     pub traffic: Traffic,
+    /// Kept by the cycle between syncs (local data).
+    pub gzip: Gzip,
 }
 
 impl<T: Transport> Client<T> {
@@ -81,6 +97,7 @@ impl<T: Transport> Client<T> {
             retry_delays: RETRY_DELAYS.to_vec(),
             clock,
             traffic: Traffic::default(),
+            gzip: Gzip::Unknown,
         }
     }
 
@@ -111,14 +128,29 @@ impl<T: Transport> Client<T> {
         body: Option<&[u8]>,
         timeouts: Timeouts,
     ) -> Result<Response, WireError> {
+        self.request_with(method, path, body, timeouts, None)
+    }
+
+    /// A request whose body is gzipped (`Content-Encoding: gzip`) when `encoding` says so.
+    fn request_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&[u8]>,
+        timeouts: Timeouts,
+        encoding: Option<&str>,
+    ) -> Result<Response, WireError> {
         let version = protocol::API_VERSION.to_string();
-        let headers = [
+        let mut headers = vec![
             ("Authorization", self.auth.expose()),
             ("msupply-site-uuid", self.hardware_id.as_str()),
             ("app-version", protocol::APP_VERSION),
             ("app-name", protocol::APP_NAME),
             ("version", version.as_str()),
         ];
+        if let Some(e) = encoding {
+            headers.push(("Content-Encoding", e));
+        }
         let full_path = format!("{}{path}", protocol::PREFIX);
         let mut attempt = 0;
         loop {
@@ -147,6 +179,14 @@ impl<T: Transport> Client<T> {
                 continue;
             }
             let resp = outcome?;
+            // §9.1: a central that takes gzip bodies says so on its answers.
+            if self.gzip == Gzip::Unknown
+                && resp
+                    .header("accept-encoding")
+                    .is_some_and(|a| a.split(',').any(|e| e.trim().eq_ignore_ascii_case("gzip")))
+            {
+                self.gzip = Gzip::Advertised;
+            }
             // §9.4: a redirect is a captive portal or a proxy, never the central.
             if (300..400).contains(&resp.status) {
                 let to = resp.header("location").unwrap_or("elsewhere");
@@ -168,7 +208,18 @@ impl<T: Transport> Client<T> {
         body: Option<&[u8]>,
         timeouts: Timeouts,
     ) -> Result<R, WireError> {
-        let resp = self.request(method, path, body, timeouts)?;
+        self.json_with(method, path, body, timeouts, None)
+    }
+
+    fn json_with<R: DeserializeOwned>(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&[u8]>,
+        timeouts: Timeouts,
+        encoding: Option<&str>,
+    ) -> Result<R, WireError> {
+        let resp = self.request_with(method, path, body, timeouts, encoding)?;
         let (status, html) = (resp.status, is_html(&resp));
         let bytes = self.read_body(resp.body, MAX_SMALL_BODY)?;
         if !(200..300).contains(&status) {
@@ -217,15 +268,41 @@ impl<T: Transport> Client<T> {
     }
 
     /// Sends one push body (already encoded by the batch) and returns
-    /// `integrationStarted`.
-    pub fn push(&mut self, body: &[u8]) -> Result<bool, WireError> {
+    /// `integrationStarted` and the bytes that crossed the link. Gzipped for a
+    /// central that advertised it (§9.1); a 415, or a 400 naming the encoding,
+    /// turns that off for good and the same body goes again plain.
+    pub fn push(&mut self, body: &[u8]) -> Result<(bool, usize), WireError> {
+        if self.gzip == Gzip::Advertised && body.len() > GZIP_PUSH_ABOVE {
+            let packed = gzip(body);
+            let sent = packed.len();
+            match self.json_with::<protocol::PushResponse>(
+                Method::Post,
+                "/queued_records",
+                Some(&packed),
+                Timeouts::DEFAULT,
+                Some("gzip"),
+            ) {
+                Ok(r) => return Ok((r.integration_started, sent)),
+                Err(WireError::Protocol(ProtocolError::Server {
+                    status, message, ..
+                })) if status == 415
+                    || (status == 400 && message.to_ascii_lowercase().contains("encoding")) =>
+                {
+                    log::warn!(
+                        "the central refused a gzip body ({status}); sending plain from now on"
+                    );
+                    self.gzip = Gzip::Refused;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let r: protocol::PushResponse = self.json(
             Method::Post,
             "/queued_records",
             Some(body),
             Timeouts::DEFAULT,
         )?;
-        Ok(r.integration_started)
+        Ok((r.integration_started, body.len()))
     }
 
     pub fn central_records<E: From<WireError> + From<Unreadable>>(
@@ -438,6 +515,17 @@ impl<R: Read> Read for Counting<R> {
             }
         }
     }
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(body);
+    enc.finish().unwrap_or_default()
 }
 
 /// Up to a quarter of `d`, from the OS's random source; spreads a fleet.

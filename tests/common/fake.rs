@@ -52,72 +52,171 @@ impl Reply {
             body,
         }
     }
+    pub fn with(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
 }
 
 pub type Handler = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
 
 /// Serves `handler` on 127.0.0.1:0 until the test process ends.
 pub fn serve(handler: Handler) -> SocketAddr {
+    start(handler, None)
+}
+
+/// The same over TLS with this certificate chain and key (DER).
+pub fn serve_tls(handler: Handler, chain: Vec<Vec<u8>>, key: Vec<u8>) -> SocketAddr {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        chain.into_iter().map(CertificateDer::from).collect(),
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+    )
+    .unwrap();
+    start(handler, Some(Arc::new(config)))
+}
+
+fn start(handler: Handler, tls: Option<Arc<rustls::ServerConfig>>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(stream) = conn else { continue };
-            let handler = handler.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut w = stream;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            let (handler, tls) = (handler.clone(), tls.clone());
+            std::thread::spawn(move || match tls {
+                None => exchange(stream, &handler),
+                Some(config) => {
+                    let Ok(server) = rustls::ServerConnection::new(config) else {
                         return;
-                    }
-                    let mut parts = line.split_whitespace();
-                    let method = parts.next().unwrap_or("").to_string();
-                    let target = parts.next().unwrap_or("").to_string();
-                    let mut headers = Vec::new();
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if h == "\r\n" || h == "\n" {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':') {
-                            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-                        }
-                    }
-                    let len: usize = headers
-                        .iter()
-                        .find(|(k, _)| k == "content-length")
-                        .and_then(|(_, v)| v.parse().ok())
-                        .unwrap_or(0);
-                    let mut body = vec![0; len];
-                    if reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    let reply = handler(&Request {
-                        method,
-                        target,
-                        headers,
-                        body,
-                    });
-                    let mut head = format!(
-                        "HTTP/1.1 {} X\r\nContent-Length: {}\r\n",
-                        reply.status,
-                        reply.body.len()
-                    );
-                    for (k, v) in &reply.headers {
-                        head.push_str(&format!("{k}: {v}\r\n"));
-                    }
-                    head.push_str("\r\n");
-                    if w.write_all(head.as_bytes()).is_err() || w.write_all(&reply.body).is_err() {
-                        return;
-                    }
+                    };
+                    exchange(rustls::StreamOwned::new(server, stream), &handler)
                 }
             });
         }
     });
     addr
+}
+
+/// Requests and answers on one connection until it closes.
+fn exchange<S: Read + Write>(stream: S, handler: &Handler) {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h == "\r\n" || h == "\n" {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let reply = handler(&Request {
+            method,
+            target,
+            headers,
+            body,
+        });
+        let mut head = format!(
+            "HTTP/1.1 {} X\r\nContent-Length: {}\r\n",
+            reply.status,
+            reply.body.len()
+        );
+        for (k, v) in &reply.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let w = reader.get_mut();
+        if w.write_all(head.as_bytes()).is_err()
+            || w.write_all(&reply.body).is_err()
+            || w.flush().is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// A recording HTTP front of a real central: each request is handed to the
+/// central in process (gzip bodies inflated, as its own server would), and the
+/// fake remembers every request as "METHOD /endpoint" (with " gzip" when the
+/// body came compressed). `advertise`: say `Accept-Encoding: gzip` on answers;
+/// `refuse_gzip`: answer a compressed body with 415, as a legacy proxy might.
+pub struct Front {
+    pub seen: Arc<std::sync::Mutex<Vec<String>>>,
+    pub addr: SocketAddr,
+}
+
+pub fn front(central: fieldsync::central::Central, advertise: bool, refuse_gzip: bool) -> Front {
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    let addr = serve(Arc::new(move |req: &Request| {
+        let gz = req.header("content-encoding") == Some("gzip");
+        log.lock().unwrap().push(format!(
+            "{} {}{}",
+            req.method,
+            req.endpoint(),
+            if gz { " gzip" } else { "" }
+        ));
+        let mut reply = if gz && refuse_gzip {
+            Reply::json(
+                415,
+                serde_json::json!({"error": {"code": "unsupported", "message": "no", "data": null}}),
+            )
+        } else {
+            let body = if gz {
+                let mut out = Vec::new();
+                flate2::read::GzDecoder::new(&req.body[..])
+                    .read_to_end(&mut out)
+                    .unwrap();
+                out
+            } else {
+                req.body.clone()
+            };
+            let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+            let r = central.handle(&fieldsync::central::api::Request {
+                method: req.method.clone(),
+                path: path.to_string(),
+                query: query.to_string(),
+                headers: req.headers.clone(),
+                body,
+            });
+            Reply {
+                status: r.status,
+                headers: vec![("Content-Type".into(), "application/json".into())],
+                body: r.body,
+            }
+        };
+        if advertise {
+            reply
+                .headers
+                .push(("Accept-Encoding".into(), "gzip".into()));
+        }
+        reply
+    }));
+    Front { seen, addr }
 }
