@@ -3,9 +3,10 @@
 #
 #   packaging/build-deb.sh ARCH BINARY [OUTDIR]      ARCH: amd64 | arm64 | armhf
 #
-# Installs the binary, the systemd units, the network-up hooks, the LED udev rule
-# and /etc/default/fieldsync; creates the fieldsync system user; enables the
-# timer. `apt install ./fieldsync_<ver>_arm64.deb` on a Raspberry Pi is the path.
+# Installs the binary, the systemd units (and the credential drop-in under
+# /usr/share/fieldsync), the network-up hooks, the LED udev rule and
+# /etc/default/fieldsync; creates the fieldsync system user and its group (which
+# the clinic app's users join); enables the timer. `apt install ./fieldsync_<ver>_arm64.deb` on a Raspberry Pi is the path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 arch=$1
@@ -24,6 +25,7 @@ install -D -m 0644 systemd/60-fieldsync-leds.rules "$root/usr/lib/udev/rules.d/6
 install -D -m 0755 systemd/90-fieldsync.nm-dispatcher "$root/etc/NetworkManager/dispatcher.d/90-fieldsync"
 install -D -m 0755 systemd/50-fieldsync.networkd-dispatcher "$root/etc/networkd-dispatcher/routable.d/50-fieldsync"
 install -D -m 0644 packaging/default.env "$root/etc/default/fieldsync"
+install -D -m 0644 systemd/credential.conf "$root/usr/share/fieldsync/credential.conf"
 install -D -m 0644 README.md "$root/usr/share/doc/fieldsync/README.md"
 printf 'fieldsync\nLicense: MIT\n' | install -D -m 0644 /dev/stdin "$root/usr/share/doc/fieldsync/copyright"
 
@@ -54,7 +56,8 @@ if [ "$1" = configure ]; then
   if ! getent passwd fieldsync >/dev/null; then
     adduser --system --group --home /var/lib/fieldsync --no-create-home fieldsync >/dev/null
   fi
-  install -d -o fieldsync -g fieldsync -m 0750 /var/lib/fieldsync
+  # 2770 setgid: the clinic app's users join the fieldsync group (README, "Security").
+  install -d -o fieldsync -g fieldsync -m 2770 /var/lib/fieldsync
   if command -v udevadm >/dev/null && [ -d /sys/class/leds ]; then
     udevadm control --reload-rules 2>/dev/null || true
     udevadm trigger --subsystem-match=leds --action=change 2>/dev/null || true

@@ -15,7 +15,8 @@ contents=$(dpkg-deb -c "$deb")
 for path in ./usr/bin/fieldsync ./usr/lib/systemd/system/fieldsync-sync.service \
   ./usr/lib/systemd/system/fieldsync-sync.timer ./usr/lib/systemd/system/fieldsync.service \
   ./usr/lib/udev/rules.d/60-fieldsync-leds.rules ./etc/default/fieldsync \
-  ./etc/NetworkManager/dispatcher.d/90-fieldsync ./etc/networkd-dispatcher/routable.d/50-fieldsync; do
+  ./etc/NetworkManager/dispatcher.d/90-fieldsync ./etc/networkd-dispatcher/routable.d/50-fieldsync \
+  ./usr/share/fieldsync/credential.conf; do
   grep -q " $path\$" <<<"$contents" || { echo "missing in package: $path" >&2; exit 1; }
 done
 if grep -q "fieldsync-central" <<<"$contents"; then echo "the device package must not carry the central" >&2; exit 1; fi
@@ -27,6 +28,9 @@ if command -v systemd-analyze >/dev/null; then
   for u in systemd/*.service systemd/*.timer; do
     sed "s#/usr/bin/fieldsync#$(readlink -f "$bin")#" "$u" > "$tmp/$(basename "$u")"
   done
+  # The variant with the site credential from systemd's store: the sync unit with
+  # its drop-in, checked as one unit.
+  { cat "$tmp/fieldsync-sync.service"; cat systemd/credential.conf; } > "$tmp/fieldsync-sync-credential.service"
   getent group fieldsync >/dev/null 2>&1 || [ "$(id -u)" != 0 ] || useradd --system --no-create-home fieldsync
   out=$(systemd-analyze verify "$tmp"/*.service "$tmp"/*.timer 2>&1 || true)
   # An ExecStart binary for another architecture cannot be checked here.
@@ -43,6 +47,7 @@ if [ "$(id -u)" = 0 ] && [ "$arch" = "$(dpkg --print-architecture)" ]; then
   /usr/bin/fieldsync version
   getent passwd fieldsync >/dev/null
   [ -d /var/lib/fieldsync ]
+  [ "$(stat -c %a:%G /var/lib/fieldsync)" = "2770:fieldsync" ] || { echo "/var/lib/fieldsync is $(stat -c %a:%G /var/lib/fieldsync), want 2770:fieldsync" >&2; exit 1; }
   [ -e /etc/systemd/system/timers.target.wants/fieldsync-sync.timer ] || [ -d /run/systemd/system ]
   dpkg --purge fieldsync >/dev/null
   for p in /usr/bin/fieldsync /usr/lib/systemd/system/fieldsync-sync.timer /etc/default/fieldsync /var/lib/fieldsync \

@@ -9,6 +9,7 @@ use crate::store::{self, key, Store, StoreError};
 use crate::wire::credentials;
 use crate::wire::transport::Origin;
 
+use super::credential;
 use super::settings::{effective, lookup, Key, SetBy, Source, KEYS};
 use super::{CmdResult, Failure};
 
@@ -101,6 +102,14 @@ pub fn init(db: &Path, o: &InitOptions) -> CmdResult {
         ));
     }
     let mut store = Store::open(db)?;
+    // The credential first, apart from the database (see `credential`): a kill
+    // before the settings commit leaves a re-runnable init, never a site without one.
+    let configured = std::env::var("FIELDSYNC_CREDENTIAL_FILE")
+        .ok()
+        .or(store.setting(key::CREDENTIAL_FILE)?)
+        .map(PathBuf::from);
+    let places = credential::Places::from_env(db, configured);
+    credential::write(&places.file, &credentials::password_digest(&o.password))?;
     let tx = store.tx()?;
     // Changing the site of an initialised store would mix two sites' data in one file.
     if let (Some(old_url), Some(old_site)) = (
@@ -124,11 +133,6 @@ pub fn init(db: &Path, o: &InitOptions) -> CmdResult {
     store::set_setting(&tx, key::SITE_NAME, &o.site)?;
     store::set_setting(
         &tx,
-        key::PASSWORD_DIGEST,
-        credentials::password_digest(&o.password).expose(),
-    )?;
-    store::set_setting(
-        &tx,
         key::ALLOW_HTTP,
         if o.allow_insecure_http { "1" } else { "0" },
     )?;
@@ -147,11 +151,22 @@ pub fn init(db: &Path, o: &InitOptions) -> CmdResult {
     }
     tx.commit()
         .map_err(|e| StoreError::sqlite("saving settings", e))?;
+    // A digest an older fieldsync kept in the database goes (the file now holds
+    // the new one).
+    credential::migrate(&mut store, &places.file)?;
     let hw = store.setting(key::HARDWARE_ID)?.unwrap_or_default();
     println!(
-        "configured site {} at {} (hardware id {hw}); run `fieldsync sync`",
-        o.site, o.url
+        "configured site {} at {} (hardware id {hw}); the site credential is in {}; run `fieldsync sync`",
+        o.site,
+        o.url,
+        places.file.display()
     );
+    if places.systemd.as_ref().is_some_and(|p| p.exists()) {
+        println!(
+            "note: this process has a systemd credential ({}), which wins over the file; update it too",
+            places.systemd.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+        );
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! - [`settings`]: every setting in one table, resolved from stored rows and the
 //!   environment by one pure function;
 //! - [`config`]: `init`, `config`, password reading;
+//! - [`credential`]: where the site's password digest lives (never the database);
 //! - [`runner`]: one sync with its status file, LED and log lines; `run`'s loop;
 //!   the single-flight lock;
 //! - [`records`]: local records (`put`, `get`, `delete`, `list`, `import`,
@@ -14,6 +15,7 @@
 
 pub mod check;
 pub mod config;
+pub mod credential;
 #[cfg(feature = "central")]
 pub mod demo;
 pub mod records;

@@ -16,13 +16,14 @@ use crate::error::Class;
 use crate::field::led::{self, Leds};
 use crate::field::notify;
 use crate::field::status::{self, Attempt};
-use crate::store::{outbox, Store};
+use crate::store::{key, modes, outbox, Store};
 use crate::sync::{self, Outcome, Progress, Report};
 use crate::wire::client::Client;
-use crate::wire::credentials;
+use crate::wire::credentials::{self, Secret};
 use crate::wire::transport::{HttpTransport, Origin, Transport};
 use crate::wire::TransportError;
 
+use super::credential;
 use super::settings::Settings;
 use super::{CmdResult, Failure};
 
@@ -94,11 +95,7 @@ pub fn lock_path(db: &Path) -> PathBuf {
 
 pub fn lock(db: &Path) -> Result<SyncLock, Failure> {
     let p = lock_path(db);
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
+    let f = modes::open_exact(&p, modes::PRIVATE, false)
         .map_err(|e| Failure::new(Class::Local, format!("lock file {}: {e}", p.display())))?;
     match f.try_lock() {
         Ok(()) => Ok(SyncLock(f)),
@@ -121,10 +118,15 @@ pub struct Setup<T: Transport> {
 
 impl<T: Transport> Setup<T> {
     /// A setup over any transport (tests put an in-process central here).
-    pub fn with_transport(settings: Settings, transport: T, clock: Arc<dyn Clock>) -> Setup<T> {
+    pub fn with_transport(
+        settings: Settings,
+        digest: &Secret,
+        transport: T,
+        clock: Arc<dyn Clock>,
+    ) -> Setup<T> {
         let client = Client::new(
             transport,
-            credentials::basic_auth(&settings.site, &settings.digest),
+            credentials::basic_auth(&settings.site, digest),
             settings.hardware_id.clone(),
             clock,
         )
@@ -142,12 +144,36 @@ impl<T: Transport> Setup<T> {
     }
 }
 
-/// The real setup: HTTP to the configured central, the system clock.
+/// The real setup: HTTP to the configured central, the site credential, the
+/// system clock. Writes nothing (`check` uses it): a digest an older fieldsync
+/// left in the database is used where it is until [`prepare`] moves it.
 pub fn setup(store: &Store) -> Result<Setup<HttpTransport>, Failure> {
     let settings = Settings::load(store)?;
+    let places = credential::Places::from_env(store.path(), settings.credential_file.clone());
+    let digest = match places.read() {
+        Ok(d) => d,
+        Err(e) => match store.setting(key::PASSWORD_DIGEST)? {
+            Some(old) => Secret::new(old),
+            None => return Err(e),
+        },
+    };
     let transport = HttpTransport::new(settings.origin.clone(), &settings.tls)
         .map_err(|e| Failure::new(e.class(), e.to_string()))?;
-    Ok(Setup::with_transport(settings, transport, clock::system()))
+    Ok(Setup::with_transport(
+        settings,
+        &digest,
+        transport,
+        clock::system(),
+    ))
+}
+
+/// [`setup`] for the commands that sync: first moves a digest an older
+/// fieldsync kept in the database out into the credential file.
+pub fn prepare(store: &mut Store) -> Result<Setup<HttpTransport>, Failure> {
+    let settings = Settings::load(store)?;
+    let places = credential::Places::from_env(store.path(), settings.credential_file.clone());
+    credential::migrate(store, &places.file)?;
+    setup(store)
 }
 
 /// TCP connect to the central within [`PROBE_TIMEOUT`].
@@ -273,7 +299,7 @@ fn log_report(r: &Report, took: Duration) {
 pub fn sync(db: &Path, json: bool) -> CmdResult {
     let _lock = lock(db)?;
     let mut store = Store::open_configured(db)?;
-    let mut s = setup(&store)?;
+    let mut s = prepare(&mut store)?;
     let origin = s.settings.origin.clone();
     let report = sync_once(db, &mut store, &mut s, || probe(&origin));
     if json {
@@ -303,7 +329,7 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
     }
     let _lock = lock(db)?;
     let mut store = Store::open_configured(db)?;
-    let mut s = setup(&store)?;
+    let mut s = prepare(&mut store)?;
     let clock = s.client.clock();
     notify::notify("READY=1");
     let watchdog = notify::watchdog_interval();

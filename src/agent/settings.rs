@@ -19,7 +19,6 @@ use crate::field::led;
 use crate::store::{key, Store};
 use crate::sync::batch;
 use crate::sync::Config;
-use crate::wire::credentials::Secret;
 use crate::wire::transport::{Origin, Tls};
 
 use super::Failure;
@@ -173,6 +172,15 @@ pub const KEYS: &[Key] = &[
         check: path,
     },
     Key {
+        name: key::CREDENTIAL_FILE,
+        env: Some("FIELDSYNC_CREDENTIAL_FILE"),
+        default: "the database path + .credential",
+        unit: "path",
+        set_by: SetBy::Deployer,
+        doc: "the site credential (the password digest), readable by the agent's user only; a systemd credential `site-credential` wins over it",
+        check: path,
+    },
+    Key {
         name: key::LED,
         env: Some("FIELDSYNC_LED"),
         default: "",
@@ -261,7 +269,9 @@ pub struct Settings {
     pub origin: Origin,
     pub url: String,
     pub site: String,
-    pub digest: Secret,
+    /// The `credential_file` setting; unset: beside the database (see
+    /// [`super::credential`], which also reads the systemd credential).
+    pub credential_file: Option<PathBuf>,
     pub hardware_id: String,
     pub tls: Tls,
     pub led_dir: PathBuf,
@@ -274,6 +284,10 @@ pub struct Settings {
 pub fn lookup(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
 }
+
+/// Keys whose default is a description for people (derived, or relative to the
+/// database), not a value: no default value for these.
+const DESCRIBED_DEFAULTS: &[&str] = &[key::HARDWARE_ID, key::CREDENTIAL_FILE];
 
 /// Where a value came from, for `fieldsync config`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,7 +309,8 @@ pub fn effective(
     if let Some(v) = stored(k.name) {
         return (Some(v), Source::Stored);
     }
-    let d = (!k.default.is_empty() && k.name != key::HARDWARE_ID).then(|| k.default.to_string());
+    let d = (!k.default.is_empty() && !DESCRIBED_DEFAULTS.contains(&k.name))
+        .then(|| k.default.to_string());
     (d, Source::Default)
 }
 
@@ -330,12 +345,6 @@ impl Settings {
         let url = need(key::CENTRAL_URL)?;
         let site = need(key::SITE_NAME)?;
         let hardware_id = need(key::HARDWARE_ID)?;
-        let digest = stored(key::PASSWORD_DIGEST).ok_or_else(|| {
-            Failure::new(
-                Class::NotConfigured,
-                "not configured (no site password stored): run `fieldsync init` first",
-            )
-        })?;
         let allow = get(key::ALLOW_HTTP)?
             .as_deref()
             .and_then(parse_bool)
@@ -357,7 +366,7 @@ impl Settings {
             origin,
             url,
             site,
-            digest: Secret::new(digest),
+            credential_file: get(key::CREDENTIAL_FILE)?.map(PathBuf::from),
             hardware_id,
             tls: Tls {
                 ca_file: get(key::CA_FILE)?.map(PathBuf::from),
@@ -399,7 +408,6 @@ mod tests {
         ("central_url", "https://central.example.org/msupply"),
         ("site_name", "kaw"),
         ("hardware_id", "HW1"),
-        ("password_digest", "abc"),
     ];
 
     #[test]
@@ -410,6 +418,9 @@ mod tests {
         assert_eq!(s.retry_delays, crate::wire::client::RETRY_DELAYS.to_vec());
         assert_eq!(s.led, None);
         assert_eq!(s.led_dir, PathBuf::from("/sys/class/leds"));
+        assert_eq!(s.credential_file, None, "a described default is no value");
+        let s = resolve(BASE, &[("FIELDSYNC_CREDENTIAL_FILE", "/run/c")]).unwrap();
+        assert_eq!(s.credential_file, Some(PathBuf::from("/run/c")));
     }
 
     #[test]
@@ -452,7 +463,7 @@ mod tests {
     fn every_key_documents_itself_and_accepts_its_default() {
         for k in KEYS {
             assert!(!k.doc.is_empty() && !k.unit.is_empty(), "{}", k.name);
-            if !k.default.is_empty() && k.name != key::HARDWARE_ID {
+            if !k.default.is_empty() && !DESCRIBED_DEFAULTS.contains(&k.name) {
                 k.check(k.default).unwrap();
             }
         }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Class;
 use crate::field::led::Pattern;
-use crate::store::{buffer, key, outbox, Store, StoreError};
+use crate::store::{buffer, key, modes, outbox, Store, StoreError};
 use crate::sync::{Outcome, Report, Step};
 
 /// The snapshot file beside the database.
@@ -87,7 +87,10 @@ impl Attempt {
 pub fn write_snapshot(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_vec_pretty(snap).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, text)?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = modes::open_exact(&tmp, modes::PUBLIC, true)?;
+    std::io::Write::write_all(&mut f, &text)?;
+    drop(f);
     std::fs::rename(&tmp, path)
 }
 

@@ -10,6 +10,7 @@
 
 pub mod buffer;
 mod error;
+pub mod modes;
 pub mod outbox;
 pub mod registry;
 pub mod row;
@@ -32,7 +33,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The busy timeout in force: `FIELDSYNC_BUSY_TIMEOUT_MS` overrides the default
 /// (a deployer whose app holds long transactions; tests).
-fn busy_timeout() -> Duration {
+pub fn busy_timeout() -> Duration {
     std::env::var("FIELDSYNC_BUSY_TIMEOUT_MS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -47,7 +48,10 @@ pub const MAX_RECORD_BYTES: usize = row::MAX_ROW_BYTES;
 pub mod key {
     pub const CENTRAL_URL: &str = "central_url";
     pub const SITE_NAME: &str = "site_name";
+    /// Where older fieldsync kept the password digest; read only to move it out
+    /// (`agent::credential::migrate`), never written.
     pub const PASSWORD_DIGEST: &str = "password_digest";
+    pub const CREDENTIAL_FILE: &str = "credential_file";
     pub const HARDWARE_ID: &str = "hardware_id";
     pub const ALLOW_HTTP: &str = "allow_insecure_http";
     /// Site record id, `siteId` and central's id learned on first contact.
@@ -108,6 +112,8 @@ pub fn default_path() -> PathBuf {
 impl Store {
     /// Opens (creating if needed) and migrates the store at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        modes::guard_database(path)
+            .map_err(|e| StoreError::Io(format!("creating {}", path.display()), e))?;
         let conn = Connection::open(path)
             .map_err(|e| StoreError::sqlite(format!("opening {}", path.display()), e))?;
         Store::setup(conn, path.to_path_buf())

@@ -32,6 +32,7 @@ use crate::wire::transport::Transport;
 use crate::wire::{ProtocolError, TransportError, WireError};
 
 pub use init::{init_action, InitAction, InitState};
+pub use pull::incoming;
 
 /// Tunables of one cycle; `Default` gives the documented defaults.
 #[derive(Debug, Clone, PartialEq)]

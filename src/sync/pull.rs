@@ -332,7 +332,7 @@ fn set_aside_received(tx: &rusqlite::Connection, u: &Unreadable) -> Result<(), S
 
 /// What a received envelope asks for (§3): actions in any case, `insert` is an
 /// upsert, a delete's `recordData` may be anything, a merge names both ids.
-pub(crate) fn incoming(rec: &SyncRecord) -> Incoming<'_> {
+pub fn incoming(rec: &SyncRecord) -> Incoming<'_> {
     let (table, id) = (rec.table_name.as_str(), rec.record_id.as_str());
     let invalid = |why: String| Incoming::Invalid { table, id, why };
     if table.is_empty() || id.is_empty() {

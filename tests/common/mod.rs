@@ -139,7 +139,9 @@ pub fn agent_env(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .arg(db)
         .args(args)
         .env_remove("JOURNAL_STREAM")
-        .env_remove("NOTIFY_SOCKET");
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("FIELDSYNC_CREDENTIAL_FILE");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -185,7 +187,19 @@ pub fn raw(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap();
+    try_raw(addr, method, path, headers, body).unwrap()
+}
+
+/// [`raw`], with the link's failures (a central killed mid-answer) as errors.
+pub fn try_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    let broken = |m: &str| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, m.to_string());
+    let mut s = TcpStream::connect(addr)?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -194,37 +208,49 @@ pub fn raw(
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
     let mut all = Vec::new();
-    s.read_to_end(&mut all).unwrap();
-    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    s.read_to_end(&mut all)?;
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| broken("no complete answer head"))?;
     let head = String::from_utf8_lossy(&all[..split]).into_owned();
     let body = all[split + 4..].to_vec();
     let mut lines = head.lines();
     let status = lines
         .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| broken("no status line"))?;
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    Resp {
+    Ok(Resp {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// A v5 call as site `name` from device `hw`.
 pub fn v5(env: &Env, name: &str, hw: &str, method: &str, path: &str, body: &[u8]) -> Resp {
+    try_v5(env, name, hw, method, path, body).unwrap()
+}
+
+/// [`v5`], with the link's failures as errors.
+pub fn try_v5(
+    env: &Env,
+    name: &str,
+    hw: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<Resp> {
     let auth = env.auth(name);
-    raw(
+    try_raw(
         env.addr,
         method,
         &format!("/sync/v5{path}"),

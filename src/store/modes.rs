@@ -1,0 +1,118 @@
+//! Who may read the files fieldsync keeps beside the database. Set exactly,
+//! whatever the umask of whoever ran the command (a person's shell, systemd's
+//! `UMask=`, a tablet's app):
+//!
+//! - the database and its `-wal`/`-shm`: [`SHARED`] (`0660`): the agent's user and
+//!   the clinic app's group (the package's `fieldsync` group), never anyone else;
+//! - the status snapshot: [`PUBLIC`] (`0644`): it holds no secret;
+//! - the lock file and the site credential: [`PRIVATE`] (`0600`).
+//!
+//! SQLite gives the `-wal` and `-shm` it creates the database file's mode, so
+//! creating the database with the right mode is enough for all three.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+
+pub const SHARED: u32 = 0o660;
+pub const PUBLIC: u32 = 0o644;
+pub const PRIVATE: u32 = 0o600;
+
+/// Opens `path` for writing (created if missing, never truncated) with exactly
+/// `mode`.
+pub fn open_exact(path: &Path, mode: u32, create_new: bool) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.write(true);
+    if create_new {
+        o.create_new(true);
+    } else {
+        o.create(true).truncate(false);
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, mode);
+    let f = o.open(path)?;
+    set_exact(&f, mode)?;
+    Ok(f)
+}
+
+/// Sets `mode` exactly: the umask only ever removes bits at creation.
+pub fn set_exact(f: &File, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if f.metadata()?.permissions().mode() & 0o7777 != mode {
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (f, mode);
+    Ok(())
+}
+
+/// Before SQLite opens the database: creates it [`SHARED`] when missing; a
+/// database others can read (made by an older fieldsync, `0644`) is put back to
+/// [`SHARED`] with its `-wal` and `-shm`. Files this user does not own are left
+/// as they are, with a warning.
+pub fn guard_database(path: &Path) -> std::io::Result<()> {
+    if path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    if !path.exists() {
+        return match open_exact(path, SHARED, true) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            r => r.map(drop),
+        };
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            let Ok(m) = std::fs::metadata(&p) else {
+                continue;
+            };
+            if m.permissions().mode() & 0o007 == 0 {
+                continue;
+            }
+            if let Err(e) = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(SHARED)) {
+                log::warn!(
+                    "{} can be read by any user of this device and fieldsync cannot change that ({e}); \
+                     `chmod 660` it as its owner",
+                    p.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_database_others_could_read_is_closed_with_its_wal() {
+        let d = std::env::temp_dir().join(format!("fs-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let db = d.join("f.sqlite");
+        guard_database(&db).unwrap();
+        assert_eq!(mode(&db), SHARED);
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let wal = d.join("f.sqlite-wal");
+        std::fs::write(&wal, b"").unwrap();
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
+        guard_database(&db).unwrap();
+        assert_eq!((mode(&db), mode(&wal)), (SHARED, SHARED));
+        // A deliberate 0600 is not widened.
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+        guard_database(&db).unwrap();
+        assert_eq!(mode(&db), 0o600);
+    }
+}
