@@ -20,6 +20,15 @@
 //!   device builds.
 #![forbid(unsafe_code)]
 
+/// A named point of the sync cycle where the crash tests may kill the agent
+/// (`testkit::crash`); nothing at all in builds without the `testkit` feature.
+macro_rules! crash_point {
+    ($point:literal) => {
+        #[cfg(feature = "testkit")]
+        $crate::testkit::crash::here($point);
+    };
+}
+
 pub mod agent;
 #[cfg(feature = "central")]
 pub mod central;

@@ -21,17 +21,7 @@ fn long() -> bool {
 
 /// `fieldsync init` of site `name` against `url` (password pw-NAME), fast polls.
 fn init_at(env: &Env, db: &Path, name: &str, url: &str) {
-    let out = agent_env(
-        db,
-        &["init", "--url", url, "--site", name, "--password-env", "P"],
-        &[("P", &format!("pw-{name}"))],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    env.config(db, "init_poll_secs", "1");
+    env.init_url(db, name, url);
     env.config(db, "retry_base_ms", "10");
 }
 

@@ -114,3 +114,33 @@ pub fn status(db: &Path, json: bool) -> CmdResult {
     }
     Ok(())
 }
+
+/// `fieldsync status --watch`: the status every second while a sync runs (for a
+/// second SSH session or a helper's screen), then once more when it has ended.
+/// On a terminal each view replaces the last; otherwise they follow each other
+/// (with `--json`, one JSON object per line).
+pub fn watch(db: &Path, json: bool) -> CmdResult {
+    use std::io::IsTerminal;
+    let redraw = !json && std::io::stdout().is_terminal();
+    loop {
+        let snap = status::read_snapshot(&status::snapshot_path(db));
+        let store = Store::open_existing(db)?;
+        let v = status::view(&store, snap.as_ref())?;
+        drop(store);
+        if json {
+            println!("{}", serde_json::to_string(&v).unwrap_or_default());
+        } else {
+            if redraw {
+                print!("\x1b[H\x1b[2J");
+            }
+            print!("{}", status::render(&v, status::now_unix()));
+            if !redraw {
+                println!();
+            }
+        }
+        if !v.running {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}

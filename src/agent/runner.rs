@@ -15,6 +15,7 @@ use crate::clock::{self, Clock};
 use crate::error::Class;
 use crate::field::led::{self, Leds};
 use crate::field::notify;
+use crate::field::progress;
 use crate::field::status::{self, Attempt};
 use crate::store::{key, modes, outbox, Store};
 use crate::sync::{self, Outcome, Progress, Report};
@@ -176,6 +177,19 @@ pub fn prepare(store: &mut Store) -> Result<Setup<HttpTransport>, Failure> {
     setup(store)
 }
 
+/// Where a sync's progress goes: a live line on a terminal (not `--quiet`, not
+/// the journal), else a log line every `every` during long steps.
+fn progress_sink(every: Duration) -> progress::Sink {
+    use std::io::IsTerminal;
+    if log::max_level() < log::LevelFilter::Info {
+        progress::Sink::None
+    } else if std::io::stderr().is_terminal() && std::env::var_os("JOURNAL_STREAM").is_none() {
+        progress::Sink::Terminal
+    } else {
+        progress::Sink::Log { every }
+    }
+}
+
 /// TCP connect to the central within [`PROBE_TIMEOUT`].
 pub fn probe(origin: &Origin) -> Result<(), TransportError> {
     use std::net::ToSocketAddrs;
@@ -217,28 +231,22 @@ pub fn sync_once<T: Transport>(
     let clock = s.client.clock();
     let started = clock.now();
     let mut last_write = clock.now();
-    let mut last_log = clock.now();
     let mut last_step = None;
+    let mut meter = progress::Meter::new(progress_sink(s.settings.progress_every));
     // Under `fieldsync run` with systemd's watchdog: a long sync is alive too.
     let watchdog = notify::watchdog_interval();
     let mut last_ping = clock.now();
     let mut observe = |p: Progress| {
         let now = clock.now();
-        // Snapshot on every step change and at most every second; a log line
-        // at least every 5 s during long work ("x of y").
+        let line = meter.update(&p, now - started);
+        // Snapshot on every step change and at most every second.
         if last_step != Some(p.step) || now - last_write >= Duration::from_secs(1) {
             snap.step = Some(p.step);
             snap.done = p.done;
             snap.total = p.total;
+            snap.line = Some(line.to_string());
             let _ = status::write_snapshot(&snap_path, &snap);
             last_write = now;
-        }
-        if last_step == Some(p.step) && now - last_log >= Duration::from_secs(5) {
-            match p.total {
-                Some(t) => log::info!("{:?}: {} of {t}", p.step, p.done),
-                None => log::info!("{:?}: {}", p.step, p.done),
-            }
-            last_log = now;
         }
         last_step = Some(p.step);
         if watchdog.is_some_and(|w| now - last_ping >= w.min(Duration::from_secs(5))) {
@@ -247,6 +255,7 @@ pub fn sync_once<T: Transport>(
         }
     };
     let mut report = sync::run(store, &mut s.client, &s.settings.sync, probe, &mut observe);
+    meter.finish();
     count_in_a_row(store, &mut report);
     log_report(&report, s.client.clock().now() - started);
     let attempt = Attempt::from_report(&report);
@@ -258,6 +267,7 @@ pub fn sync_once<T: Transport>(
     s.leds.show(pattern);
     snap.running = false;
     snap.step = None;
+    snap.line = None;
     snap.led = Some(pattern);
     snap.last = Some(attempt);
     let _ = status::write_snapshot(&snap_path, &snap);

@@ -98,6 +98,9 @@ fn bytes(v: &str) -> Result<(), String> {
 fn seconds(v: &str) -> Result<(), String> {
     whole(v, 0, 24 * 3600)
 }
+fn progress_secs(v: &str) -> Result<(), String> {
+    whole(v, 1, 3600)
+}
 fn millis(v: &str) -> Result<(), String> {
     whole(v, 0, 600_000)
 }
@@ -199,6 +202,15 @@ pub const KEYS: &[Key] = &[
         check: any,
     },
     Key {
+        name: key::PROGRESS_SECS,
+        env: Some("FIELDSYNC_PROGRESS_SECS"),
+        default: "30",
+        unit: "seconds",
+        set_by: SetBy::Deployer,
+        doc: "how often a step that runs longer writes a progress line to the journal or log file (a terminal gets a live line instead)",
+        check: progress_secs,
+    },
+    Key {
         name: "led_dir",
         env: Some("FIELDSYNC_LED_DIR"),
         default: led::SYS_LEDS,
@@ -279,6 +291,8 @@ pub struct Settings {
     pub attention_led: Option<String>,
     pub sync: Config,
     pub retry_delays: Vec<Duration>,
+    /// How often a long step writes a progress line to the journal or log file.
+    pub progress_every: Duration,
 }
 
 pub fn lookup(name: &str) -> Option<&'static Key> {
@@ -376,6 +390,7 @@ impl Settings {
             attention_led: led_name(key::ATTENTION_LED)?,
             sync,
             retry_delays: (0..3).map(|i| Duration::from_millis(base << i)).collect(),
+            progress_every: Duration::from_secs(number(key::PROGRESS_SECS)?),
         })
     }
 

@@ -117,6 +117,9 @@ struct Status {
     /// everything, as JSON
     #[argh(switch)]
     json: bool,
+    /// refresh every second until the running sync ends
+    #[argh(switch)]
+    watch: bool,
 }
 
 /// check the connection to the central step by step; writes nothing
@@ -306,6 +309,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Sync(s) => runner::sync(&db, s.json),
         Command::Run(r) => runner::run(&db, Duration::from_secs(r.interval)),
+        Command::Status(s) if s.watch => agent::watch(&db, s.json),
         Command::Status(s) => agent::status(&db, s.json),
         Command::Check(c) => agent::check::check(&db, c.json),
         Command::Config(c) => match c

@@ -62,7 +62,7 @@ pub fn init(level: LevelFilter, file: Option<PathBuf>) {
         loggers.push(Box::new(Journal { level }));
     } else {
         loggers.extend(pair(level, false, &mut |l, c| {
-            WriteLogger::new(l, c, std::io::stderr())
+            WriteLogger::new(l, c, Terminal)
         }));
     }
     if let Some(path) = file {
@@ -71,6 +71,20 @@ pub fn init(level: LevelFilter, file: Option<PathBuf>) {
         }));
     }
     let _ = CombinedLogger::init(loggers);
+}
+
+/// stderr, clearing the progress line first if one stands (see `progress`).
+struct Terminal;
+
+impl Write for Terminal {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        super::progress::clear_live_line(&mut err);
+        err.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// journald priorities on stderr, no timestamp (the journal keeps its own).

@@ -31,6 +31,9 @@ pub struct Snapshot {
     pub step: Option<Step>,
     pub done: u64,
     pub total: Option<u64>,
+    /// The progress line as the terminal shows it (see `progress`).
+    #[serde(default)]
+    pub line: Option<String>,
     pub led: Option<Pattern>,
     pub last: Option<Attempt>,
 }
@@ -207,9 +210,10 @@ pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> 
             None
         },
         progress: if running {
-            snap.map(|s| match s.total {
-                Some(t) => format!("{} of {t}", s.done),
-                None => format!("{}", s.done),
+            snap.map(|s| match (&s.line, s.total) {
+                (Some(l), _) if !l.is_empty() => l.clone(),
+                (_, Some(t)) => format!("{} of {t}", s.done),
+                (_, None) => format!("{}", s.done),
             })
         } else {
             None

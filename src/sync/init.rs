@@ -77,6 +77,7 @@ impl<T: Transport> Cycle<'_, T> {
             }
             other => other?,
         };
+        crash_point!("site-answered");
         if site.is_om_supply_central_server {
             return Err(SyncError::Attention(
                 Class::Site,
@@ -138,6 +139,7 @@ impl<T: Transport> Cycle<'_, T> {
         if action == InitAction::Initialise {
             match self.client.initialise() {
                 Ok(r) => {
+                    crash_point!("initialise-answered");
                     self.store
                         .set_setting(key::INIT_STATE, InitState::Requested.as_str())?;
                     match r.queue_length {
@@ -163,6 +165,7 @@ impl<T: Transport> Cycle<'_, T> {
         let mut polls = 0;
         loop {
             let status = self.client.site_status()?;
+            crash_point!("init-poll");
             if status.code == "idle" {
                 break;
             }
@@ -224,6 +227,7 @@ impl<T: Transport> Cycle<'_, T> {
         crate::store::set_setting(&tx, key::INIT_STATE, InitState::Initialised.as_str())?;
         tx.commit()
             .map_err(|e| StoreError::sqlite("completing initialisation", e))?;
+        crash_point!("init-finished");
         log::info!("initialisation complete: active store {only}");
         Ok(())
     }

@@ -115,8 +115,10 @@ pub fn integrate(
                     }
                 }
             }
+            crash_point!("integration-mid");
             Ok(())
         })?;
+        crash_point!("integration-committed");
         progress(report.integrated + report.failed + report.ignored);
     }
     Ok(report)

@@ -88,13 +88,15 @@ pub enum Step {
 }
 
 /// Progress handed to the observer: the step, "x of y" where known, and the
-/// bytes that crossed the link so far in this cycle.
+/// bytes that crossed the link so far in this cycle (received counts a page as
+/// it streams in).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
     pub step: Step,
     pub done: u64,
     pub total: Option<u64>,
-    pub bytes: u64,
+    pub sent: u64,
+    pub received: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -369,7 +371,8 @@ impl<T: Transport> Cycle<'_, T> {
             step,
             done,
             total,
-            bytes: t.bytes_sent + t.bytes_received,
+            sent: t.bytes_sent,
+            received: t.bytes_received,
         });
     }
 

@@ -60,7 +60,11 @@ impl<T: Transport> Cycle<'_, T> {
             let limit = self.pull_limit()?;
             self.step(Step::CentralRecords, self.report.pulled_central, None);
             let pulled_before = self.report.pulled_central;
-            let bytes_before = self.client.traffic.bytes_received;
+            let (sent, received_before) = (
+                self.client.traffic.bytes_sent,
+                self.client.traffic.bytes_received,
+            );
+            let live = self.client.in_flight();
             let observe = &mut *self.observe;
             let tx = self.store.tx()?;
             let (mut last, mut count) = (cursor, 0u64);
@@ -83,7 +87,8 @@ impl<T: Transport> Cycle<'_, T> {
                             step: Step::CentralRecords,
                             done: pulled_before + count,
                             total: None,
-                            bytes: bytes_before,
+                            sent,
+                            received: received_before + live.get(),
                         });
                     }
                     Ok(())
@@ -121,8 +126,10 @@ impl<T: Transport> Cycle<'_, T> {
             save_limit(&tx, limit, took, bounds)?;
             if count > 0 {
                 crate::store::set_setting(&tx, key::CURSOR, &last.to_string())?;
+                crash_point!("central-page-buffered");
                 tx.commit()
                     .map_err(|e| StoreError::sqlite("storing central records", e))?;
+                crash_point!("central-page-committed");
                 self.report.pulled_central += count;
             } else if header.max_cursor.is_some_and(|max| max > cursor)
                 && gaps < self.cfg.max_gap_steps
@@ -154,7 +161,11 @@ impl<T: Transport> Cycle<'_, T> {
             self.step(Step::Queue, self.report.pulled_queue, None);
             let limit = self.pull_limit()?;
             let pulled_before = self.report.pulled_queue;
-            let bytes_before = self.client.traffic.bytes_received;
+            let (sent, received_before) = (
+                self.client.traffic.bytes_sent,
+                self.client.traffic.bytes_received,
+            );
+            let live = self.client.in_flight();
             let observe = &mut *self.observe;
             let tx = self.store.tx()?;
             let mut ids: Vec<String> = Vec::new();
@@ -172,7 +183,8 @@ impl<T: Transport> Cycle<'_, T> {
                             step: Step::Queue,
                             done: pulled_before + ids.len() as u64,
                             total: None,
-                            bytes: bytes_before,
+                            sent,
+                            received: received_before + live.get(),
                         });
                     }
                     Ok(())
@@ -220,8 +232,10 @@ impl<T: Transport> Cycle<'_, T> {
                     "the central sent acknowledged records again; the queue does not advance",
                 ));
             }
+            crash_point!("queue-page-buffered");
             tx.commit()
                 .map_err(|e| StoreError::sqlite("storing queued records", e))?;
+            crash_point!("queue-page-committed");
             self.report.pulled_queue += ids.len() as u64;
             ids.sort_unstable();
             ids.dedup();
@@ -232,6 +246,7 @@ impl<T: Transport> Cycle<'_, T> {
                 );
                 return Ok(Some(e.into()));
             }
+            crash_point!("ack-answered");
             previous = ids;
         }
     }
@@ -245,14 +260,15 @@ impl<T: Transport> Cycle<'_, T> {
             active_store: self.store.active_store()?,
             initialised,
         };
-        let bytes = self.client.traffic.bytes_sent + self.client.traffic.bytes_received;
+        let t = self.client.traffic;
         let observe = &mut *self.observe;
         let r = integration::integrate(self.store, &site, |done| {
             observe(Progress {
                 step: Step::Integrate,
                 done,
                 total: Some(total),
-                bytes,
+                sent: t.bytes_sent,
+                received: t.bytes_received,
             })
         })?;
         self.report.integrated += r.integrated;

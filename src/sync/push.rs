@@ -51,18 +51,23 @@ impl<T: Transport> Cycle<'_, T> {
             let started = self.clock.now();
             match self.client.push(&body) {
                 Ok((started_integration, wire)) => {
+                    if !final_push {
+                        crash_point!("push-answered");
+                    }
                     if final_push {
                         if !started_integration {
                             return Err(SyncError::violation(
                                 "integration not started: the central answered false to the final push",
                             ));
                         }
+                        crash_point!("final-push-answered");
                         break;
                     }
                     let tx = self.store.tx()?;
                     outbox::mark_sent(&tx, &sent)?;
                     tx.commit()
                         .map_err(|e| StoreError::sqlite("confirming pushed records", e))?;
+                    crash_point!("push-confirmed");
                     self.report.pushed += sent.len() as u64;
                     self.report.push_batches += 1;
                     ratio = (wire as f64 / body.len().max(1) as f64).clamp(0.02, 1.0);
@@ -84,6 +89,7 @@ impl<T: Transport> Cycle<'_, T> {
         outbox::delete_sent(&tx)?;
         tx.commit()
             .map_err(|e| StoreError::sqlite("clearing pushed records", e))?;
+        crash_point!("outbox-cleared");
         self.wait_integration()
     }
 
@@ -176,6 +182,7 @@ impl<T: Transport> Cycle<'_, T> {
         let mut delay = FIRST_STATUS_LOOK;
         loop {
             let status = self.client.site_status()?;
+            crash_point!("wait-status");
             if status.code == "idle" {
                 return Ok(());
             }
@@ -214,6 +221,7 @@ impl<T: Transport> Cycle<'_, T> {
         let any = !numbered.is_empty();
         self.report.numbered.extend(numbered);
         if any {
+            crash_point!("transfer-numbered");
             self.push()?;
         }
         Ok(())

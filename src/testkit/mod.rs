@@ -3,10 +3,12 @@
 //! - [`linkem`]: the link emulator, a userspace TCP proxy with bandwidth, latency
 //!   and seeded faults (the kernel's netem is not available everywhere);
 //! - [`inprocess`]: the reference central as a [`crate::wire::transport::Transport`]
-//!   in the same process, for cycle tests in virtual time.
+//!   in the same process, for cycle tests in virtual time;
+//! - [`crash`]: named points of the cycle where a crash test kills the agent.
 
 #[cfg(feature = "central")]
 pub mod bench;
+pub mod crash;
 #[cfg(feature = "central")]
 pub mod inprocess;
 pub mod linkem;

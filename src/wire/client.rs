@@ -8,7 +8,9 @@
 //! callback's error type is the caller's; every failure of the call itself becomes
 //! that type through `From<WireError>`, so errors keep their type end to end.
 
+use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +81,9 @@ pub struct Client<T: Transport> {
     retry_delays: Vec<Duration>,
     clock: Arc<dyn Clock>,
     pub traffic: Traffic,
+    /// Bytes of the pull page being decoded, as they arrive (added to `traffic`
+    /// when the page ends): a progress line moves during a long page.
+    in_flight: Rc<Cell<u64>>,
     /// Kept by the cycle between syncs (local data).
     pub gzip: Gzip,
 }
@@ -97,6 +102,7 @@ impl<T: Transport> Client<T> {
             retry_delays: RETRY_DELAYS.to_vec(),
             clock,
             traffic: Traffic::default(),
+            in_flight: Rc::default(),
             gzip: Gzip::Unknown,
         }
     }
@@ -305,6 +311,11 @@ impl<T: Transport> Client<T> {
         Ok((r.integration_started, body.len()))
     }
 
+    /// The counter of the page being decoded (see `in_flight`).
+    pub fn in_flight(&self) -> Rc<Cell<u64>> {
+        self.in_flight.clone()
+    }
+
     pub fn central_records<E: From<WireError> + From<Unreadable>>(
         &mut self,
         cursor: u64,
@@ -339,8 +350,13 @@ impl<T: Transport> Client<T> {
         // Per-record byte budget: once one record has taken more than
         // MAX_RECORD_BYTES_ON_WIRE without completing, the reader refuses to read
         // on, so a single giant or endless record cannot grow memory.
-        let since = std::rc::Rc::new(std::cell::Cell::new(0u64));
-        let mut counted = BufReader::new(Counting::new(resp.body, since.clone()));
+        let since = Rc::new(Cell::new(0u64));
+        self.in_flight.set(0);
+        let mut counted = BufReader::new(Counting::new(
+            resp.body,
+            since.clone(),
+            self.in_flight.clone(),
+        ));
         if html || counted.fill_buf().is_ok_and(looks_like_html) {
             let mut start = Vec::new();
             let _ = (&mut counted).take(4096).read_to_end(&mut start);
@@ -354,6 +370,7 @@ impl<T: Transport> Client<T> {
         let result = decode::decode_pull(&mut counted, &mut per_record);
         let reader = counted.into_inner();
         self.traffic.bytes_received += reader.n;
+        self.in_flight.set(0);
         match result {
             Ok(h) => Ok(h),
             Err(PullError::Stopped(e)) => Err(e),
@@ -477,17 +494,20 @@ struct Counting<R> {
     n: u64,
     io_error: Option<TransportError>,
     record_too_large: bool,
-    since_record: std::rc::Rc<std::cell::Cell<u64>>,
+    since_record: Rc<Cell<u64>>,
+    /// The same count as `n`, seen by the progress observer.
+    seen: Rc<Cell<u64>>,
 }
 
 impl<R> Counting<R> {
-    fn new(inner: R, since_record: std::rc::Rc<std::cell::Cell<u64>>) -> Self {
+    fn new(inner: R, since_record: Rc<Cell<u64>>, seen: Rc<Cell<u64>>) -> Self {
         Counting {
             inner,
             n: 0,
             io_error: None,
             record_too_large: false,
             since_record,
+            seen,
         }
     }
 }
@@ -503,6 +523,7 @@ impl<R: Read> Read for Counting<R> {
         match self.inner.read(buf) {
             Ok(n) => {
                 self.n += n as u64;
+                self.seen.set(self.n);
                 self.since_record.set(self.since_record.get() + n as u64);
                 Ok(n)
             }

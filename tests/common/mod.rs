@@ -74,12 +74,17 @@ impl Env {
 
     /// `fieldsync init` for site `name` (password pw-NAME), with a fixed hardware id.
     pub fn init(&self, db: &Path, name: &str) {
+        self.init_url(db, name, &self.url());
+    }
+
+    /// [`Env::init`] against another address (a link emulator, a front).
+    pub fn init_url(&self, db: &Path, name: &str, url: &str) {
         let out = agent_env(
             db,
             &[
                 "init",
                 "--url",
-                &self.url(),
+                url,
                 "--site",
                 name,
                 "--password-env",
@@ -316,17 +321,27 @@ pub fn pull_all(env: &Env, name: &str, hw: &str) -> Vec<Value> {
 /// Initialises a site and acknowledges everything its initialisation queued.
 pub fn init_and_drain(env: &Env, site: &str, hw: &str) {
     init(env, site, hw);
+    drain(env, site, hw);
+}
+
+/// Pulls site `site`'s whole queue and acknowledges it.
+pub fn drain(env: &Env, site: &str, hw: &str) {
     let ids: Vec<Value> = pull_all(env, site, hw)
         .iter()
         .map(|r| r["syncOutId"].clone())
         .collect();
-    v5(
+    let r = v5(
         env,
         site,
         hw,
         "POST",
         "/acknowledged_records",
         json!({"syncIDs": ids}).to_string().as_bytes(),
+    );
+    assert!(
+        matches!(r.status, 200 | 204),
+        "{}",
+        String::from_utf8_lossy(&r.body)
     );
 }
 
