@@ -1,29 +1,29 @@
 #!/usr/bin/env bash
-# End-to-end check of the ARM device binary under qemu-user: the aarch64 agent
-# (release, no central) against a native reference central on loopback —
-# initialise, pull, a local write, push, status, and the offline exit code.
+# End-to-end check of an ARM device binary under qemu-user: the agent (release,
+# no central; aarch64 or armv7, told apart by its ELF header) against a native
+# reference central on loopback — initialise, pull, a local write, push, status,
+# and the offline exit code. Programs run against Debian's multiarch libc
+# (`-L /`); the whole suite runs with `cross/build.sh ARCH --test`.
 #
-#   cross/smoke.sh [AGENT_BINARY]        (default: the cross/build.sh output)
-#
-# Why not the whole test suite under qemu: on this project's CI machines
-# (Firecracker VMs, kernel 6.18) qemu-user 7.2 and 10.0 both hang at the first
-# pthread_create of any aarch64 program, C or Rust; the test harness needs
-# threads, the agent does not. `cross/build.sh aarch64 --test` runs the suite
-# where qemu-user threads work.
+#   cross/smoke.sh [AGENT_BINARY]        (default: the aarch64 cross/build.sh output)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/cross/aarch64-unknown-linux-gnu/release/fieldsync}
 central=target/debug/fieldsync-central
 [ -x "$central" ] || cargo build --bin fieldsync-central
-agent() { timeout 120 qemu-aarch64 -L / "$bin" --db "$dir/agent.sqlite" "$@"; }
+# ELF e_machine: 183 aarch64, 40 arm.
+machine=$(python3 -c 'import sys; d=open(sys.argv[1],"rb").read(20); print(int.from_bytes(d[18:20],"little") if d[:4]==b"\x7fELF" else 0)' "$bin")
+case $machine in
+  183) qemu=qemu-aarch64; arch=aarch64 ;;
+  40) qemu=qemu-arm; arch=armv7 ;;
+  *) echo "not an ARM binary: $bin" >&2; exit 1 ;;
+esac
+agent() { timeout 120 "$qemu" -L / "$bin" --db "$dir/agent.sqlite" "$@"; }
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cleanup() { [ -n "${cpid:-}" ] && kill "$cpid" 2>/dev/null; rm -rf "$dir"; }
 trap cleanup EXIT
 
-# ELF e_machine 183 = aarch64.
-python3 -c 'import sys; d=open(sys.argv[1],"rb").read(20); sys.exit(0 if d[:4]==b"\x7fELF" and int.from_bytes(d[18:20],"little")==183 else 1)' "$bin" \
-  || { echo "not an aarch64 binary: $bin" >&2; exit 1; }
 PW=pw "$central" --db "$dir/c.sqlite" site add kaw --code KAW --password-env PW >/dev/null
 "$central" --db "$dir/c.sqlite" store add S_KAW --name "Kawakawa" --site kaw
 "$central" --db "$dir/c.sqlite" put item '{"ID":"I1","item_name":"Paracetamol"}'
@@ -45,4 +45,4 @@ agent sync 2>/dev/null
 code=$?
 set -e
 [ $code = 10 ] || { echo "offline sync exited $code, want 10" >&2; exit 1; }
-echo "aarch64 agent under qemu: init, pull, push, status, offline exit code: ok"
+echo "$arch agent under qemu: init, pull, push, status, offline exit code: ok"

@@ -650,16 +650,18 @@ fn what_the_central_answers_survives_a_power_cut() {
         // A reader holding the database open (an administrator's report, a
         // backup): no connection of the central is then the last to close, whose
         // checkpoint would sync the WAL whatever the central's setting.
-        let mut reader = std::process::Command::new("sqlite3")
-            .arg(&db)
-            .env("LD_PRELOAD", &shim)
-            .env("POWERCUT_DIR", &dir)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()
-            .map(Killed);
+        let mut reader = common::have("sqlite3").then(|| {
+            std::process::Command::new("sqlite3")
+                .arg(&db)
+                .env("LD_PRELOAD", &shim)
+                .env("POWERCUT_DIR", &dir)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map(Killed)
+                .unwrap()
+        });
         match reader.as_mut().and_then(|r| r.0.stdin.as_mut()) {
             Some(input) => input
                 .write_all(b"BEGIN; SELECT count(*) FROM site;\n")
@@ -693,8 +695,9 @@ fn what_the_central_answers_survives_a_power_cut() {
                 })
             })
             .collect();
+        let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let pusher = {
-            let (stop, auth) = (stop.clone(), auth.clone());
+            let (stop, auth, batches) = (stop.clone(), auth.clone(), batches.clone());
             std::thread::spawn(move || {
                 let mut ok = Vec::new();
                 for batch in 0.. {
@@ -726,17 +729,31 @@ fn what_the_central_answers_survives_a_power_cut() {
                         body.as_bytes(),
                     );
                     match r {
-                        Ok(r) if r.status == 200 => ok.extend(ids),
+                        Ok(r) if r.status == 200 => {
+                            ok.extend(ids);
+                            batches.fetch_add(1, Ordering::SeqCst);
+                        }
                         _ => break,
                     }
                 }
                 ok
             })
         };
+        // The cut comes after a random number of answered pushes, then a random
+        // moment: wherever the central is, whatever the machine's speed.
         rng = rng
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        std::thread::sleep(Duration::from_millis(200 + (rng >> 33) % 1000));
+        let after = 1 + ((rng >> 33) % 40) as usize;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while batches.load(Ordering::SeqCst) < after {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: fewer than {after} pushes answered in 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis((rng >> 40) % 200));
         child.kill().unwrap(); // the power goes
         child.wait().unwrap();
         drop(reader);

@@ -98,7 +98,7 @@ fn snapshot(db: &Path) -> Snapshot {
 }
 
 fn shell() -> bool {
-    Command::new("sqlite3").arg("--version").output().is_ok()
+    common::have("sqlite3")
 }
 
 /// Runs `sql` on a fresh site through each engine and mode; returns the errors.

@@ -352,11 +352,7 @@ fn c38_networks_that_answer_instead_of_the_central_are_offline_not_support_calls
     let (code, _, stderr) = sync_with(&db, &[]);
     assert_eq!(code, 0, "trusted with the CA file: {stderr}");
     // The same certificate seen by a device whose clock says 1970.
-    if std::process::Command::new("faketime")
-        .arg("--version")
-        .output()
-        .is_ok()
-    {
+    if common::have("faketime") {
         let out = std::process::Command::new("faketime")
             .args([
                 "1970-01-02 00:00:00",

@@ -152,8 +152,7 @@ fn an_app_holding_the_write_lock_is_waited_for_then_reported() {
 
 #[test]
 fn a_clock_in_1970_or_next_year_changes_nothing() {
-    let faketime = Command::new("faketime").arg("--version").output().is_ok()
-        || Path::new("/usr/bin/faketime").exists();
+    let faketime = common::have("faketime") || Path::new("/usr/bin/faketime").exists();
     let env = Env::new("clock");
     env.site("kaw", "S_KAW");
     let db = env.db("kaw");

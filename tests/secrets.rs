@@ -353,7 +353,7 @@ fn the_app_group_writes_records_but_cannot_read_the_credential() {
             r#"{"ID":"APP1","store_ID":"S_KAW"}"#,
         ],
     ));
-    if Command::new("sqlite3").arg("--version").output().is_ok() {
+    if common::have("sqlite3") {
         ok(&app_run(
             "sqlite3",
             &[

@@ -5,7 +5,6 @@
 //! to the store (the central may bind an unbound hardware id on first contact, as
 //! any `GET /site` does).
 
-use std::net::ToSocketAddrs;
 use std::path::Path;
 
 use serde::Serialize;
@@ -13,6 +12,7 @@ use serde::Serialize;
 use crate::error::Class;
 use crate::store::{key, Store};
 use crate::wire::protocol::code;
+use crate::wire::resolve;
 use crate::wire::transport::Certificate;
 use crate::wire::{ProtocolError, TransportError, WireError};
 
@@ -96,15 +96,15 @@ pub fn check(db: &Path, json: bool) -> CmdResult {
         failed: None,
     };
     let host = origin.bare_host().to_string();
-    match (host.as_str(), origin.port).to_socket_addrs() {
+    match resolve::lookup(&host, origin.port, &s.settings.net.dns, PROBE_TIMEOUT) {
         Err(e) => run.fail(
             "DNS",
-            format!("{host}: {e}"),
+            e.to_string(),
             Class::Offline,
-            "the central's name does not resolve: check the network link and the central URL",
+            "the central's name does not resolve: check the network link and the central URL \
+             (and the `dns` setting, if set)",
         ),
         Ok(addrs) => {
-            let addrs: Vec<_> = addrs.collect();
             run.pass(
                 "DNS",
                 format!(

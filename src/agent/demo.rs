@@ -71,9 +71,12 @@ pub fn run(dir: Option<&Path>) -> Result<(), Failure> {
     )?;
     let mut store = Store::open(&db)?;
     let mut setup = runner::setup(&store)?;
-    let origin = setup.settings.origin.clone();
+    let (origin, dns) = (
+        setup.settings.origin.clone(),
+        setup.settings.net.dns.clone(),
+    );
 
-    let r = runner::sync_once(&db, &mut store, &mut setup, || runner::probe(&origin));
+    let r = runner::sync_once(&db, &mut store, &mut setup, || runner::probe(&origin, &dns));
     show("1. first sync (initialisation)", &r)?;
     println!(
         "   active store: {}",
@@ -107,7 +110,7 @@ pub fn run(dir: Option<&Path>) -> Result<(), Failure> {
         crate::store::outbox::pending_count(store.conn())?
     );
 
-    let r = runner::sync_once(&db, &mut store, &mut setup, || runner::probe(&origin));
+    let r = runner::sync_once(&db, &mut store, &mut setup, || runner::probe(&origin, &dns));
     show("2. second sync (push)", &r)?;
     let si = central
         .conn()
@@ -120,7 +123,7 @@ pub fn run(dir: Option<&Path>) -> Result<(), Failure> {
         .map_err(fail)?;
     println!("   central holds CI1 and created the hub's supplier invoice: {si}");
 
-    let r = runner::sync_once(&db, &mut store, &mut setup, || runner::probe(&origin));
+    let r = runner::sync_once(&db, &mut store, &mut setup, || runner::probe(&origin, &dns));
     show("3. third sync (idle)", &r)?;
     println!();
     agent::status(&db, false)?;

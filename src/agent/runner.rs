@@ -21,6 +21,7 @@ use crate::store::{key, modes, outbox, Store};
 use crate::sync::{self, Outcome, Progress, Report};
 use crate::wire::client::Client;
 use crate::wire::credentials::{self, Secret};
+use crate::wire::resolve::{self, Dns};
 use crate::wire::transport::{HttpTransport, Origin, Transport};
 use crate::wire::TransportError;
 
@@ -158,7 +159,7 @@ pub fn setup(store: &Store) -> Result<Setup<HttpTransport>, Failure> {
             None => return Err(e),
         },
     };
-    let transport = HttpTransport::new(settings.origin.clone(), &settings.tls)
+    let transport = HttpTransport::new(settings.origin.clone(), &settings.net)
         .map_err(|e| Failure::new(e.class(), e.to_string()))?;
     Ok(Setup::with_transport(
         settings,
@@ -191,12 +192,8 @@ fn progress_sink(every: Duration) -> progress::Sink {
 }
 
 /// TCP connect to the central within [`PROBE_TIMEOUT`].
-pub fn probe(origin: &Origin) -> Result<(), TransportError> {
-    use std::net::ToSocketAddrs;
-    let host = origin.bare_host();
-    let addrs = (host, origin.port)
-        .to_socket_addrs()
-        .map_err(|e| TransportError::unreachable(format!("cannot resolve {host}: {e}")))?;
+pub fn probe(origin: &Origin, dns: &Dns) -> Result<(), TransportError> {
+    let addrs = resolve::lookup(origin.bare_host(), origin.port, dns, PROBE_TIMEOUT)?;
     let mut last = None;
     for a in addrs {
         match std::net::TcpStream::connect_timeout(&a, PROBE_TIMEOUT) {
@@ -310,8 +307,8 @@ pub fn sync(db: &Path, json: bool) -> CmdResult {
     let _lock = lock(db)?;
     let mut store = Store::open_configured(db)?;
     let mut s = prepare(&mut store)?;
-    let origin = s.settings.origin.clone();
-    let report = sync_once(db, &mut store, &mut s, || probe(&origin));
+    let (origin, dns) = (s.settings.origin.clone(), s.settings.net.dns.clone());
+    let report = sync_once(db, &mut store, &mut s, || probe(&origin, &dns));
     if json {
         println!(
             "{}",
@@ -345,8 +342,8 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
     let watchdog = notify::watchdog_interval();
     let mut failures: u32 = 0;
     loop {
-        let origin = s.settings.origin.clone();
-        let report = sync_once(db, &mut store, &mut s, || probe(&origin));
+        let (origin, dns) = (s.settings.origin.clone(), s.settings.net.dns.clone());
+        let report = sync_once(db, &mut store, &mut s, || probe(&origin, &dns));
         notify::notify(&format!("STATUS=last sync: {:?}", report.outcome()));
         let wait = match report.outcome() {
             Outcome::Ok | Outcome::OkWithIntegrationErrors => {
@@ -374,7 +371,7 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
                 notify::notify("WATCHDOG=1");
             }
             if offline && clock.now() >= next_probe {
-                if probe(&s.settings.origin).is_ok() {
+                if probe(&s.settings.origin, &s.settings.net.dns).is_ok() {
                     log::info!("central reachable again; syncing now");
                     break;
                 }

@@ -19,7 +19,8 @@ use crate::field::led;
 use crate::store::{key, Store};
 use crate::sync::batch;
 use crate::sync::Config;
-use crate::wire::transport::{Origin, Tls};
+use crate::wire::resolve::{self, Dns};
+use crate::wire::transport::{Network, Origin, Tls};
 
 use super::Failure;
 
@@ -98,6 +99,14 @@ fn bytes(v: &str) -> Result<(), String> {
 fn seconds(v: &str) -> Result<(), String> {
     whole(v, 0, 24 * 3600)
 }
+fn dns_servers(v: &str) -> Result<(), String> {
+    if v.trim().is_empty() {
+        return Ok(());
+    }
+    resolve::parse_servers(v)
+        .map(|_| ())
+        .map_err(|e| format!("a list of DNS server addresses ({e})"))
+}
 fn progress_secs(v: &str) -> Result<(), String> {
     whole(v, 1, 3600)
 }
@@ -173,6 +182,15 @@ pub const KEYS: &[Key] = &[
         set_by: SetBy::Deployer,
         doc: "extra CA certificates (PEM) trusted beside the system's, for a central with a private CA",
         check: path,
+    },
+    Key {
+        name: key::DNS,
+        env: Some("FIELDSYNC_DNS"),
+        default: "",
+        unit: "addresses",
+        set_by: SetBy::Deployer,
+        doc: "DNS servers to ask for the central's name (e.g. `192.168.1.1, 1.1.1.1`) instead of the system's resolver; a static build asks the servers in `resolv.conf` when this is empty",
+        check: dns_servers,
     },
     Key {
         name: key::CREDENTIAL_FILE,
@@ -285,7 +303,7 @@ pub struct Settings {
     /// [`super::credential`], which also reads the systemd credential).
     pub credential_file: Option<PathBuf>,
     pub hardware_id: String,
-    pub tls: Tls,
+    pub net: Network,
     pub led_dir: PathBuf,
     pub led: Option<String>,
     pub attention_led: Option<String>,
@@ -382,8 +400,12 @@ impl Settings {
             site,
             credential_file: get(key::CREDENTIAL_FILE)?.map(PathBuf::from),
             hardware_id,
-            tls: Tls {
-                ca_file: get(key::CA_FILE)?.map(PathBuf::from),
+            net: Network {
+                tls: Tls {
+                    ca_file: get(key::CA_FILE)?.map(PathBuf::from),
+                },
+                dns: Dns::configured(get(key::DNS)?.as_deref())
+                    .map_err(|m| Failure::new(Class::Input, m))?,
             },
             led_dir: PathBuf::from(get("led_dir")?.unwrap_or_else(|| led::SYS_LEDS.into())),
             led: led_name(key::LED)?,

@@ -53,6 +53,7 @@ pub mod key {
     pub const PASSWORD_DIGEST: &str = "password_digest";
     pub const CREDENTIAL_FILE: &str = "credential_file";
     pub const PROGRESS_SECS: &str = "progress_secs";
+    pub const DNS: &str = "dns";
     pub const HARDWARE_ID: &str = "hardware_id";
     pub const ALLOW_HTTP: &str = "allow_insecure_http";
     /// Site record id, `siteId` and central's id learned on first contact.

@@ -4,11 +4,13 @@
 //!   and seeded faults (the kernel's netem is not available everywhere);
 //! - [`inprocess`]: the reference central as a [`crate::wire::transport::Transport`]
 //!   in the same process, for cycle tests in virtual time;
-//! - [`crash`]: named points of the cycle where a crash test kills the agent.
+//! - [`crash`]: named points of the cycle where a crash test kills the agent;
+//! - [`dns`]: a tiny DNS server, so a test reaches the central by name.
 
 #[cfg(feature = "central")]
 pub mod bench;
 pub mod crash;
+pub mod dns;
 #[cfg(feature = "central")]
 pub mod inprocess;
 pub mod linkem;

@@ -6,6 +6,7 @@ pub mod client;
 pub mod credentials;
 pub mod decode;
 pub mod protocol;
+pub mod resolve;
 pub mod transport;
 
 use std::fmt;

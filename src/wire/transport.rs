@@ -8,6 +8,7 @@
 //! (§2); TLS verifies certificates against the system roots (plus an operator's CA
 //! file); no header value is ever formatted into an error.
 
+use super::resolve::{self, Dns};
 use std::fmt;
 use std::io::Read;
 use std::path::PathBuf;
@@ -302,6 +303,13 @@ pub struct Tls {
     pub ca_file: Option<PathBuf>,
 }
 
+/// How the transport reaches the central: TLS trust and name resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    pub tls: Tls,
+    pub dns: Dns,
+}
+
 /// The real transport: ureq over TCP, TLS by rustls.
 pub struct HttpTransport {
     origin: Origin,
@@ -309,7 +317,8 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    pub fn new(origin: Origin, tls: &Tls) -> Result<HttpTransport, TransportError> {
+    pub fn new(origin: Origin, net: &Network) -> Result<HttpTransport, TransportError> {
+        let tls = &net.tls;
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let tls = ureq::tls::TlsConfig::builder()
             .unversioned_rustls_crypto_provider(provider)
@@ -332,7 +341,7 @@ impl HttpTransport {
         let agent = ureq::Agent::with_parts(
             config,
             ureq::unversioned::transport::DefaultConnector::new(),
-            SyncResolver,
+            SyncResolver(net.dns.clone()),
         );
         Ok(HttpTransport { origin, agent })
     }
@@ -341,9 +350,10 @@ impl HttpTransport {
 /// Resolves host names on the calling thread. ureq's default resolver starts a
 /// thread per request whenever a timeout is set; the agent stays single-threaded
 /// instead (one lookup per request through the system resolver, whose own
-/// timeouts apply; the connect and request timeouts still bound the exchange).
+/// timeouts apply, or through our own DNS client: see `resolve`; the connect and
+/// request timeouts still bound the exchange).
 #[derive(Debug)]
-struct SyncResolver;
+struct SyncResolver(Dns);
 
 impl ureq::unversioned::resolver::Resolver for SyncResolver {
     fn resolve(
@@ -353,7 +363,27 @@ impl ureq::unversioned::resolver::Resolver for SyncResolver {
         mut timeout: ureq::unversioned::transport::NextTimeout,
     ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
         timeout.after = ureq::unversioned::transport::time::Duration::NotHappening;
-        ureq::unversioned::resolver::DefaultResolver::default().resolve(uri, config, timeout)
+        let Dns::Servers(_) = &self.0 else {
+            return ureq::unversioned::resolver::DefaultResolver::default()
+                .resolve(uri, config, timeout);
+        };
+        let host = uri.host().ok_or(ureq::Error::HostNotFound)?;
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+        let addrs = resolve::lookup(host, port, &self.0, CONNECT_TIMEOUT).map_err(|e| {
+            log::debug!("{e}");
+            ureq::Error::HostNotFound
+        })?;
+        let mut out = self.empty();
+        for a in addrs.into_iter().take(16) {
+            out.push(a);
+        }
+        Ok(out)
     }
 }
 

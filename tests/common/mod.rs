@@ -153,6 +153,18 @@ pub fn agent_env(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
+/// Whether a program is installed and runs (`PROGRAM --version` succeeds). The
+/// exit status counts, not just the spawn: under qemu-user a missing program
+/// still "spawns" (glibc's posix_spawn cannot report the failed exec through the
+/// emulated vfork) and exits 127.
+pub fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 /// Local SQL on an agent database, as the clinic's app would do it.
 pub fn sql(db: &Path) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(db).unwrap();
