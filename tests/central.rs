@@ -200,9 +200,28 @@ fn the_server_keeps_connections_and_refuses_bad_framing() {
     let mut seen = 0;
     for _ in 0..2 {
         s.write_all(request.as_bytes()).unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = s.read(&mut buf).unwrap();
-        let text = String::from_utf8_lossy(&buf[..n]);
+        // One whole answer: the head, then Content-Length bytes (they may come
+        // in separate reads).
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let complete = |b: &[u8]| -> bool {
+            let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return false;
+            };
+            let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            b.len() >= end + 4 + len
+        };
+        while !complete(&buf) {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "the connection closed mid-answer");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&buf);
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(
             text.contains("Accept-Encoding: gzip"),

@@ -90,9 +90,7 @@ pub struct SyncLock(#[allow(dead_code)] std::fs::File);
 
 /// The lock file beside the database.
 pub fn lock_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push(".lock");
-    PathBuf::from(p)
+    status::lock_path(db)
 }
 
 pub fn lock(db: &Path) -> Result<SyncLock, Failure> {
@@ -214,12 +212,15 @@ pub fn sync_once<T: Transport>(
     s: &mut Setup<T>,
     probe: impl FnOnce() -> Result<(), TransportError>,
 ) -> Report {
+    // The snapshot is a file on the SD card, written only while a sync runs
+    // long enough to show progress (a running sync is known by its lock, see
+    // `status::sync_holder`): an idle sync does not write it at all.
     let snap_path = status::snapshot_path(db);
     let mut snap = status::read_snapshot(&snap_path).unwrap_or_default();
     snap.running = true;
     snap.pid = Some(std::process::id());
+    let mut snapshot_written = false;
     s.leds.show(led::Pattern::Syncing);
-    let _ = status::write_snapshot(&snap_path, &snap);
     log::info!(
         "sync started (site {}, central {})",
         s.settings.site,
@@ -228,7 +229,6 @@ pub fn sync_once<T: Transport>(
     let clock = s.client.clock();
     let started = clock.now();
     let mut last_write = clock.now();
-    let mut last_step = None;
     let mut meter = progress::Meter::new(progress_sink(s.settings.progress_every));
     // Under `fieldsync run` with systemd's watchdog: a long sync is alive too.
     let watchdog = notify::watchdog_interval();
@@ -236,16 +236,18 @@ pub fn sync_once<T: Transport>(
     let mut observe = |p: Progress| {
         let now = clock.now();
         let line = meter.update(&p, now - started);
-        // Snapshot on every step change and at most every second.
-        if last_step != Some(p.step) || now - last_write >= Duration::from_secs(1) {
+        // At most once a second, and only when what it says has changed.
+        if now - last_write >= Duration::from_secs(1)
+            && (snap.step != Some(p.step) || snap.line.as_deref() != Some(line))
+        {
             snap.step = Some(p.step);
             snap.done = p.done;
             snap.total = p.total;
             snap.line = Some(line.to_string());
             let _ = status::write_snapshot(&snap_path, &snap);
+            snapshot_written = true;
             last_write = now;
         }
-        last_step = Some(p.step);
         if watchdog.is_some_and(|w| now - last_ping >= w.min(Duration::from_secs(5))) {
             notify::notify("WATCHDOG=1");
             last_ping = now;
@@ -262,12 +264,15 @@ pub fn sync_once<T: Transport>(
     let rejected = outbox::rejected_count(store.conn()).unwrap_or(0);
     let pattern = led::pattern(false, Some(report.outcome()), report.outbox_left, rejected);
     s.leds.show(pattern);
-    snap.running = false;
-    snap.step = None;
-    snap.line = None;
-    snap.led = Some(pattern);
-    snap.last = Some(attempt);
-    let _ = status::write_snapshot(&snap_path, &snap);
+    if snapshot_written {
+        // What the file said while the sync ran is over.
+        snap.running = false;
+        snap.step = None;
+        snap.line = None;
+        snap.led = Some(pattern);
+        snap.last = Some(attempt);
+        let _ = status::write_snapshot(&snap_path, &snap);
+    }
     report
 }
 

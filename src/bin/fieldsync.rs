@@ -408,7 +408,9 @@ fn peak_rss_kib() -> Option<u64> {
 }
 
 /// User+system CPU milliseconds (/proc/self/stat) and bytes this process caused to
-/// be written to storage (/proc/self/io `write_bytes`: what wears the SD card).
+/// be written to storage (/proc/self/io `write_bytes` less `cancelled_write_bytes`:
+/// what wears the SD card; pages of a file deleted before they were written back,
+/// such as SQLite's `-shm`, never reach it).
 fn cpu_and_io() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
@@ -416,11 +418,13 @@ fn cpu_and_io() -> Option<(u64, u64)> {
     // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the state field.
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
-    let written = io
-        .lines()
-        .find_map(|l| l.strip_prefix("write_bytes: "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let field = |name: &str| -> u64 {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let written = field("write_bytes: ").saturating_sub(field("cancelled_write_bytes: "));
     // USER_HZ is 100 on Linux.
     Some((ticks * 10, written))
 }

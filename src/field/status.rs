@@ -17,6 +17,55 @@ use crate::field::led::Pattern;
 use crate::store::{buffer, key, modes, outbox, Store, StoreError};
 use crate::sync::{Outcome, Report, Step};
 
+/// The single-sync lock beside the database (held, `flock`, by a running sync).
+pub fn lock_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+/// Whether a sync of `db` runs: read from the kernel's lock table
+/// (`/proc/locks`: no write, no lock taken, so `status` can never make a
+/// starting sync think another one runs); where that cannot be read, from the
+/// snapshot's pid.
+pub fn sync_running(db: &Path, snap: Option<&Snapshot>) -> bool {
+    match sync_holder(db) {
+        Some(holder) => holder.is_some(),
+        None => snap.is_some_and(|s| s.running && s.pid.is_some_and(process_alive)),
+    }
+}
+
+/// `Some(pid)` of the process holding `db`'s sync lock, `Some(None)` when none
+/// does, `None` when the lock table cannot be read.
+fn sync_holder(db: &Path) -> Option<Option<u32>> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let locks = std::fs::read_to_string("/proc/locks").ok()?;
+        let Ok(m) = std::fs::metadata(lock_path(db)) else {
+            return Some(None); // never synced here
+        };
+        let (dev, ino) = (m.dev(), m.ino());
+        let (major, minor) = (
+            ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff),
+            (dev & 0xff) | ((dev >> 12) & !0xff),
+        );
+        let want = format!("{major:02x}:{minor:02x}:{ino}");
+        Some(locks.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "1: FLOCK  ADVISORY  WRITE 12345 08:01:1234567 0 EOF"
+            (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
+                .then(|| f.get(4)?.parse().ok())
+                .flatten()
+        }))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = db;
+        None
+    }
+}
+
 /// The snapshot file beside the database.
 pub fn snapshot_path(db: &Path) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
@@ -107,14 +156,20 @@ pub fn read_snapshot(path: &Path) -> Option<Snapshot> {
 /// database tells its own story); `last_success` only on success.
 pub fn record_attempt(store: &Store, attempt: &Attempt) -> Result<(), StoreError> {
     let text = serde_json::to_string(attempt).unwrap_or_default();
-    store.set_setting(key::LAST_ATTEMPT, &text)?;
+    // One commit for both (each commit is a page on the card).
+    let tx = store
+        .conn()
+        .unchecked_transaction()
+        .map_err(|e| StoreError::sqlite("saving the sync result", e))?;
+    crate::store::set_setting(&tx, key::LAST_ATTEMPT, &text)?;
     if matches!(
         attempt.outcome,
         Outcome::Ok | Outcome::OkWithIntegrationErrors
     ) {
-        store.set_setting(key::LAST_SUCCESS, &attempt.finished_unix.to_string())?;
+        crate::store::set_setting(&tx, key::LAST_SUCCESS, &attempt.finished_unix.to_string())?;
     }
-    Ok(())
+    tx.commit()
+        .map_err(|e| StoreError::sqlite("saving the sync result", e))
 }
 
 /// Everything `fieldsync status` shows.
@@ -188,7 +243,9 @@ pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> 
     let last_attempt: Option<Attempt> = store
         .setting(key::LAST_ATTEMPT)?
         .and_then(|t| serde_json::from_str(&t).ok());
-    let running = snap.is_some_and(|s| s.running && s.pid.is_some_and(process_alive));
+    // A running sync holds the lock; the snapshot's own flag is the fallback
+    // where the lock table cannot be read.
+    let running = sync_running(store.path(), snap);
     let pending = outbox::pending_count(conn)?;
     let mut v = View {
         site: store.setting(key::SITE_NAME)?,
@@ -391,6 +448,29 @@ pub fn render(v: &View, now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn the_snapshot_is_readable_by_all_and_replaced_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = std::env::temp_dir().join(format!("fs-snapshot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let p = snapshot_path(&d.join("f.sqlite"));
+        std::fs::write(&p, "old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let snap = Snapshot {
+            running: true,
+            step: Some(Step::Push),
+            ..Default::default()
+        };
+        write_snapshot(&p, &snap).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        assert_eq!(read_snapshot(&p).unwrap().step, Some(Step::Push));
+    }
 
     #[test]
     fn dates_for_people() {

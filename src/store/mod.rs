@@ -394,22 +394,86 @@ impl Store {
             .map_err(|e| StoreError::sqlite("counting records", e))
     }
 
-    /// Runs `f` inside one transaction with the rules' triggers dropped: writes
-    /// pass the ownership checks and are not captured (nothing received is
-    /// echoed). The triggers are created again before the commit, so no other
-    /// connection ever sees the file without them; on error everything rolls back,
-    /// triggers included.
+    /// Runs `f` inside one transaction with the rules switched off for this
+    /// connection alone ([`rules::set_enabled`]): writes pass the ownership checks
+    /// and are not captured (nothing received is echoed). Every other connection
+    /// meets the rules all along; on error everything rolls back.
     pub fn without_rules<T>(
         &mut self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let tx = self.tx()?;
-        rules::drop_all(&tx)?;
+        let tx = self.tx_unruled()?;
         let out = f(&tx)?;
-        rules::create_all(&tx)?;
-        tx.commit()
-            .map_err(|e| StoreError::sqlite("committing sync writes", e))?;
+        tx.commit()?;
         Ok(out)
+    }
+
+    /// [`Store::without_rules`] as a value: a write transaction with this
+    /// connection's rules off, for a step that writes received data between
+    /// network reads (a pull page). The rules come back on when it commits or is
+    /// dropped.
+    pub fn tx_unruled(&mut self) -> Result<Unruled<'_>, StoreError> {
+        let u = self.tx_unruled_lazily()?;
+        u.unrule()?;
+        Ok(u)
+    }
+
+    /// [`Store::tx_unruled`] that switches the rules off only when
+    /// [`Unruled::unrule`] is first called.
+    pub fn tx_unruled_lazily(&mut self) -> Result<Unruled<'_>, StoreError> {
+        Ok(Unruled {
+            tx: Some(self.tx()?),
+            off: std::cell::Cell::new(false),
+        })
+    }
+}
+
+/// A transaction of the agent's own writes of received data: see
+/// [`Store::tx_unruled`].
+pub struct Unruled<'a> {
+    tx: Option<Transaction<'a>>,
+    off: std::cell::Cell<bool>,
+}
+
+impl Unruled<'_> {
+    /// Switches the rules off for this connection, once, before the first write
+    /// of received data.
+    pub fn unrule(&self) -> Result<(), StoreError> {
+        if !self.off.get() {
+            rules::set_enabled(self, false)?;
+            self.off.set(true);
+        }
+        Ok(())
+    }
+
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        let tx = self.tx.take().expect("committed once");
+        if self.off.replace(false) {
+            rules::set_enabled(&tx, true)?;
+        }
+        tx.commit()
+            .map_err(|e| StoreError::sqlite("committing sync writes", e))
+    }
+}
+
+impl Drop for Unruled<'_> {
+    /// Rolled back (an error, a cut link): the rules come back on for this
+    /// connection all the same.
+    fn drop(&mut self) {
+        if self.off.get() {
+            if let Some(tx) = &self.tx {
+                if let Err(e) = rules::set_enabled(tx, true) {
+                    log::error!("{e}");
+                }
+            }
+        }
+    }
+}
+
+impl<'a> std::ops::Deref for Unruled<'a> {
+    type Target = Transaction<'a>;
+    fn deref(&self) -> &Transaction<'a> {
+        self.tx.as_ref().expect("not yet committed")
     }
 }
 
@@ -421,9 +485,12 @@ pub fn get_setting(conn: &Connection, key: &str) -> Result<Option<String>, Store
     .map_err(|e| StoreError::sqlite(format!("reading setting {key}"), e))
 }
 
+/// Saves a setting; an unchanged value writes nothing (the SD card is the budget:
+/// an idle sync must not rewrite pages to say what they already say).
 pub fn set_setting(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO setting (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        "INSERT INTO setting (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value \
+         WHERE value IS NOT excluded.value",
         params![key, value],
     )
     .map(|_| ())

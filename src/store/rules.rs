@@ -393,6 +393,21 @@ pub fn drop_all(conn: &Connection) -> Result<(), StoreError> {
         .map_err(|e| StoreError::sqlite("dropping the store's rules", e))
 }
 
+/// Turns this connection's triggers off (`on = false`) or on again: the agent's
+/// own writes of received data pass the rules and are not captured. The setting
+/// belongs to the connection, not the file: every other program writing the
+/// file meets the rules all along, and nothing is written to say so (dropping
+/// and creating the triggers instead rewrote the schema's pages in every pull
+/// transaction). Prepared statements are compiled again on the change.
+pub fn set_enabled(conn: &Connection, on: bool) -> Result<(), StoreError> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+        on,
+    )
+    .map(|_| ())
+    .map_err(|e| StoreError::sqlite("switching the store's rules for this connection", e))
+}
+
 /// Creates every rule trigger in the caller's transaction.
 pub fn create_all(conn: &Connection) -> Result<(), StoreError> {
     let sql: String = triggers()

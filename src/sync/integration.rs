@@ -1,16 +1,20 @@
-//! Integration: applying buffered records to the store (protocol §7.4).
+//! Integration: applying received records to the store (protocol §7.4).
 //!
-//! Order: upserts by rank (parents before children), deletes in reverse rank,
-//! merges last. Each row gets a savepoint, about [`ROWS_PER_TRANSACTION`] rows share
-//! a transaction; a row that fails keeps its error and attempt count in the buffer
-//! and is retried on every later pass, the rest goes on. Writes run under the sync
-//! guard: they are never captured for push (nothing received is echoed).
+//! A pulled record is applied where it arrives ([`receive`]), in the transaction
+//! that stores its page, so it is written once. What cannot be applied yet keeps
+//! its error and attempt count in the buffer, and [`integrate`] retries the
+//! buffer on every pass: upserts by rank (parents before children), deletes in
+//! reverse rank, merges last; each row gets a savepoint, about
+//! [`ROWS_PER_TRANSACTION`] rows share a transaction, a row that fails again
+//! waits again, the rest goes on. Writes run with the rules dropped inside their
+//! transaction: they are never captured for push (nothing received is echoed).
 
 use rusqlite::{params, Connection};
 use serde_json::Value;
 
+use crate::store::buffer::{self, Incoming};
 use crate::store::registry::{self, Kind, Owner};
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, row, Store, StoreError};
 
 /// Rows per integration transaction. Defaults to 500 (§7.4): large enough to
 /// amortise the fsync, small enough that the clinic's app waits little.
@@ -84,36 +88,7 @@ pub fn integrate(
         after = rows.last().map(|r| r.key).unwrap_or(after);
         store.without_rules(|tx| {
             for row in &rows {
-                tx.execute_batch("SAVEPOINT row").map_err(|e| StoreError::sqlite("savepoint", e))?;
-                match apply(tx, site, row) {
-                    Ok(outcome) => {
-                        tx.prepare_cached(
-                            "DELETE FROM buffer WHERE table_name = ?1 AND record_id = ?2 AND merge_drop = ?3",
-                        )
-                        .and_then(|mut st| st.execute(params![row.table, row.id, row.merge_drop]))
-                        .map_err(|e| StoreError::sqlite("clearing the buffer", e))?;
-                        tx.execute_batch("RELEASE row").map_err(|e| StoreError::sqlite("savepoint", e))?;
-                        match outcome {
-                            Outcome::Applied => report.integrated += 1,
-                            Outcome::Ignored(why) => {
-                                log::warn!("ignored received {} {}: {why}", row.table, row.id);
-                                report.ignored += 1;
-                            }
-                        }
-                    }
-                    Err(RowError::Store(e)) => return Err(e),
-                    Err(RowError::Bad(why)) => {
-                        tx.execute_batch("ROLLBACK TO row; RELEASE row")
-                            .map_err(|e| StoreError::sqlite("savepoint", e))?;
-                        tx.execute(
-                            "UPDATE buffer SET state = 'failed', error = ?4, attempts = attempts + 1 \
-                             WHERE table_name = ?1 AND record_id = ?2 AND merge_drop = ?3",
-                            params![row.table, row.id, row.merge_drop, why],
-                        )
-                        .map_err(|e| StoreError::sqlite("recording an integration error", e))?;
-                        report.failed += 1;
-                    }
-                }
+                settle(tx, site, row, &mut report, |_| Ok(()))?;
             }
             crash_point!("integration-mid");
             Ok(())
@@ -122,6 +97,104 @@ pub fn integrate(
         progress(report.integrated + report.failed + report.ignored);
     }
     Ok(report)
+}
+
+/// Applies one row under a savepoint. Applied or ignored: any older receipt of
+/// the same record waiting in the buffer is stale and goes. Refused: the row's
+/// changes are rolled back, `keep` makes sure the buffer holds it, and it is
+/// marked failed with the reason, so one bad row never blocks the rest.
+fn settle(
+    tx: &Connection,
+    site: &Site,
+    row: &Row,
+    report: &mut Report,
+    keep: impl FnOnce(&Connection) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    tx.execute_batch("SAVEPOINT row")
+        .map_err(|e| StoreError::sqlite("savepoint", e))?;
+    match apply(tx, site, row) {
+        Ok(outcome) => {
+            tx.execute_batch("RELEASE row")
+                .map_err(|e| StoreError::sqlite("savepoint", e))?;
+            tx.prepare_cached(
+                "DELETE FROM buffer WHERE table_name = ?1 AND record_id = ?2 AND merge_drop = ?3",
+            )
+            .and_then(|mut st| st.execute(params![row.table, row.id, row.merge_drop]))
+            .map_err(|e| StoreError::sqlite("clearing the buffer", e))?;
+            match outcome {
+                Outcome::Applied => report.integrated += 1,
+                Outcome::Ignored(why) => {
+                    log::warn!("ignored received {} {}: {why}", row.table, row.id);
+                    report.ignored += 1;
+                }
+            }
+        }
+        Err(RowError::Store(e)) => return Err(e),
+        Err(RowError::Bad(why)) => {
+            tx.execute_batch("ROLLBACK TO row; RELEASE row")
+                .map_err(|e| StoreError::sqlite("savepoint", e))?;
+            keep(tx)?;
+            tx.execute(
+                "UPDATE buffer SET state = 'failed', error = ?4, attempts = attempts + 1 \
+                 WHERE table_name = ?1 AND record_id = ?2 AND merge_drop = ?3",
+                params![row.table, row.id, row.merge_drop, why],
+            )
+            .map_err(|e| StoreError::sqlite("recording an integration error", e))?;
+            report.failed += 1;
+        }
+    }
+    Ok(())
+}
+
+/// A received record applied where it arrives, inside the transaction that
+/// stores its page and moves the cursor (or precedes its acknowledgement), so a
+/// pulled row is written once instead of into the buffer and again into the
+/// store. What cannot be applied yet (a line before its header) goes to the
+/// buffer, failed with its reason, for the next pass; what cannot be read goes
+/// there as invalid. The caller's transaction must run without the rules
+/// ([`crate::store::Store::tx_unruled`]).
+pub fn receive(
+    tx: &Connection,
+    site: &Site,
+    rec: &Incoming<'_>,
+    report: &mut Report,
+) -> Result<(), StoreError> {
+    let row = match rec {
+        Incoming::Invalid { .. } => return buffer::put(tx, rec),
+        Incoming::Upsert { table, id, data } => {
+            if row::check(data, Some(id)).is_err() {
+                return buffer::put(tx, rec); // kept as invalid, with the reason
+            }
+            Row {
+                table: table.to_string(),
+                id: id.to_string(),
+                merge_drop: String::new(),
+                action: "upsert".into(),
+                data: Some(data.to_string()),
+                key: (0, 0, 0),
+            }
+        }
+        Incoming::Delete { table, id } => Row {
+            table: table.to_string(),
+            id: id.to_string(),
+            merge_drop: String::new(),
+            action: "delete".into(),
+            data: None,
+            key: (0, 0, 0),
+        },
+        Incoming::Merge { table, keep, drop } => Row {
+            table: table.to_string(),
+            id: keep.clone(),
+            merge_drop: drop.clone(),
+            action: "merge".into(),
+            data: None,
+            key: (0, 0, 0),
+        },
+    };
+    // A failed row is kept in the buffer as received, for the next pass.
+    settle(tx, site, &row, report, |tx| buffer::put(tx, rec))?;
+    crash_point!("integration-mid");
+    Ok(())
 }
 
 fn next_rows(conn: &Connection, after: (i64, i64, i64)) -> Result<Vec<Row>, StoreError> {

@@ -312,6 +312,7 @@ pub fn run<T: Transport>(
         clock,
         observe,
         report: &mut report,
+        integrated: integration::Report::default(),
     }
     .run(probe);
     if let Err(e) = result {
@@ -362,6 +363,9 @@ struct Cycle<'a, T: Transport> {
     clock: Arc<dyn Clock>,
     observe: &'a mut dyn FnMut(Progress),
     report: &'a mut Report,
+    /// Records applied as they arrived, this cycle (added to the report by the
+    /// integration step).
+    integrated: integration::Report,
 }
 
 impl<T: Transport> Cycle<'_, T> {
@@ -388,8 +392,9 @@ impl<T: Transport> Cycle<'_, T> {
             // §5 steps 3–4: drain the outbox, the final push, then always wait.
             self.push()?;
         }
-        self.pull_central()?;
-        let ack_failed = self.pull_queue()?;
+        let initialised = state == InitState::Initialised;
+        self.pull_central(initialised)?;
+        let ack_failed = self.pull_queue(initialised)?;
         self.integrate(state == InitState::Initialised)?;
         if let Some(e) = ack_failed {
             // §5 step 6: a failed ack ends the step; what arrived is integrated,

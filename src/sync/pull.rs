@@ -51,10 +51,11 @@ impl<T: Transport> Cycle<'_, T> {
     }
 
     /// §5 step 5: central data by cursor.
-    pub(super) fn pull_central(&mut self) -> Result<(), SyncError> {
+    pub(super) fn pull_central(&mut self, initialised: bool) -> Result<(), SyncError> {
         let mut gaps = 0;
         let mut warned_long = false;
         let bounds = self.cfg.pull_limits;
+        let site = self.integration_site(initialised)?;
         loop {
             let cursor = self.store.number(key::CURSOR)?.unwrap_or(0);
             let limit = self.pull_limit()?;
@@ -66,7 +67,8 @@ impl<T: Transport> Cycle<'_, T> {
             );
             let live = self.client.in_flight();
             let observe = &mut *self.observe;
-            let tx = self.store.tx()?;
+            let integrated = &mut self.integrated;
+            let tx = self.store.tx_unruled_lazily()?;
             let (mut last, mut count) = (cursor, 0u64);
             let started = self.clock.now();
             let result = {
@@ -80,7 +82,8 @@ impl<T: Transport> Cycle<'_, T> {
                         )));
                     }
                     last = id;
-                    buffer::put(&tx, &incoming(&rec))?;
+                    tx.unrule()?;
+                    integration::receive(&tx, &site, &incoming(&rec), integrated)?;
                     count += 1;
                     if count.is_multiple_of(100) {
                         observe(Progress {
@@ -105,8 +108,7 @@ impl<T: Transport> Cycle<'_, T> {
                     set_aside_received(&tx, &u)?;
                     save_limit(&tx, limit, took, bounds)?;
                     crate::store::set_setting(&tx, key::CURSOR, &id.to_string())?;
-                    tx.commit()
-                        .map_err(|e| StoreError::sqlite("storing central records", e))?;
+                    tx.commit()?;
                     self.report.pulled_central += count;
                     self.report.unreadable += 1;
                     continue;
@@ -127,24 +129,23 @@ impl<T: Transport> Cycle<'_, T> {
             if count > 0 {
                 crate::store::set_setting(&tx, key::CURSOR, &last.to_string())?;
                 crash_point!("central-page-buffered");
-                tx.commit()
-                    .map_err(|e| StoreError::sqlite("storing central records", e))?;
+                tx.commit()?;
                 crash_point!("central-page-committed");
+                // The page's records were applied in that commit.
+                crash_point!("integration-committed");
                 self.report.pulled_central += count;
             } else if header.max_cursor.is_some_and(|max| max > cursor)
                 && gaps < self.cfg.max_gap_steps
             {
                 // Legacy gap in the change log: step over it.
                 crate::store::set_setting(&tx, key::CURSOR, &(cursor + 1).to_string())?;
-                tx.commit()
-                    .map_err(|e| StoreError::sqlite("storing the cursor", e))?;
+                tx.commit()?;
                 gaps += 1;
             } else {
                 // Done. An unknown maxCursor means "where we are" (§9.2).
                 let max = header.max_cursor.unwrap_or(cursor).max(cursor);
                 crate::store::set_setting(&tx, key::CENTRAL_MAX_CURSOR, &max.to_string())?;
-                tx.commit()
-                    .map_err(|e| StoreError::sqlite("storing the cursor", e))?;
+                tx.commit()?;
                 return Ok(());
             }
         }
@@ -153,10 +154,11 @@ impl<T: Transport> Cycle<'_, T> {
     /// §5 step 6: queued records, committed durably, then acknowledged. Returns
     /// the error of a failed acknowledgement, which ends this step but not the
     /// integration of what arrived.
-    pub(super) fn pull_queue(&mut self) -> Result<Option<SyncError>, SyncError> {
+    pub(super) fn pull_queue(&mut self, initialised: bool) -> Result<Option<SyncError>, SyncError> {
         let mut previous: Vec<String> = Vec::new();
         let mut warned_long = false;
         let bounds = self.cfg.pull_limits;
+        let site = self.integration_site(initialised)?;
         loop {
             self.step(Step::Queue, self.report.pulled_queue, None);
             let limit = self.pull_limit()?;
@@ -167,7 +169,8 @@ impl<T: Transport> Cycle<'_, T> {
             );
             let live = self.client.in_flight();
             let observe = &mut *self.observe;
-            let tx = self.store.tx()?;
+            let integrated = &mut self.integrated;
+            let tx = self.store.tx_unruled_lazily()?;
             let mut ids: Vec<String> = Vec::new();
             let started = self.clock.now();
             let result = {
@@ -176,7 +179,8 @@ impl<T: Transport> Cycle<'_, T> {
                         .sync_out_id
                         .clone()
                         .ok_or_else(|| SyncError::violation("a queued record without syncOutId"))?;
-                    buffer::put(&tx, &incoming(&rec))?;
+                    tx.unrule()?;
+                    integration::receive(&tx, &site, &incoming(&rec), integrated)?;
                     ids.push(sid);
                     if ids.len().is_multiple_of(100) {
                         observe(Progress {
@@ -223,8 +227,7 @@ impl<T: Transport> Cycle<'_, T> {
             }
             save_limit(&tx, limit, took, bounds)?;
             if ids.is_empty() {
-                tx.commit()
-                    .map_err(|e| StoreError::sqlite("storing the page size", e))?;
+                tx.commit()?;
                 return Ok(None);
             }
             if !previous.is_empty() && ids.iter().all(|i| previous.contains(i)) {
@@ -233,8 +236,7 @@ impl<T: Transport> Cycle<'_, T> {
                 ));
             }
             crash_point!("queue-page-buffered");
-            tx.commit()
-                .map_err(|e| StoreError::sqlite("storing queued records", e))?;
+            tx.commit()?;
             crash_point!("queue-page-committed");
             self.report.pulled_queue += ids.len() as u64;
             ids.sort_unstable();
@@ -251,15 +253,24 @@ impl<T: Transport> Cycle<'_, T> {
         }
     }
 
-    /// §5 step 7 / §7.4: one integration pass over the buffer.
+    /// What integration needs to know of the site, for this cycle.
+    fn integration_site(&self, initialised: bool) -> Result<Site, StoreError> {
+        Ok(Site {
+            active_store: self.store.active_store()?,
+            initialised,
+        })
+    }
+
+    /// §5 step 7 / §7.4: one integration pass over the buffer (what could not be
+    /// applied as it arrived).
     pub(super) fn integrate(&mut self, initialised: bool) -> Result<(), SyncError> {
+        let direct = std::mem::take(&mut self.integrated);
+        self.report.integrated += direct.integrated;
+        self.report.ignored += direct.ignored;
         let pending = buffer::counts(self.store.conn())?;
         let total = pending.pending + pending.failed;
         self.step(Step::Integrate, 0, Some(total));
-        let site = Site {
-            active_store: self.store.active_store()?,
-            initialised,
-        };
+        let site = self.integration_site(initialised)?;
         let t = self.client.traffic;
         let observe = &mut *self.observe;
         let r = integration::integrate(self.store, &site, |done| {

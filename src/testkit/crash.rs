@@ -39,9 +39,10 @@ pub const POINTS: &[&str] = &[
     "queue-page-committed",
     // step 6: the acknowledgement answered.
     "ack-answered",
-    // step 7: rows applied inside the integration transaction, not committed.
+    // step 7: rows applied inside an integration transaction (a page's, or a
+    // pass over the buffer), not committed.
     "integration-mid",
-    // step 7: an integration pass committed.
+    // step 7: applied rows committed (with their page, or by a pass).
     "integration-committed",
     // step 7: the initialisation finished (committed).
     "init-finished",

@@ -23,10 +23,16 @@ struct Env {
 }
 
 fn setup(root: &Path, name: &str, shape: Shape) -> Env {
+    setup_with(root, name, shape, |_| {})
+}
+
+/// [`setup`] with the central configured before it serves (e.g. gzip bodies off).
+fn setup_with(root: &Path, name: &str, shape: Shape, configure: impl FnOnce(&mut Central)) -> Env {
     let dir = root.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let c = Central::open(&dir.join("central.sqlite")).unwrap();
+    let mut c = Central::open(&dir.join("central.sqlite")).unwrap();
+    configure(&mut c);
     c.add_site("bench", "BENCH", "bench-password").unwrap();
     c.add_store("S_BENCH", "BENCH", "Bench clinic", Some("bench"))
         .unwrap();
@@ -174,6 +180,17 @@ pub struct Size {
     pub push_up_bytes: u64,
     pub push_raw_bytes: u64,
     pub push_write_bytes: u64,
+    #[serde(default)]
+    pub push_cpu_ms: u64,
+    /// `fieldsync import` of the same rows (a process: start-up included).
+    #[serde(default)]
+    pub import_secs: f64,
+    #[serde(default)]
+    pub import_rps: f64,
+    /// The same rows as plain INSERTs through the store's triggers, one
+    /// transaction, a prepared statement: what the import is measured against.
+    #[serde(default)]
+    pub raw_insert_rps: f64,
     pub pull_secs: f64,
     pub pull_rps: f64,
     pub pull_rss_kib: u64,
@@ -181,6 +198,8 @@ pub struct Size {
     pub pull_down_bytes: u64,
     pub pull_raw_bytes: u64,
     pub pull_write_bytes: u64,
+    #[serde(default)]
+    pub pull_cpu_ms: u64,
 }
 
 fn measure_size(root: &Path, n: usize, seed: u64) -> Size {
@@ -196,8 +215,18 @@ fn measure_size(root: &Path, n: usize, seed: u64) -> Size {
     let rows = site_records(&mut g, "S_BENCH", n);
     let file = env.dir.join("records.jsonl");
     s.push_raw_bytes = write_import(&file, &rows);
+    // The raw INSERT rate through the same triggers, on a copy of the same store.
+    let copy = env.dir.join("raw-insert.sqlite");
+    {
+        let c = rusqlite::Connection::open(env.dir.join("agent.sqlite")).unwrap();
+        c.execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+            .unwrap();
+    }
+    s.raw_insert_rps = raw_inserts(&copy, &rows);
     let imp = agent(&env, &["import", file.to_str().unwrap()]);
     assert_eq!(imp.exit, 0);
+    s.import_secs = imp.secs;
+    s.import_rps = n as f64 / imp.secs;
     let r = sync(&env);
     assert_eq!(r.report["pushed"].as_u64(), Some(n as u64), "{}", r.report);
     s.push_secs = r.secs;
@@ -206,6 +235,7 @@ fn measure_size(root: &Path, n: usize, seed: u64) -> Size {
     s.push_requests = r.report["requests"].as_u64().unwrap_or(0);
     s.push_up_bytes = r.up;
     s.push_write_bytes = r.write_bytes;
+    s.push_cpu_ms = r.cpu_ms;
     drop(env);
     // Pull: a new site's first sync with n records waiting on the central.
     let env = setup(root, &format!("pull-{n}"), Shape::LOOPBACK);
@@ -221,7 +251,82 @@ fn measure_size(root: &Path, n: usize, seed: u64) -> Size {
     s.pull_requests = r.report["requests"].as_u64().unwrap_or(0);
     s.pull_down_bytes = r.down;
     s.pull_write_bytes = r.write_bytes;
+    s.pull_cpu_ms = r.cpu_ms;
     s
+}
+
+/// Rows per second of plain INSERTs into `record` through the store's triggers
+/// (ownership and change capture), one transaction, one prepared statement.
+fn raw_inserts(db: &Path, rows: &[(&str, Value)]) -> f64 {
+    let mut c = rusqlite::Connection::open(db).unwrap();
+    let texts: Vec<(&str, String, String)> = rows
+        .iter()
+        .map(|(t, r)| {
+            (
+                *t,
+                r["ID"].as_str().unwrap_or("").to_string(),
+                r.to_string(),
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    let tx = c.transaction().unwrap();
+    {
+        let mut st = tx
+            .prepare("INSERT INTO record (table_name, record_id, data) VALUES (?1, ?2, ?3)")
+            .unwrap();
+        for (table, id, text) in &texts {
+            st.execute(rusqlite::params![table, id, text]).unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    rows.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Push bodies' gzip ratio over the legacy-shaped corpus (`tests/corpus`), as the
+/// agent compresses them (flate2's default level).
+fn corpus_ratio() -> f64 {
+    let body: String = include_str!("../../../tests/corpus/rows.jsonl")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            json!({"syncOutId": i.to_string(), "tableName": v["table"], "recordId": v["record"]["ID"],
+                   "action": "Update", "recordData": v["record"]})
+            .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let body = format!("{{\"queueLength\":74,\"data\":[{body}]}}");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(body.as_bytes()).unwrap();
+    enc.finish().unwrap().len() as f64 / body.len() as f64
+}
+
+/// One push of `n` generated records over emulated 2G, against a central that
+/// takes gzip bodies or not; returns the figures and the physical limit of the
+/// bytes that actually crossed the link.
+fn two_g_leg(root: &Path, n: usize, seed: u64, gzip_bodies: bool) -> Value {
+    let env = setup_with(root, &format!("2g-{gzip_bodies}"), Shape::LOOPBACK, |c| {
+        c.gzip_requests = gzip_bodies;
+    });
+    init_agent(&env);
+    sync(&env);
+    let rows = site_records(&mut Gen(seed ^ 2), "S_BENCH", n);
+    let file = env.dir.join("records.jsonl");
+    let raw = write_import(&file, &rows);
+    assert_eq!(agent(&env, &["import", file.to_str().unwrap()]).exit, 0);
+    env.link.set_shape(Shape::two_g());
+    let r = sync(&env);
+    let rtt = 0.6;
+    let requests = r.report["requests"].as_u64().unwrap_or(0);
+    // Each request costs a round trip, each new connection one more (handshake).
+    let limit =
+        r.up as f64 / 32_000.0 + r.down as f64 / 32_000.0 + (requests + r.connections) as f64 * rtt;
+    json!({"records": n, "secs": r.secs, "limit_secs": limit, "ratio": r.secs / limit,
+           "up_bytes": r.up, "down_bytes": r.down, "raw_bytes": raw, "requests": requests,
+           "connections": r.connections, "cpu_ms": r.cpu_ms})
 }
 
 /// Runs the whole bench and writes `report.md`, `results.json` and `plot.svg` into
@@ -235,11 +340,7 @@ pub fn run(out_dir: &Path, from_results: bool) {
         .expect("json");
         let sizes: Vec<Size> = serde_json::from_value(results["sizes"].clone()).expect("sizes");
         std::fs::write(out_dir.join("report.md"), report(&sizes, &results)).unwrap();
-        std::fs::write(
-            out_dir.join("plot.svg"),
-            plot(&sizes, results.get("pouchdb")),
-        )
-        .unwrap();
+        std::fs::write(out_dir.join("plot.svg"), plot(&sizes, &results)).unwrap();
         return;
     }
     let root = std::env::temp_dir().join(format!("fieldsync-bench-{}", std::process::id()));
@@ -305,34 +406,30 @@ pub fn run(out_dir: &Path, from_results: bool) {
     }
     cold.sort_by(|a, b| a.partial_cmp(b).unwrap());
 
-    // 10,000 records pushed over an emulated 2G link vs the link's physical limit.
-    eprintln!("bench: 2G link (takes a few minutes)");
+    // 10,000 records pushed over an emulated 2G link vs the link's physical
+    // limit: with gzip bodies (§9.1), and plain as before, in the same run.
+    eprintln!("bench: 2G link, compressed and plain pushes (takes several minutes)");
     let two_g_n: usize = std::env::var("FIELDSYNC_BENCH_2G")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let env = setup(&root, "2g", Shape::LOOPBACK);
-    init_agent(&env);
-    sync(&env);
-    let rows = site_records(&mut Gen(seed ^ 2), "S_BENCH", two_g_n);
-    let file = env.dir.join("records.jsonl");
-    write_import(&file, &rows);
-    assert_eq!(agent(&env, &["import", file.to_str().unwrap()]).exit, 0);
-    env.link.set_shape(Shape::two_g());
-    let r = sync(&env);
-    let rtt = 0.6;
-    let requests = r.report["requests"].as_u64().unwrap_or(0);
-    // Each request costs a round trip, each new connection one more (handshake).
-    let limit =
-        r.up as f64 / 32_000.0 + r.down as f64 / 32_000.0 + (requests + r.connections) as f64 * rtt;
-    let two_g = json!({"records": two_g_n, "secs": r.secs, "limit_secs": limit, "ratio": r.secs / limit,
-                       "up_bytes": r.up, "down_bytes": r.down, "requests": requests, "connections": r.connections});
+    let two_g = two_g_leg(&root, two_g_n, seed, true);
+    let two_g_plain = two_g_leg(&root, two_g_n, seed, false);
 
     // PouchDB side by side, when bench/run.sh could install it.
-    let pouch: Option<Value> = std::env::var("FIELDSYNC_POUCH_DIR").ok().and_then(|d| {
-        eprintln!("bench: PouchDB side by side");
-        pouchdb(&root, Path::new(&d), seed)
-    });
+    let pouch: Vec<Value> = std::env::var("FIELDSYNC_POUCH_DIR")
+        .ok()
+        .map(|d| {
+            sizes
+                .iter()
+                .filter(|n| [10_000, 100_000].contains(*n))
+                .filter_map(|&n| {
+                    eprintln!("bench: PouchDB side by side, {n} records");
+                    pouchdb(&root, Path::new(&d), seed, n)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
 
     results.insert("sizes".into(), serde_json::to_value(&per_size).unwrap());
     results.insert(
@@ -345,8 +442,10 @@ pub fn run(out_dir: &Path, from_results: bool) {
         json!({"median": cold[cold.len() / 2], "all": cold}),
     );
     results.insert("two_g".into(), two_g);
-    if let Some(p) = &pouch {
-        results.insert("pouchdb".into(), p.clone());
+    results.insert("two_g_plain".into(), two_g_plain);
+    results.insert("corpus_gzip_ratio".into(), json!(corpus_ratio()));
+    if !pouch.is_empty() {
+        results.insert("pouchdb".into(), json!(pouch));
     }
     std::fs::create_dir_all(out_dir).unwrap();
     std::fs::write(
@@ -355,7 +454,7 @@ pub fn run(out_dir: &Path, from_results: bool) {
     )
     .unwrap();
     std::fs::write(out_dir.join("report.md"), report(&per_size, &results)).unwrap();
-    std::fs::write(out_dir.join("plot.svg"), plot(&per_size, pouch.as_ref())).unwrap();
+    std::fs::write(out_dir.join("plot.svg"), plot(&per_size, &results)).unwrap();
     let _ = std::fs::remove_dir_all(&root);
     eprintln!(
         "bench: wrote {}/report.md, results.json, plot.svg",
@@ -363,11 +462,11 @@ pub fn run(out_dir: &Path, from_results: bool) {
     );
 }
 
-/// PouchDB 9 replicating the same 10,000 generated records to pouchdb-server 4
-/// on loopback, through the link emulator (for wire bytes).
-fn pouchdb(root: &Path, dir: &Path, seed: u64) -> Option<Value> {
-    let n = 10_000;
-    let work = root.join("pouchdb");
+/// PouchDB 9 with the same `n` generated records as fieldsync's push: written
+/// locally with `bulkDocs`, replicated to pouchdb-server 4 on loopback through the
+/// link emulator (for wire bytes), and pulled into a fresh local database.
+fn pouchdb(root: &Path, dir: &Path, seed: u64, n: usize) -> Option<Value> {
+    let work = root.join(format!("pouchdb-{n}"));
     std::fs::create_dir_all(&work).ok()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .ok()?
