@@ -136,6 +136,8 @@ if [ $run_tests = 1 ]; then
   # qemu. Threads: the harness runs tests two at a time, as on the 2-core CI.
   started=$(date +%s)
   # Doctests are skipped: they build for the host, and rustdoc finds no target std here.
+  # The examples run as programs (tests/apps.rs), so they are built as such.
+  /usr/bin/cargo build --target "$target" --examples
   /usr/bin/cargo test --no-fail-fast --target "$target" --lib --bins --tests -- --test-threads 2
   echo "the whole suite for $target under qemu: passed in $(( $(date +%s) - started )) s (build included)"
 fi

@@ -14,10 +14,11 @@ use std::time::Duration;
 use crate::clock::{self, Clock};
 use crate::error::Class;
 use crate::field::led::{self, Leds};
+use crate::field::metrics;
 use crate::field::notify;
 use crate::field::progress;
 use crate::field::status::{self, Attempt};
-use crate::store::{key, modes, outbox, Store};
+use crate::store::{buffer, key, modes, outbox, Store};
 use crate::sync::{self, Outcome, Progress, Report};
 use crate::wire::client::Client;
 use crate::wire::credentials::{self, Secret};
@@ -261,6 +262,12 @@ pub fn sync_once<T: Transport>(
     if let Err(e) = status::record_attempt(store, &attempt) {
         log::warn!("could not save the sync result: {e}");
     }
+    if let Some(path) = &s.settings.metrics_file {
+        let took = s.client.clock().now() - started;
+        if let Err(e) = write_metrics(path, store, &s.settings.site, &attempt, took) {
+            log::warn!("could not write the metrics file {}: {e}", path.display());
+        }
+    }
     let rejected = outbox::rejected_count(store.conn()).unwrap_or(0);
     let pattern = led::pattern(false, Some(report.outcome()), report.outbox_left, rejected);
     s.leds.show(pattern);
@@ -274,6 +281,32 @@ pub fn sync_once<T: Transport>(
         let _ = status::write_snapshot(&snap_path, &snap);
     }
     report
+}
+
+/// The fleet metrics after a sync (see [`metrics`]).
+fn write_metrics(
+    path: &Path,
+    store: &Store,
+    site: &str,
+    attempt: &Attempt,
+    took: Duration,
+) -> Result<(), String> {
+    let conn = store.conn();
+    let counts = buffer::counts(conn).map_err(|e| e.to_string())?;
+    let number = |k: &str| store.number(k).ok().flatten();
+    let sample = metrics::Sample {
+        site: site.to_string(),
+        last: Some(attempt.clone()),
+        last_success_unix: number(key::LAST_SUCCESS),
+        attempts_since_success: number(key::ATTEMPTS_SINCE_SUCCESS).unwrap_or(0),
+        duration_secs: took.as_secs_f64(),
+        outbox_pending: outbox::pending_count(conn).map_err(|e| e.to_string())?,
+        outbox_rejected: outbox::rejected_count(conn).map_err(|e| e.to_string())?,
+        outbox_held: outbox::held_count(conn).map_err(|e| e.to_string())?,
+        integration_pending: counts.pending,
+        integration_failed: counts.failed,
+    };
+    metrics::write(path, &sample).map_err(|e| e.to_string())
 }
 
 fn log_report(r: &Report, took: Duration) {

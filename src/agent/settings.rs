@@ -229,6 +229,15 @@ pub const KEYS: &[Key] = &[
         check: progress_secs,
     },
     Key {
+        name: key::METRICS_FILE,
+        env: Some("FIELDSYNC_METRICS_FILE"),
+        default: "",
+        unit: "path",
+        set_by: SetBy::Deployer,
+        doc: "write fleet metrics (Prometheus/OpenMetrics text) here after each sync, e.g. `/var/lib/prometheus/node-exporter/fieldsync.prom`; empty: none",
+        check: any,
+    },
+    Key {
         name: "led_dir",
         env: Some("FIELDSYNC_LED_DIR"),
         default: led::SYS_LEDS,
@@ -311,6 +320,8 @@ pub struct Settings {
     pub retry_delays: Vec<Duration>,
     /// How often a long step writes a progress line to the journal or log file.
     pub progress_every: Duration,
+    /// Fleet metrics file written after each sync, if any.
+    pub metrics_file: Option<PathBuf>,
 }
 
 pub fn lookup(name: &str) -> Option<&'static Key> {
@@ -413,6 +424,9 @@ impl Settings {
             sync,
             retry_delays: (0..3).map(|i| Duration::from_millis(base << i)).collect(),
             progress_every: Duration::from_secs(number(key::PROGRESS_SECS)?),
+            metrics_file: get(key::METRICS_FILE)?
+                .filter(|p| !p.trim().is_empty())
+                .map(PathBuf::from),
         })
     }
 

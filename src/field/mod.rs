@@ -4,6 +4,7 @@
 
 pub mod led;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod progress;
 pub mod status;

@@ -167,6 +167,12 @@ pub fn record_attempt(store: &Store, attempt: &Attempt) -> Result<(), StoreError
         Outcome::Ok | Outcome::OkWithIntegrationErrors
     ) {
         crate::store::set_setting(&tx, key::LAST_SUCCESS, &attempt.finished_unix.to_string())?;
+        crate::store::set_setting(&tx, key::ATTEMPTS_SINCE_SUCCESS, "0")?;
+    } else {
+        let n = crate::store::get_setting(&tx, key::ATTEMPTS_SINCE_SUCCESS)?
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        crate::store::set_setting(&tx, key::ATTEMPTS_SINCE_SUCCESS, &(n + 1).to_string())?;
     }
     tx.commit()
         .map_err(|e| StoreError::sqlite("saving the sync result", e))

@@ -16,6 +16,7 @@ pub mod registry;
 pub mod row;
 pub mod rules;
 mod schema;
+pub mod views;
 
 pub use error::StoreError;
 pub use schema::RULES_REPAIRED;
@@ -84,6 +85,13 @@ pub mod key {
     /// The last finished attempt (JSON) and the last success (unix seconds, display only).
     pub const LAST_ATTEMPT: &str = "last_attempt";
     pub const LAST_SUCCESS: &str = "last_success";
+    /// Attempts since the last success (clock-free; the fleet metrics show it).
+    pub const ATTEMPTS_SINCE_SUCCESS: &str = "attempts_since_success";
+    /// Where the fleet metrics file goes; unset: none is written.
+    pub const METRICS_FILE: &str = "metrics_file";
+    /// The last bundle written and read (USB sync), for `status`.
+    pub const BUNDLE_OUT: &str = "bundle_out";
+    pub const BUNDLE_IN: &str = "bundle_in";
     /// Fingerprint of the registry and triggers this file was migrated with.
     pub const SCHEMA_RULES: &str = "schema_rules";
 }

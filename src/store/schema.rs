@@ -10,7 +10,7 @@
 
 use rusqlite::params;
 
-use super::{key, registry, rules, Store, StoreError};
+use super::{key, registry, rules, views, Store, StoreError};
 
 /// Schema versions, applied in order on open (`PRAGMA user_version` says how many ran).
 const MIGRATIONS: &[&str] = &[
@@ -24,7 +24,11 @@ pub const RULES_REPAIRED: &str = "rules_repaired";
 
 /// What this build installs: the registry and the trigger text, fingerprinted.
 fn fingerprint() -> String {
-    let text: String = rules::triggers().into_iter().map(|(_, s)| s).collect();
+    let text: String = rules::triggers()
+        .into_iter()
+        .map(|(_, s)| s)
+        .chain(views::views().into_iter().map(|(_, s)| s))
+        .collect();
     let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
@@ -118,6 +122,7 @@ pub(super) fn migrate(store: &mut Store, version: usize) -> Result<(), StoreErro
     // Retired and current triggers go first: an old schema's tables are rebuilt
     // below, and their triggers must not fire during the copy.
     rules::drop_all(&tx)?;
+    views::drop_all(&tx)?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         tx.execute_batch(sql)
             .map_err(|e| StoreError::sqlite(format!("migration {}", i + 1), e))?;
@@ -132,6 +137,7 @@ pub(super) fn migrate(store: &mut Store, version: usize) -> Result<(), StoreErro
         .map_err(|e| StoreError::sqlite("registry", e))?;
     }
     rules::create_all(&tx)?;
+    views::create_all(&tx)?;
     super::set_setting(&tx, key::SCHEMA_RULES, &fingerprint)?;
     if !problems.is_empty() {
         let detail = problems.join("; ");

@@ -1,0 +1,337 @@
+//! Read-only SQL views over the `record` table, one per known legacy table
+//! (`v_item`, `v_transact`, …), generated from the registry: the common legacy
+//! fields as typed columns, so a clinic app, `sqlite3` or a report tool can
+//! query the store without JSON functions.
+//!
+//! What must hold: a view only reads (SQLite views take no writes without
+//! INSTEAD OF triggers, and none are made), so every write still goes through
+//! `record` and its rules; the views are rewritten with the rules whenever this
+//! build's registry or column list differs from the file's (see `schema`), so
+//! they never name a table the registry no longer has. Every view has `ID`,
+//! the owner field where the table has one, its typed columns, `origin` (`local`
+//! or `sync`) and `data` (the whole row as JSON, fields the columns leave out
+//! included).
+
+use super::registry::{self, Owner};
+
+/// SQL type a column is read as.
+#[derive(Debug, Clone, Copy)]
+enum Ty {
+    Text,
+    Int,
+    Real,
+    /// JSON true/false as 1/0.
+    Bool,
+}
+
+use Ty::{Bool, Int, Real, Text};
+
+/// The common fields of the tables apps and reports read most, by legacy name
+/// (mSupply's own spelling, capitals included). Other tables get `ID`, owner,
+/// `origin` and `data`.
+const COLUMNS: &[(&str, &[(&str, Ty)])] = &[
+    (
+        "item",
+        &[
+            ("code", Text),
+            ("item_name", Text),
+            ("default_pack_size", Int),
+            ("category_ID", Text),
+            ("is_vaccine", Bool),
+        ],
+    ),
+    (
+        "name",
+        &[
+            ("code", Text),
+            ("name", Text),
+            ("type", Text),
+            ("date_of_birth", Text),
+        ],
+    ),
+    (
+        "store",
+        &[
+            ("code", Text),
+            ("name", Text),
+            ("store_mode", Text),
+            ("sync_id_remote_site", Int),
+            ("name_ID", Text),
+        ],
+    ),
+    (
+        "transact",
+        &[
+            ("invoice_num", Int),
+            ("type", Text),
+            ("status", Text),
+            ("name_ID", Text),
+            ("entry_date", Text),
+            ("confirm_date", Text),
+            ("comment", Text),
+            ("linked_transaction_id", Text),
+        ],
+    ),
+    (
+        "trans_line",
+        &[
+            ("item_ID", Text),
+            ("item_name", Text),
+            ("item_line_ID", Text),
+            ("batch", Text),
+            ("expiry_date", Text),
+            ("quantity", Real),
+            ("pack_size", Int),
+            ("cost_price", Real),
+            ("sell_price", Real),
+            ("line_number", Int),
+        ],
+    ),
+    (
+        "item_line",
+        &[
+            ("item_ID", Text),
+            ("batch", Text),
+            ("expiry_date", Text),
+            ("available", Real),
+            ("quantity", Real),
+            ("pack_size", Int),
+            ("cost_price", Real),
+            ("sell_price", Real),
+            ("location_ID", Text),
+        ],
+    ),
+    (
+        "requisition",
+        &[
+            ("serial_number", Int),
+            ("type", Text),
+            ("status", Text),
+            ("name_ID", Text),
+            ("date_entered", Text),
+            ("periodID", Text),
+            ("programID", Text),
+        ],
+    ),
+    (
+        "requisition_line",
+        &[
+            ("item_ID", Text),
+            ("itemName", Text),
+            ("stock_on_hand", Real),
+            ("daily_usage", Real),
+            ("suggested_quantity", Real),
+            ("Cust_stock_order", Real),
+            ("actualQuan", Real),
+        ],
+    ),
+    (
+        "Stock_take",
+        &[
+            ("serial_number", Int),
+            ("status", Text),
+            ("stock_take_date", Text),
+            ("Description", Text),
+            ("comment", Text),
+        ],
+    ),
+    (
+        "Stock_take_lines",
+        &[
+            ("item_ID", Text),
+            ("item_name", Text),
+            ("item_line_ID", Text),
+            ("Batch", Text),
+            ("expiry", Text),
+            ("snapshot_qty", Real),
+            ("snapshot_packsize", Int),
+            ("stock_take_qty", Real),
+        ],
+    ),
+    (
+        "Location",
+        &[("code", Text), ("Description", Text), ("hold", Bool)],
+    ),
+    ("name_store_join", &[("name_ID", Text), ("inactive", Bool)]),
+    ("item_store_join", &[("item_ID", Text), ("inactive", Bool)]),
+    (
+        "message",
+        &[
+            ("toStoreID", Text),
+            ("type", Text),
+            ("status", Text),
+            ("body", Text),
+        ],
+    ),
+    (
+        "temperature_log",
+        &[
+            ("sensor_ID", Text),
+            ("location_ID", Text),
+            ("temperature", Real),
+            ("date", Text),
+            ("time", Int),
+        ],
+    ),
+    (
+        "user",
+        &[
+            ("name", Text),
+            ("first_name", Text),
+            ("last_name", Text),
+            ("active", Bool),
+        ],
+    ),
+    ("pref", &[("item", Text), ("user_ID", Text)]),
+    ("list_master", &[("code", Text), ("description", Text)]),
+    (
+        "list_master_line",
+        &[("item_master_ID", Text), ("item_ID", Text)],
+    ),
+    (
+        "period",
+        &[
+            ("name", Text),
+            ("startDate", Text),
+            ("endDate", Text),
+            ("periodScheduleID", Text),
+        ],
+    ),
+];
+
+/// The view's name for a legacy table.
+pub fn view_name(table: &str) -> String {
+    format!("v_{table}")
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn column(field: &str, ty: Ty) -> String {
+    // Field names are our own constants; the JSON path quotes them anyway.
+    let path = format!("json_extract(data, '$.\"{field}\"')");
+    let expr = match ty {
+        Ty::Text => path,
+        Ty::Int => format!("CAST({path} AS INTEGER)"),
+        Ty::Real => format!("CAST({path} AS REAL)"),
+        Ty::Bool => format!("CASE {path} WHEN 1 THEN 1 WHEN 0 THEN 0 END"),
+    };
+    format!("{expr} AS {}", quote(field))
+}
+
+/// `(view name, CREATE VIEW statement)` for every registry table, in rank order.
+pub fn views() -> Vec<(String, String)> {
+    registry::tables()
+        .map(|t| {
+            let mut cols = vec!["record_id AS \"ID\"".to_string()];
+            let owner = match t.owner {
+                Owner::Field("ID") | Owner::None => None,
+                Owner::Field(f) | Owner::Parent { field: f, .. } => Some(f),
+            };
+            if let Some(f) = owner {
+                cols.push(column(f, Ty::Text));
+            }
+            let extra = COLUMNS
+                .iter()
+                .find(|(name, _)| *name == t.name)
+                .map_or(&[][..], |(_, c)| c);
+            for (f, ty) in extra.iter().filter(|(f, _)| Some(*f) != owner) {
+                cols.push(column(f, *ty));
+            }
+            cols.push("origin".into());
+            cols.push("data".into());
+            let name = view_name(t.name);
+            let sql = format!(
+                "CREATE VIEW {} AS SELECT {} FROM record WHERE table_name = '{}';\n",
+                quote(&name),
+                cols.join(", "),
+                t.name
+            );
+            (name, sql)
+        })
+        .collect()
+}
+
+/// Drops this build's views and any older `v_` view of a table this build no
+/// longer knows (recorded by their definition over `record`).
+pub fn drop_all(conn: &rusqlite::Connection) -> Result<(), super::StoreError> {
+    let err = |e| super::StoreError::sqlite("dropping the views", e);
+    let names: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'view' AND name LIKE 'v\\_%' ESCAPE '\\' \
+             AND sql LIKE '%FROM record WHERE table_name = %'",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()
+        })
+        .map_err(err)?;
+    for n in names {
+        conn.execute_batch(&format!("DROP VIEW IF EXISTS {};", quote(&n)))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+pub fn create_all(conn: &rusqlite::Connection) -> Result<(), super::StoreError> {
+    for (name, sql) in views() {
+        conn.execute_batch(&sql)
+            .map_err(|e| super::StoreError::sqlite(format!("creating view {name}"), e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::Store;
+    use serde_json::json;
+
+    #[test]
+    fn views_type_the_common_fields_and_refuse_writes() {
+        let mut s = Store::open_in_memory().unwrap();
+        s.set_site_identity(1, "S").unwrap();
+        s.put(
+            "transact",
+            &json!({"ID": "T1", "store_ID": "S", "invoice_num": 7, "type": "si", "hold": false}),
+        )
+        .unwrap();
+        s.put(
+            "trans_line",
+            &json!({"ID": "L1", "transaction_ID": "T1", "quantity": 2.5, "pack_size": 10}),
+        )
+        .unwrap();
+        let (num, ty, store): (i64, String, String) = s
+            .conn()
+            .query_row(
+                "SELECT invoice_num, typeof(invoice_num), store_ID FROM v_transact WHERE ID = 'T1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((num, ty.as_str(), store.as_str()), (7, "integer", "S"));
+        let (q, pack, parent): (f64, i64, String) = s
+            .conn()
+            .query_row(
+                "SELECT quantity, pack_size, transaction_ID FROM v_trans_line",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((q, pack, parent.as_str()), (2.5, 10, "T1"));
+        let e = s
+            .conn()
+            .execute("UPDATE v_transact SET status = 'fn'", [])
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot modify"), "{e}");
+        let n: i64 = s
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'view' AND name LIKE 'v\\_%' ESCAPE '\\'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n as usize, crate::store::registry::tables().count());
+    }
+}
