@@ -93,7 +93,9 @@ fn run(db: &str, item: &str) -> rusqlite::Result<u8> {
             return Ok(1);
         }
         // The rules answer with SQLITE_CONSTRAINT and a message that says why.
-        Err(rusqlite::Error::SqliteFailure(e, Some(msg))) if e.code == ErrorCode::ConstraintViolation => {
+        Err(rusqlite::Error::SqliteFailure(e, Some(msg)))
+            if e.code == ErrorCode::ConstraintViolation =>
+        {
             println!("refused: {msg}");
         }
         Err(e) => return Err(e),

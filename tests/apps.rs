@@ -14,7 +14,10 @@ use serde_json::json;
 fn synced_site(env: &Env) -> PathBuf {
     env.site("kaw", "S_KAW");
     env.central
-        .put("item", &json!({"ID": "I1", "code": "PARA", "item_name": "Paracetamol"}))
+        .put(
+            "item",
+            &json!({"ID": "I1", "code": "PARA", "item_name": "Paracetamol"}),
+        )
         .unwrap();
     let db = env.db("kaw");
     env.init(&db, "kaw");
@@ -67,7 +70,10 @@ fn delivered(env: &Env, db: &Path, count_id: &str) {
     assert_eq!(row["store_ID"], "S_KAW");
     assert_eq!(row["Description"], "monthly count");
     let item = env.central.get("item", "I1").unwrap().unwrap();
-    assert_eq!(item["item_name"], "Paracetamol", "the refused edit went nowhere");
+    assert_eq!(
+        item["item_name"], "Paracetamol",
+        "the refused edit went nowhere"
+    );
 }
 
 /// A Python 3 that has the `prometheus_client` parser, if any: the one on PATH,
@@ -90,7 +96,10 @@ fn the_python_example_records_a_count_that_the_sync_delivers() {
     let db = synced_site(&env);
     let python = python_with("sqlite3").expect("python3 with sqlite3 (CI installs python3)");
     let out = Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/clinic_app.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/clinic_app.py"
+        ))
         .arg(&db)
         .arg("I1")
         .output()
@@ -181,11 +190,7 @@ fn fleet_metrics_parse_and_follow_each_sync() {
     assert_eq!(m["fieldsync_last_attempt_outcome{outcome=ok}"], 1.0);
     assert_eq!(m["fieldsync_attempts_since_success{}"], 0.0);
     assert_eq!(m["fieldsync_outbox_records{}"], 0.0);
-    assert_eq!(
-        m["fieldsync_version{site=kaw,version=0.1.0}"],
-        1.0,
-        "{m:?}"
-    );
+    assert_eq!(m["fieldsync_version{site=kaw,version=0.1.0}"], 1.0, "{m:?}");
     assert!(m["fieldsync_last_sync_requests{}"] >= 5.0, "{m:?}");
     assert!(m["fieldsync_last_sync_received_bytes{}"] > 0.0);
     assert!(m.contains_key("fieldsync_last_success_timestamp_seconds{}"));
@@ -194,7 +199,11 @@ fn fleet_metrics_parse_and_follow_each_sync() {
     for id in ["T1", "T2"] {
         let out = env.agent(
             &db,
-            &["put", "transact", &json!({"ID": id, "store_ID": "S_KAW"}).to_string()],
+            &[
+                "put",
+                "transact",
+                &json!({"ID": id, "store_ID": "S_KAW"}).to_string(),
+            ],
         );
         assert!(out.status.success());
     }

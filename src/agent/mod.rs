@@ -11,10 +11,12 @@
 //! - [`records`]: local records (`put`, `get`, `delete`, `list`, `import`,
 //!   `queue`, `tables`);
 //! - [`check`]: `fieldsync check`, the connection checked step by step;
+//! - [`courier`]: sync by USB stick (`export`, `import-bundle`);
 //! - [`demo`]: the whole job on an embedded default.
 
 pub mod check;
 pub mod config;
+pub mod courier;
 pub mod credential;
 #[cfg(feature = "central")]
 pub mod demo;

@@ -31,6 +31,50 @@ enum Command {
     Merge(Merge),
     Get(Get),
     Report(Report),
+    ImportBundle(ImportBundle),
+    ExportBundle(ExportBundle),
+}
+
+/// apply a site's USB bundle (`fieldsync export`) as that site's pushes
+#[derive(FromArgs)]
+#[argh(subcommand, name = "import-bundle")]
+struct ImportBundle {
+    /// the bundle file
+    #[argh(positional)]
+    file: PathBuf,
+    /// read the site's password from this environment variable
+    #[argh(option)]
+    password_env: Option<String>,
+    /// read the site's password from this file
+    #[argh(option)]
+    password_file: Option<PathBuf>,
+    /// read the site's password from the first line of stdin
+    #[argh(switch)]
+    password_stdin: bool,
+}
+
+/// write a USB bundle for a site: its queue and the central data after its cursor
+#[derive(FromArgs)]
+#[argh(subcommand, name = "export-bundle")]
+struct ExportBundle {
+    /// the directory to write in (the stick)
+    #[argh(positional)]
+    dir: PathBuf,
+    /// the site's name
+    #[argh(option)]
+    site: String,
+    /// start the central data after this cursor (default: where the site is known to be)
+    #[argh(option)]
+    cursor: Option<u64>,
+    /// read the site's password from this environment variable
+    #[argh(option)]
+    password_env: Option<String>,
+    /// read the site's password from this file
+    #[argh(option)]
+    password_file: Option<PathBuf>,
+    /// read the site's password from the first line of stdin
+    #[argh(switch)]
+    password_stdin: bool,
 }
 
 /// serve the v5 API until SIGTERM/SIGINT
@@ -363,6 +407,45 @@ fn run(cli: Cli) -> Result<(), String> {
             None => Err("no such record".into()),
         },
         Command::Report(r) => report(&central, r.json),
+        Command::ImportBundle(i) => {
+            let pw = password(i.password_file, i.password_env, i.password_stdin)?;
+            let done = central.import_bundle(&i.file, &pw).map_err(e)?;
+            println!(
+                "imported {} record(s) of site {} from {}{}; integrated: {}",
+                done.records,
+                done.site,
+                i.file.display(),
+                if done.refused.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", {} refused (they go back to the site in its next bundle)",
+                        done.refused.len()
+                    )
+                },
+                if done.integrated {
+                    "yes"
+                } else {
+                    "not yet (see `report`)"
+                }
+            );
+            for r in &done.refused {
+                println!("  refused {} {}: {}", r.table, r.id, r.reason);
+            }
+            Ok(())
+        }
+        Command::ExportBundle(x) => {
+            let pw = password(x.password_file, x.password_env, x.password_stdin)?;
+            let (path, n) = central
+                .export_bundle(&x.site, &pw, &x.dir, x.cursor)
+                .map_err(e)?;
+            println!(
+                "wrote {} with {n} record(s) for site {}; take it to the site (`fieldsync import-bundle`)",
+                path.display(),
+                x.site
+            );
+            Ok(())
+        }
     }
 }
 

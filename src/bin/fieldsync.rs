@@ -48,6 +48,8 @@ enum Command {
     List(List),
     Import(Import),
     Queue(Queue),
+    Export(Export),
+    ImportBundle(ImportBundle),
     Tables(Tables),
     Dev(Dev),
     Version(Version),
@@ -218,6 +220,24 @@ struct Queue {
     args: Vec<String>,
 }
 
+/// write the waiting records as a bundle for the central, for a USB stick (no link needed)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "export")]
+struct Export {
+    /// the directory to write the bundle in (the stick)
+    #[argh(positional)]
+    dir: PathBuf,
+}
+
+/// apply a bundle the central wrote for this site (USB stick), as a sync's pull would
+#[derive(FromArgs)]
+#[argh(subcommand, name = "import-bundle")]
+struct ImportBundle {
+    /// the bundle file
+    #[argh(positional)]
+    file: PathBuf,
+}
+
 /// the legacy tables fieldsync knows, their kind and owner field
 #[derive(FromArgs)]
 #[argh(subcommand, name = "tables")]
@@ -369,6 +389,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 "queue takes: [--list|--rejected] [--json] | retry [TABLE ID]",
             )),
         },
+        Command::Export(e) => agent::courier::export(&db, &e.dir),
+        Command::ImportBundle(i) => agent::courier::import(&db, &i.file),
         Command::Tables(_) => {
             records::tables();
             Ok(())

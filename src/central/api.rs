@@ -375,19 +375,25 @@ impl Central {
         let max: u64 = conn.query_row("SELECT coalesce(max(id), 0) FROM changelog", [], |r| {
             r.get(0)
         })?;
-        let hidden = if routing::has_dispensary(conn, site.site_id)? {
-            String::new()
-        } else {
-            DISPENSARY_ONLY.join(",")
-        };
+        if cursor > 0 {
+            // The site holds everything up to the cursor it asks from (it moves
+            // its cursor with the records): a USB bundle for it starts there.
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE \
+                 SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                params![site_cursor_key(site.site_id), cursor.to_string()],
+            )?;
+        }
         let head = format!("{{\"maxCursor\":{},\"data\":[", max.max(cursor));
         page(
             conn,
-            "SELECT id, table_name, record_id, action, data FROM changelog WHERE id > ?1 \
-             AND (origin_site IS NULL OR origin_site <> ?3) \
-             AND (?4 = '' OR instr(',' || ?4 || ',', ',' || table_name || ',') = 0) \
-             ORDER BY id LIMIT ?2",
-            params![cursor as i64, limit, site.site_id, hidden],
+            CENTRAL_PAGE,
+            params![
+                cursor as i64,
+                limit,
+                site.site_id,
+                hidden(conn, site.site_id)?
+            ],
             head,
             |id| format!("\"ID\":{id}"),
         )
@@ -427,6 +433,29 @@ impl Central {
             body: Vec::new(),
         })
     }
+}
+
+/// The change log after `?1` that site `?3` may see, `?2` rows at most: not a
+/// primary's own edits (never echoed), not the dispensary-only tables listed in
+/// `?4` for a site without an active dispensary store (§9.7).
+pub(super) const CENTRAL_PAGE: &str =
+    "SELECT id, table_name, record_id, action, data FROM changelog WHERE id > ?1 \
+     AND (origin_site IS NULL OR origin_site <> ?3) \
+     AND (?4 = '' OR instr(',' || ?4 || ',', ',' || table_name || ',') = 0) \
+     ORDER BY id LIMIT ?2";
+
+/// The tables hidden from `site` (see [`CENTRAL_PAGE`]), comma-separated.
+pub(super) fn hidden(conn: &Connection, site: u32) -> super::Result<String> {
+    Ok(if routing::has_dispensary(conn, site)? {
+        String::new()
+    } else {
+        DISPENSARY_ONLY.join(",")
+    })
+}
+
+/// Where a site's central-records cursor is known to be (meta key).
+pub(super) fn site_cursor_key(site: u32) -> String {
+    format!("site_cursor:{site}")
 }
 
 fn internal(req: &Request, e: &super::AdminError) -> Reply {
@@ -487,18 +516,36 @@ fn page(
     head: String,
     lead: impl Fn(i64) -> String,
 ) -> super::Result<Reply> {
+    let (body, _, _) = page_body(conn, sql, args, head, lead, usize::MAX)?;
+    Ok(Reply { status: 200, body })
+}
+
+/// [`page`]'s body, ended early once it holds `max_bytes` (a bundle's pages
+/// stay bounded whatever the rows weigh), with its record count and last id.
+pub(super) fn page_body(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+    head: String,
+    lead: impl Fn(i64) -> String,
+    max_bytes: usize,
+) -> super::Result<(Vec<u8>, u64, i64)> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(args)?;
     let mut body = head.into_bytes();
-    let mut first = true;
+    let (mut count, mut last) = (0u64, 0i64);
     while let Some(r) = rows.next()? {
-        if !first {
+        if count > 0 {
+            if body.len() >= max_bytes {
+                break;
+            }
             body.push(b',');
         }
-        first = false;
+        count += 1;
+        last = r.get(0)?;
         let data: Option<String> = r.get(4)?;
         body.push(b'{');
-        body.extend_from_slice(lead(r.get(0)?).as_bytes());
+        body.extend_from_slice(lead(last).as_bytes());
         for (key, value) in [
             ("tableName", r.get::<_, String>(1)?),
             ("recordId", r.get::<_, String>(2)?),
@@ -517,5 +564,5 @@ fn page(
         body.push(b'}');
     }
     body.extend_from_slice(b"]}");
-    Ok(Reply { status: 200, body })
+    Ok((body, count, last))
 }

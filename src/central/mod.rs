@@ -6,7 +6,7 @@
 //! the administrator's operations; `auth` the checks every request passes; `api`
 //! the endpoints; `judge` who may push what (at push and again at integration);
 //! `routing` where each change goes; `integrate` the per-site integration worker
-//! and `transfers` the responding halves; `http` the wire. Built only with the
+//! and `transfers` the responding halves; `bundle` sync by USB stick; `http` the wire. Built only with the
 //! `central` feature: device builds carry none of it.
 //!
 //! What must hold:
@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod bundle;
 pub mod http;
 pub mod integrate;
 pub mod judge;

@@ -205,6 +205,12 @@ pub struct View {
     pub quarantined: u64,
     /// The class of the current condition (exit-code meaning), if any.
     pub class: Option<Class>,
+    /// The last USB bundle written (`fieldsync export`) and read
+    /// (`fieldsync import-bundle`): file, records, device time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle_out: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle_in: Option<serde_json::Value>,
 }
 
 impl View {
@@ -234,6 +240,8 @@ impl View {
             class: Some(Class::NotConfigured),
             rules: None,
             quarantined: 0,
+            bundle_out: None,
+            bundle_in: None,
         }
     }
 }
@@ -289,6 +297,12 @@ pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> 
         quarantined: conn
             .query_row("SELECT count(*) FROM record_quarantine", [], |r| r.get(0))
             .unwrap_or(0),
+        bundle_out: store
+            .setting(key::BUNDLE_OUT)?
+            .and_then(|t| serde_json::from_str(&t).ok()),
+        bundle_in: store
+            .setting(key::BUNDLE_IN)?
+            .and_then(|t| serde_json::from_str(&t).ok()),
     };
     if v.site.is_none() {
         v.class = Some(Class::NotConfigured);
@@ -432,6 +446,23 @@ pub fn render(v: &View, now: u64) -> String {
             out.push_str(&format!("{:<20} {e}\n", ""));
         }
     }
+    for (k, b) in [
+        ("last bundle written", &v.bundle_out),
+        ("last bundle read", &v.bundle_in),
+    ] {
+        if let Some(b) = b {
+            line(
+                &mut out,
+                k,
+                format!(
+                    "{}, {} record(s), {}",
+                    b["file"].as_str().unwrap_or("?"),
+                    b["records"],
+                    ago(b["unix"].as_u64().unwrap_or(0), now)
+                ),
+            );
+        }
+    }
     if v.running {
         let step = v
             .step
@@ -526,6 +557,8 @@ mod tests {
                 class: Some(class),
                 rules: None,
                 quarantined: 0,
+                bundle_out: None,
+                bundle_in: None,
             };
             let text = render(&v, now_unix());
             assert!(text.contains(class.hint()), "{class:?}: {text}");

@@ -1,7 +1,8 @@
 //! The mSupply v5 sync API: wire types shared with the central, the typed client,
 //! the HTTP transport (the only module that touches ureq) and the credentials every
-//! request carries.
+//! request carries, and the bundles that carry the same bodies on a USB stick.
 
+pub mod bundle;
 pub mod client;
 pub mod credentials;
 pub mod decode;

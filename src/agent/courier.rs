@@ -1,0 +1,470 @@
+//! Sync by USB stick, the site's side: `fieldsync export DIR` writes the outbox
+//! as a bundle for the central ([`crate::wire::bundle`]); `fieldsync
+//! import-bundle FILE` applies the central's bundle as a pull would.
+//!
+//! What must hold:
+//! - export changes nothing the central has not confirmed: the outbox stays as
+//!   it is (the same records may still go over a link, harmlessly); it records
+//!   which entry versions went into which bundle, in the transaction that read
+//!   them, committed only once the file is complete on the stick;
+//! - import uses nothing of a bundle before its check passed and it was found
+//!   to be this site's; central data moves the cursor in the transaction that
+//!   stores it (as a pull page does), and a bundle that starts after this
+//!   site's cursor is refused (it would leave a gap); queue entries are not
+//!   acknowledged — the link does that later, and a re-delivery upserts
+//!   harmlessly;
+//! - the central's confirmation of an earlier bundle removes exactly the entry
+//!   versions that bundle carried, and sets aside the ones it refused.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::params;
+use serde_json::json;
+
+use crate::error::Class;
+use crate::field::status;
+use crate::store::{key, outbox, Store, StoreError};
+use crate::sync::batch::{self, Batch, Limits, Offer};
+use crate::sync::integration::{self, Site};
+use crate::sync::{incoming, transfer};
+use crate::wire::bundle::{self, BundleError, Direction, Header, Kind, Reader, Writer};
+use crate::wire::credentials::Secret;
+use crate::wire::decode::{self, PullError};
+
+use super::settings::Settings;
+use super::{credential, runner, CmdResult, Failure};
+
+impl From<BundleError> for Failure {
+    fn from(e: BundleError) -> Self {
+        let class = match e {
+            BundleError::Io(..) => Class::Local,
+            _ => Class::Input,
+        };
+        Failure::new(class, e.to_string())
+    }
+}
+
+/// This site as the bundles name it.
+struct Identity {
+    site_id: u32,
+    site_name: String,
+    store: String,
+}
+
+fn identity(store: &Store) -> Result<Identity, Failure> {
+    let settings = Settings::load(store)?;
+    let initialised = store.setting(key::INIT_STATE)?.as_deref() == Some("initialised");
+    let site_id = store.number(key::SITE_ID)?;
+    let active = store.active_store()?.filter(|s| !s.is_empty());
+    match (initialised, site_id, active) {
+        (true, Some(id), Some(active)) => Ok(Identity {
+            site_id: id as u32,
+            site_name: settings.site,
+            store: active,
+        }),
+        _ => Err(Failure::new(
+            Class::NotConfigured,
+            "this site has not completed its first sync: USB bundles need a site the central has initialised (sync once over a link)",
+        )),
+    }
+}
+
+/// The site's password digest: the bundles' key.
+fn digest(store: &mut Store) -> Result<Secret, Failure> {
+    let settings = Settings::load(store)?;
+    let places = credential::Places::from_env(store.path(), settings.credential_file);
+    credential::migrate(store, &places.file)?;
+    places.read()
+}
+
+/// What `export` wrote.
+#[derive(Debug)]
+pub struct Exported {
+    pub path: PathBuf,
+    pub records: u64,
+    pub set_aside: u64,
+}
+
+/// `fieldsync export DIR`.
+pub fn export(db: &Path, dir: &Path) -> CmdResult {
+    let _lock = runner::lock(db)?;
+    let mut store = Store::open_configured(db)?;
+    let e = export_bundle(&mut store, dir)?;
+    println!(
+        "wrote {} with {} record(s){}; take it to the central (`fieldsync-central import-bundle`)",
+        e.path.display(),
+        e.records,
+        if e.set_aside > 0 {
+            format!(" ({} set aside: `fieldsync queue --rejected`)", e.set_aside)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+pub fn export_bundle(store: &mut Store, dir: &Path) -> Result<Exported, Failure> {
+    let me = identity(store)?;
+    let digest = digest(store)?;
+    if !dir.is_dir() {
+        return Err(Failure::new(
+            Class::Input,
+            format!(
+                "{} is not a directory: give the stick's directory (e.g. /media/usb)",
+                dir.display()
+            ),
+        ));
+    }
+    let id = bundle::new_id().map_err(|e| Failure::new(Class::Local, format!("random: {e}")))?;
+    let cursor = store.number(key::CURSOR)?.unwrap_or(0);
+    let tx = store.tx()?;
+    let conn: &rusqlite::Connection = &tx;
+    // Versions of entries no longer in the outbox (pushed over a link, or
+    // confirmed) are forgotten.
+    conn.execute(
+        "DELETE FROM bundle_sent WHERE seq NOT IN (SELECT seq FROM outbox)",
+        [],
+    )
+    .map_err(|e| StoreError::sqlite("tidying the bundle records", e))?;
+    let total = outbox::pending_count(conn)?;
+    let (first, last): (Option<i64>, Option<i64>) = conn
+        .query_row(
+            "SELECT min(seq), max(seq) FROM outbox WHERE state = 'pending'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(|e| StoreError::sqlite("reading the outbox", e))?;
+    let header = Header {
+        format: bundle::FORMAT,
+        direction: Direction::ToCentral,
+        id,
+        site_id: me.site_id,
+        site_name: me.site_name.clone(),
+        store: me.store,
+        first_seq: first.unwrap_or(0) as u64,
+        last_seq: last.unwrap_or(0) as u64,
+        records: 0,
+        cursor,
+        max_cursor: 0,
+        confirms: None,
+        created_by: format!("fieldsync {}", env!("CARGO_PKG_VERSION")),
+    };
+    let name = format!(
+        "{}-to-central-{}-{}.fsb",
+        file_safe(&me.site_name),
+        header.first_seq,
+        header.last_seq
+    );
+    let mut writer = Writer::create(&dir.join(&name), &header, &digest)?;
+    let limits = Limits {
+        max_records: batch::MAX_BATCH_RECORDS,
+        max_bytes: batch::DEFAULT_BATCH_BYTES,
+    };
+    let mut left = total;
+    let mut b = Batch::new(left);
+    let mut records = 0u64;
+    let mut unsendable: Vec<(String, String, String)> = Vec::new();
+    let mut failed: Option<Failure> = None;
+    let mut mark = conn
+        .prepare_cached("INSERT OR IGNORE INTO bundle_sent (bundle, seq) VALUES (?1, ?2)")
+        .map_err(|e| StoreError::sqlite("recording the bundle", e))?;
+    // One pass over the outbox in push order; a batch at a time in memory.
+    outbox::for_each_pending(conn, usize::MAX, |e| {
+        let problem = match (&e.unreadable, &e.data) {
+            (Some(why), _) => Some(format!("invalid: {why}")),
+            (None, Some(data)) if !e.delete => crate::store::row::check(data, Some(&e.id))
+                .err()
+                .map(|p| format!("{}: {p}", p.code())),
+            _ => None,
+        };
+        if let Some(why) = problem {
+            unsendable.push((e.table, e.id, why));
+            return true;
+        }
+        let mut offer = b.offer(&e, limits);
+        if offer == Offer::Full {
+            let full = std::mem::replace(&mut b, Batch::new(left));
+            left -= full.len() as u64;
+            let (body, _) = full.finish();
+            if let Err(err) = writer.body(Kind::Push, &body) {
+                failed = Some(err.into());
+                return false;
+            }
+            b = Batch::new(left);
+            offer = b.offer(&e, limits);
+        }
+        match offer {
+            Offer::Added => {
+                records += 1;
+                if let Err(err) = mark.execute(params![&id[..], e.seq]) {
+                    failed = Some(StoreError::sqlite("recording the bundle", err).into());
+                    return false;
+                }
+            }
+            Offer::TooLarge(n) => unsendable.push((e.table, e.id, format!("too_large: {n} bytes"))),
+            Offer::Full => unreachable!("a fresh batch takes its first entry"),
+        }
+        true
+    })?;
+    drop(mark);
+    if let Some(f) = failed {
+        return Err(f);
+    }
+    if !b.is_empty() {
+        let (body, _) = b.finish();
+        writer.body(Kind::Push, &body)?;
+    }
+    for (t, id, why) in &unsendable {
+        log::warn!("{t} {id} cannot be sent ({why}); set aside (see `fieldsync queue --rejected`)");
+        outbox::reject(conn, t, id, why)?;
+    }
+    // The header counted before the pass; the bodies are what counts for the
+    // central, which reads them whole.
+    let path = writer.finish()?;
+    crate::store::set_setting(
+        conn,
+        key::BUNDLE_OUT,
+        &json!({
+            "file": path.display().to_string(),
+            "id": bundle::id_hex(&id),
+            "records": records,
+            "unix": status::now_unix(),
+        })
+        .to_string(),
+    )?;
+    tx.commit()
+        .map_err(|e| StoreError::sqlite("recording the bundle", e))?;
+    log::info!(
+        "bundle {} written: {records} record(s), outbox seq {}..{}",
+        path.display(),
+        header.first_seq,
+        header.last_seq
+    );
+    Ok(Exported {
+        path,
+        records,
+        set_aside: unsendable.len() as u64,
+    })
+}
+
+fn file_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// What `import-bundle` applied.
+#[derive(Debug, Default)]
+pub struct Imported {
+    pub central: u64,
+    pub queued: u64,
+    pub integrated: u64,
+    pub failed: u64,
+    pub confirmed: u64,
+    pub refused: u64,
+    pub numbered: usize,
+}
+
+/// `fieldsync import-bundle FILE`.
+pub fn import(db: &Path, file: &Path) -> CmdResult {
+    let _lock = runner::lock(db)?;
+    let mut store = Store::open_configured(db)?;
+    let i = import_bundle(&mut store, file)?;
+    println!(
+        "applied {}: {} central record(s), {} queued record(s), {} integrated, {} not applied yet; \
+         {} sent record(s) confirmed by the central, {} refused",
+        file.display(),
+        i.central,
+        i.queued,
+        i.integrated,
+        i.failed,
+        i.confirmed,
+        i.refused
+    );
+    if i.failed > 0 {
+        return Err(Failure::new(
+            Class::Integration,
+            format!(
+                "{} received record(s) could not be applied yet (see `fieldsync status`)",
+                i.failed
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub fn import_bundle(store: &mut Store, file: &Path) -> Result<Imported, Failure> {
+    let me = identity(store)?;
+    // Which site it claims to be for, before its check: a bundle of another
+    // site fails the check too, and this says why.
+    let claimed = bundle::peek_header(file)?;
+    if claimed.direction != Direction::ToSite {
+        return Err(Failure::new(
+            Class::Input,
+            format!(
+                "{} is a bundle for the central (written by `fieldsync export`); take it to the central, nothing was changed",
+                file.display()
+            ),
+        ));
+    }
+    if claimed.site_id != me.site_id || !claimed.site_name.eq_ignore_ascii_case(&me.site_name) {
+        return Err(Failure::new(
+            Class::Input,
+            format!(
+                "{} is for site {} (id {}), and this is site {} (id {}); nothing was changed",
+                file.display(),
+                claimed.site_name,
+                claimed.site_id,
+                me.site_name,
+                me.site_id
+            ),
+        ));
+    }
+    let digest = digest(store)?;
+    let mut reader = Reader::open(file, &digest)?;
+    let header = reader.header.clone();
+    let cursor = store.number(key::CURSOR)?.unwrap_or(0);
+    if header.cursor > cursor {
+        return Err(Failure::new(
+            Class::Input,
+            format!(
+                "{} starts at central data position {} but this site holds up to {cursor}: ask the central for a bundle from {cursor} \
+                 (`fieldsync-central export-bundle --site {} --cursor {cursor} …`); nothing was changed",
+                file.display(),
+                header.cursor,
+                me.site_name
+            ),
+        ));
+    }
+    let site = Site {
+        active_store: Some(me.store.clone()),
+        initialised: true,
+    };
+    let mut done = Imported::default();
+    let mut report = integration::Report::default();
+    let mut last = cursor;
+    reader.bodies::<Failure>(&mut |kind, body| {
+        let tx = store.tx_unruled()?;
+        let mut n = 0u64;
+        let mut each = |rec: crate::wire::protocol::SyncRecord| -> Result<(), Failure> {
+            if kind == Kind::Central {
+                let Some(id) = rec.id else {
+                    return Err(Failure::new(Class::Site, "a central record without ID in the bundle"));
+                };
+                if id <= last {
+                    return Ok(()); // held already
+                }
+                last = id;
+            }
+            integration::receive(&tx, &site, &incoming(&rec), &mut report)?;
+            n += 1;
+            Ok(())
+        };
+        match kind {
+            Kind::Central | Kind::Queue => match decode::decode_pull(body, &mut each) {
+                Ok(_) => {}
+                Err(PullError::Stopped(f)) => return Err(f),
+                Err(PullError::Broken { detail, .. }) => {
+                    return Err(Failure::new(
+                        Class::Site,
+                        format!(
+                            "{}: a page of the bundle cannot be read ({detail}); nothing of that page was applied",
+                            file.display()
+                        ),
+                    ))
+                }
+            },
+            Kind::Push => {
+                return Err(Failure::new(
+                    Class::Input,
+                    "the bundle holds a site's push; take it to the central",
+                ))
+            }
+        }
+        if kind == Kind::Central {
+            crate::store::set_setting(&tx, key::CURSOR, &last.to_string())?;
+            done.central += n;
+        } else {
+            done.queued += n;
+        }
+        tx.commit()?;
+        Ok(())
+    })?;
+    // Everything after the cursor this site may see was in the bundle.
+    let tx = store.tx()?;
+    if header.max_cursor > last {
+        crate::store::set_setting(&tx, key::CURSOR, &header.max_cursor.to_string())?;
+    }
+    crate::store::set_setting(
+        &tx,
+        key::CENTRAL_MAX_CURSOR,
+        &header.max_cursor.max(last).to_string(),
+    )?;
+    if let Some(c) = &header.confirms {
+        for r in &c.refused {
+            done.refused += tx
+                .execute(
+                    "UPDATE outbox SET state = 'rejected', reason = ?3 WHERE table_name = ?1 AND record_id = ?2 \
+                     AND seq IN (SELECT seq FROM bundle_sent WHERE bundle = ?4)",
+                    params![r.table, r.id, r.reason, &c.bundle[..]],
+                )
+                .map_err(|e| StoreError::sqlite("setting refused records aside", e))?
+                as u64;
+        }
+        done.confirmed =
+            tx.execute(
+                "DELETE FROM outbox WHERE state IN ('pending', 'sent') \
+                 AND seq IN (SELECT seq FROM bundle_sent WHERE bundle = ?1)",
+                [&c.bundle[..]],
+            )
+            .map_err(|e| StoreError::sqlite("removing confirmed records", e))? as u64;
+        tx.execute("DELETE FROM bundle_sent WHERE bundle = ?1", [&c.bundle[..]])
+            .map_err(|e| StoreError::sqlite("removing confirmed records", e))?;
+    }
+    tx.commit()
+        .map_err(|e| StoreError::sqlite("saving the bundle's cursor", e))?;
+    // What could not be applied as it arrived, then transfer numbers (they
+    // leave with the next bundle or sync), as after a pull.
+    let pass = integration::integrate(store, &site, |_| {})?;
+    done.integrated = report.integrated + pass.integrated;
+    done.failed = crate::store::buffer::counts(store.conn())?.failed;
+    let (numbered, _) = transfer::number_all(store, &me.store)?;
+    done.numbered = numbered.len();
+    let _ = store.refresh_hold()?;
+    store.set_setting(
+        key::BUNDLE_IN,
+        &json!({
+            "file": file.display().to_string(),
+            "id": bundle::id_hex(&header.id),
+            "records": done.central + done.queued,
+            "confirmed": done.confirmed,
+            "unix": status::now_unix(),
+        })
+        .to_string(),
+    )?;
+    log::info!(
+        "bundle {} applied: {} central, {} queued, {} confirmed, {} refused",
+        file.display(),
+        done.central,
+        done.queued,
+        done.confirmed,
+        done.refused
+    );
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_keep_to_safe_characters() {
+        assert_eq!(file_safe("Kaw North/2"), "Kaw_North_2");
+    }
+}

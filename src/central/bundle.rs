@@ -1,0 +1,424 @@
+//! Sync by USB stick, the central's side: `import-bundle` applies a site's
+//! bundle as that site's pushes, `export-bundle` writes the site's queue and
+//! the central data after its cursor for the courier to take back.
+//!
+//! What must hold: the administrator gives the site's password, which is
+//! checked against the stored Argon2id hash before its digest (the bundles'
+//! key) checks the file; nothing is applied before both passed. Every push body
+//! goes through the same endpoint code as over HTTP — judged by ownership,
+//! staged idempotently, a site's own push dropping its stale queue entries —
+//! then the final push seals it and integration runs before the command
+//! returns, so a bundle imported twice, or followed by the same records over a
+//! link, changes nothing. What the import refused is remembered and goes back
+//! to the site in the next bundle written for it, with the confirmation that
+//! lets the site drop what was accepted.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, OptionalExtension};
+use serde_json::Value;
+
+use super::api::{self, Request};
+use super::auth::SiteRow;
+use super::{routing, verify_digest, AdminError, Central, Result};
+use crate::wire::bundle::{
+    self, Confirmation, Direction, Header, Kind, Reader, Refused, Writer, MAX_INFLATED,
+};
+use crate::wire::credentials::{self, Secret};
+
+/// Records per page of a bundle for a site, and the bytes a page stops at.
+const PAGE_RECORDS: u64 = 1000;
+const PAGE_BYTES: usize = 4 << 20;
+
+/// The meta key of a site's last imported bundle and what was refused of it.
+fn bundle_in_key(site: u32) -> String {
+    format!("bundle_in:{site}")
+}
+
+/// What an import did.
+#[derive(Debug, Default)]
+pub struct Imported {
+    pub site: String,
+    pub records: u64,
+    pub bodies: u64,
+    pub refused: Vec<Refused>,
+    pub integrated: bool,
+}
+
+impl From<bundle::BundleError> for AdminError {
+    fn from(e: bundle::BundleError) -> Self {
+        AdminError(e.to_string())
+    }
+}
+
+fn bundle_error(e: bundle::BundleError) -> AdminError {
+    e.into()
+}
+
+impl Central {
+    /// The site named in a bundle, after its password was checked; returns
+    /// the row and the digest (the bundle key).
+    fn bundle_site(&self, name: &str, password: &str) -> Result<(SiteRow, Secret)> {
+        let conn = self.conn()?;
+        let row: Option<(u32, String, String, String, String, String)> = conn
+            .query_row(
+                "SELECT site_id, uuid, code, name, init_status, password_hash FROM site WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()?;
+        let Some((site_id, uuid, code, name, init_status, hash)) = row else {
+            return Err(AdminError(format!(
+                "site {name:?} is not on this central (see `fieldsync-central report`); nothing was changed"
+            )));
+        };
+        let digest = credentials::password_digest(password);
+        if !verify_digest(&hash, digest.expose()) {
+            return Err(AdminError(format!(
+                "that is not site {name}'s password; nothing was changed"
+            )));
+        }
+        Ok((
+            SiteRow {
+                site_id,
+                uuid,
+                code,
+                name,
+                init_status,
+            },
+            digest,
+        ))
+    }
+
+    /// `fieldsync-central import-bundle FILE --password-env VAR`.
+    pub fn import_bundle(&self, path: &Path, password: &str) -> Result<Imported> {
+        let claimed = bundle::peek_header(path).map_err(bundle_error)?;
+        if claimed.direction != Direction::ToCentral {
+            return Err(AdminError(format!(
+                "{} was written by a central for site {}; take it to that site (`fieldsync import-bundle`); nothing was changed",
+                path.display(),
+                claimed.site_name
+            )));
+        }
+        let (site, digest) = self.bundle_site(&claimed.site_name, password)?;
+        if site.site_id != claimed.site_id {
+            return Err(AdminError(format!(
+                "{} says site {} has id {}, this central has id {}: it was written for another central; nothing was changed",
+                path.display(),
+                site.name,
+                claimed.site_id,
+                site.site_id
+            )));
+        }
+        let mut reader = Reader::open(path, &digest).map_err(bundle_error)?;
+        let header = reader.header.clone();
+        // Integration runs here, before the command returns.
+        let mut me = self.clone();
+        me.background_integration = false;
+        let mut done = Imported {
+            site: site.name.clone(),
+            ..Imported::default()
+        };
+        reader.bodies::<AdminError>(&mut |kind, body| {
+            if kind != Kind::Push {
+                return Err(AdminError(
+                    "the bundle holds pages for a site, not pushes".into(),
+                ));
+            }
+            let mut plain = Vec::new();
+            body.read_to_end(&mut plain).map_err(|e| {
+                AdminError(format!("{}: a body cannot be read: {e}", path.display()))
+            })?;
+            if plain.len() as u64 >= MAX_INFLATED {
+                return Err(AdminError(format!(
+                    "{}: a body is too large",
+                    path.display()
+                )));
+            }
+            done.bodies += 1;
+            done.records += me.push_body(&site, plain, &mut done.refused)?;
+            Ok(())
+        })?;
+        // The final push: seals what was staged and integrates it.
+        let reply = me.serve(
+            &site,
+            &push_request(br#"{"queueLength":0,"data":[]}"#.to_vec()),
+        );
+        if reply.status != 200 {
+            return Err(answer_error(&site, &reply));
+        }
+        let conn = self.conn()?;
+        done.integrated = !self.integration_owed(&conn, site.site_id)?;
+        let confirmation = Confirmation {
+            bundle: header.id,
+            refused: done.refused.clone(),
+        };
+        let encoded = postcard::to_allocvec(&confirmation)
+            .map_err(|e| AdminError(format!("encoding the confirmation: {e}")))?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![bundle_in_key(site.site_id), hex(&encoded)],
+        )?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE \
+             SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+            params![api::site_cursor_key(site.site_id), header.cursor.to_string()],
+        )?;
+        log::info!(
+            "bundle {} of site {}: {} record(s) in {} body(ies), {} refused",
+            path.display(),
+            site.name,
+            done.records,
+            done.bodies,
+            done.refused.len()
+        );
+        Ok(done)
+    }
+
+    /// One push body as the site would have sent it; records refused are
+    /// listed and the rest sent again, as the agent does. Returns the count
+    /// accepted.
+    fn push_body(&self, site: &SiteRow, plain: Vec<u8>, refused: &mut Vec<Refused>) -> Result<u64> {
+        let mut body = plain;
+        loop {
+            let records = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["data"].as_array().map(Vec::len))
+                .unwrap_or(0) as u64;
+            let reply = self.serve(site, &push_request(body.clone()));
+            match reply.status {
+                200 => return Ok(records),
+                400 | 403 => {
+                    let answer: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+                    let listed: Vec<(String, String, String)> = answer["error"]["data"]["records"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|r| {
+                                    let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                                    (s("tableName"), s("recordId"), s("reason"))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let code = answer["error"]["code"]
+                        .as_str()
+                        .unwrap_or("refused")
+                        .to_string();
+                    let mut push: Value = serde_json::from_slice(&body)
+                        .map_err(|e| AdminError(format!("a push body is not JSON: {e}")))?;
+                    let data = push["data"]
+                        .as_array_mut()
+                        .ok_or_else(|| AdminError("a push body without data".into()))?;
+                    let before = data.len();
+                    data.retain(|r| {
+                        !listed.iter().any(|(t, id, _)| {
+                            r["tableName"].as_str() == Some(t) && r["recordId"].as_str() == Some(id)
+                        })
+                    });
+                    if data.len() == before {
+                        return Err(answer_error(site, &reply));
+                    }
+                    for (table, id, reason) in listed {
+                        log::warn!(
+                            "site {}: {table} {id} refused ({code}: {reason})",
+                            site.name
+                        );
+                        refused.push(Refused {
+                            table,
+                            id,
+                            reason: format!("{code}: {reason}"),
+                        });
+                    }
+                    if data.is_empty() {
+                        return Ok(0);
+                    }
+                    body = push.to_string().into_bytes();
+                }
+                _ => return Err(answer_error(site, &reply)),
+            }
+        }
+    }
+
+    /// `fieldsync-central export-bundle --site NAME --password-env VAR DIR`:
+    /// the site's queue and the central data after `cursor` (default: where the
+    /// site is known to be), with the answer to its last bundle.
+    pub fn export_bundle(
+        &self,
+        name: &str,
+        password: &str,
+        dir: &Path,
+        cursor: Option<u64>,
+    ) -> Result<(PathBuf, u64)> {
+        if !dir.is_dir() {
+            return Err(AdminError(format!(
+                "{} is not a directory: give the stick's directory",
+                dir.display()
+            )));
+        }
+        let (site, digest) = self.bundle_site(name, password)?;
+        if site.init_status != "completed" {
+            return Err(AdminError(format!(
+                "site {} has not been initialised: its first sync must run over a link",
+                site.name
+            )));
+        }
+        let mut conn = self.conn()?;
+        // One read transaction: the header's counts and the pages agree.
+        let tx = conn.transaction()?;
+        let meta = |key: String| -> Result<Option<String>> {
+            Ok(tx
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()?)
+        };
+        let cursor = match cursor {
+            Some(c) => c,
+            None => meta(api::site_cursor_key(site.site_id))?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        };
+        let confirms = match meta(bundle_in_key(site.site_id))? {
+            Some(h) => unhex(&h)
+                .and_then(|b| postcard::from_bytes::<Confirmation>(&b).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    AdminError("the record of the site's last bundle is damaged".into())
+                })?,
+            None => None,
+        };
+        let hidden = api::hidden(&tx, site.site_id)?;
+        let max: u64 = tx.query_row("SELECT coalesce(max(id), 0) FROM changelog", [], |r| {
+            r.get(0)
+        })?;
+        let central: u64 = tx.query_row(
+            "SELECT count(*) FROM changelog WHERE id > ?1 AND (origin_site IS NULL OR origin_site <> ?2) \
+             AND (?3 = '' OR instr(',' || ?3 || ',', ',' || table_name || ',') = 0)",
+            params![cursor as i64, site.site_id, hidden],
+            |r| r.get(0),
+        )?;
+        let (queued, first, last): (u64, Option<i64>, Option<i64>) = tx.query_row(
+            "SELECT count(*), min(id), max(id) FROM sync_out WHERE site_id = ?1",
+            [site.site_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let stores = routing::active_stores(&tx, site.site_id)?;
+        let header = Header {
+            format: bundle::FORMAT,
+            direction: Direction::ToSite,
+            id: bundle::new_id().map_err(|e| AdminError(format!("random: {e}")))?,
+            site_id: site.site_id,
+            site_name: site.name.clone(),
+            store: stores.first().cloned().unwrap_or_default(),
+            first_seq: first.unwrap_or(0) as u64,
+            last_seq: last.unwrap_or(0) as u64,
+            records: central + queued,
+            cursor,
+            max_cursor: max.max(cursor),
+            confirms,
+            created_by: format!("fieldsync-central {}", env!("CARGO_PKG_VERSION")),
+        };
+        let file = dir.join(format!(
+            "{}-from-central-{}-{}.fsb",
+            site.name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                })
+                .collect::<String>(),
+            cursor,
+            header.max_cursor
+        ));
+        let mut w = Writer::create(&file, &header, &digest).map_err(bundle_error)?;
+        let mut after = cursor as i64;
+        loop {
+            let head = format!("{{\"maxCursor\":{},\"data\":[", header.max_cursor);
+            let (body, n, last) = api::page_body(
+                &tx,
+                api::CENTRAL_PAGE,
+                params![after, PAGE_RECORDS, site.site_id, hidden],
+                head,
+                |id| format!("\"ID\":{id}"),
+                PAGE_BYTES,
+            )?;
+            if n == 0 {
+                break;
+            }
+            w.body(Kind::Central, &body).map_err(bundle_error)?;
+            after = last;
+        }
+        let mut after = 0i64;
+        let mut left = queued;
+        loop {
+            let head = format!("{{\"queueLength\":{left},\"data\":[");
+            let (body, n, last) = api::page_body(
+                &tx,
+                "SELECT id, table_name, record_id, action, data FROM sync_out WHERE site_id = ?1 AND id > ?2 \
+                 ORDER BY id LIMIT ?3",
+                params![site.site_id, after, PAGE_RECORDS],
+                head,
+                |id| format!("\"syncOutId\":\"{id}\""),
+                PAGE_BYTES,
+            )?;
+            if n == 0 {
+                break;
+            }
+            w.body(Kind::Queue, &body).map_err(bundle_error)?;
+            after = last;
+            left = left.saturating_sub(n);
+        }
+        drop(tx);
+        let path = w.finish().map_err(bundle_error)?;
+        log::info!(
+            "bundle {} for site {}: {} central record(s) after {cursor}, {queued} queued",
+            path.display(),
+            site.name,
+            central
+        );
+        Ok((path, central + queued))
+    }
+}
+
+fn push_request(body: Vec<u8>) -> Request {
+    Request {
+        method: "POST".into(),
+        path: "/sync/v5/queued_records".into(),
+        query: String::new(),
+        headers: vec![],
+        body,
+    }
+}
+
+fn answer_error(site: &SiteRow, reply: &api::Reply) -> AdminError {
+    let answer: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+    let code = answer["error"]["code"].as_str().unwrap_or("");
+    if code == crate::wire::protocol::code::SYNC_IS_RUNNING {
+        return AdminError(format!(
+            "site {} is syncing over its link right now; import the bundle when that sync has finished \
+             (what was imported so far stays, and importing again is harmless)",
+            site.name
+        ));
+    }
+    AdminError(format!(
+        "the central refused the bundle's push for site {} ({} {}): {}",
+        site.name,
+        reply.status,
+        code,
+        answer["error"]["message"].as_str().unwrap_or("")
+    ))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}

@@ -1,0 +1,8 @@
+-- Schema 4 (issue 14): which outbox entries went out in which USB bundle, so the
+-- central's confirmation of a bundle removes exactly those versions (an entry
+-- edited after the export has a new seq and stays).
+CREATE TABLE bundle_sent (
+    bundle BLOB NOT NULL,
+    seq    INTEGER NOT NULL,
+    PRIMARY KEY (bundle, seq)
+) WITHOUT ROWID;
