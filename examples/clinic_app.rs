@@ -42,13 +42,14 @@ fn run(db: &str, item: &str) -> rusqlite::Result<u8> {
         return Ok(3);
     };
     // Unique ids without a clock: 16 random bytes from the OS, as hex.
-    let id = || -> String {
+    let id = || -> rusqlite::Result<String> {
         let mut b = [0u8; 16];
-        let _ = std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-        b.iter().map(|x| format!("{x:02X}")).collect()
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(b.iter().map(|x| format!("{x:02X}")).collect())
     };
-    let (count_id, line_id) = (id(), id());
+    let (count_id, line_id) = (id()?, id()?);
     // IMMEDIATE: the write lock from the start, never a failed upgrade.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let count = serde_json::json!({"ID": count_id, "store_ID": store, "status": "sg",

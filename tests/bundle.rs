@@ -191,6 +191,8 @@ fn a_round_trip_by_stick_with_no_link() {
         .unwrap();
     let back = stick(&env, "back");
     let c = central_export(&env, "kaw", &back);
+    let metrics = env.dir.join("fieldsync.prom");
+    env.config(&db, "metrics_file", metrics.to_str().unwrap());
     let out = env.agent(&db, &["import-bundle", c.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
@@ -202,6 +204,8 @@ fn a_round_trip_by_stick_with_no_link() {
     let item = env.agent(&db, &["get", "item", "I2"]);
     assert!(String::from_utf8_lossy(&item.stdout).contains("Amoxicillin"));
     assert!(outbox(&db).is_empty(), "{:?}", outbox(&db));
+    let m = std::fs::read_to_string(&metrics).unwrap();
+    assert!(m.contains("\nfieldsync_outbox_records 0\n"), "{m}");
 
     let status = env.agent(&db, &["status", "--json"]);
     let v: Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -422,8 +426,9 @@ fn a_flipped_byte_or_another_site_s_bundle_changes_nothing() {
     let out = env.agent(&kaw, &["import-bundle", moa_bundle.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
-        text(&out)
-            .contains("is for site moa (id 3), and this is site kaw (id 2); nothing was changed"),
+        text(&out).contains(
+            "is for site \"moa\" (id 3), and this is site kaw (id 2); nothing was changed"
+        ),
         "{}",
         text(&out)
     );
@@ -458,4 +463,186 @@ fn a_flipped_byte_or_another_site_s_bundle_changes_nothing() {
     );
     assert_eq!(agent_records(&env, &kaw), records_before);
     assert_eq!(outbox(&kaw).len(), 1);
+}
+
+/// The outbox sequence the site gave its latest version of a record.
+fn hardware_id(env: &Env, db: &Path) -> String {
+    let out = env.agent(db, &["config", "get", "hardware_id"]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_bundle_older_than_a_push_over_the_link_changes_nothing() {
+    let env = Env::new("stick-stale");
+    let db = field_site(&env, "kaw", "S_KAW");
+    put(
+        &env,
+        &db,
+        "transact",
+        json!({"ID": "T1", "store_ID": "S_KAW", "comment": "first"}),
+    );
+    let b = export(&env, &db, &stick(&env, "out"));
+    // Edited after the export; the link comes back and pushes the new version.
+    put(
+        &env,
+        &db,
+        "transact",
+        json!({"ID": "T1", "comment": "second"}),
+    );
+    env.config(&db, "central_url", &env.url());
+    let (code, _, err) = env.sync(&db);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        env.central.get("transact", "T1").unwrap().unwrap()["comment"],
+        "second"
+    );
+    // The courier arrives late with the first version.
+    let out = central_import(&env, &b, "pw-kaw");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("imported 0 record(s) of site kaw")
+            && text(&out).contains("1 already newer here"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        env.central.get("transact", "T1").unwrap().unwrap()["comment"],
+        "second",
+        "the late bundle did not overwrite the newer push"
+    );
+}
+
+#[test]
+fn queue_entries_applied_by_stick_are_acknowledged_by_the_next_bundle() {
+    let env = Env::new("stick-acks");
+    let db = field_site(&env, "kaw", "S_KAW");
+    // Central store data for the site's store goes by queue.
+    env.central
+        .put(
+            "pref",
+            &json!({"ID": "PREF1", "store_ID": "S_KAW", "item": "store_preferences", "data": {}}),
+        )
+        .unwrap();
+    let queued = |env: &Env| -> i64 {
+        env.central
+            .conn()
+            .unwrap()
+            .query_row("SELECT count(*) FROM sync_out WHERE site_id = 2", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    assert!(queued(&env) >= 1);
+    let c = central_export(&env, "kaw", &stick(&env, "back"));
+    let out = env.agent(&db, &["import-bundle", c.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&env.agent(&db, &["get", "pref", "PREF1"]).stdout)
+            .contains("store_preferences")
+    );
+    let applied = queued(&env);
+    // The next bundle from the site carries the acknowledgements.
+    let b = export(&env, &db, &stick(&env, "out"));
+    let out = central_import(&env, &b, "pw-kaw");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{applied} queue entr(ies) acknowledged")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(queued(&env), 0, "the site's queue is empty on the central");
+    // Once the central confirmed that bundle, the site forgets them.
+    let c2 = central_export(&env, "kaw", &stick(&env, "back2"));
+    let out = env.agent(&db, &["import-bundle", c2.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let left: i64 = sql(&db)
+        .query_row("SELECT count(*) FROM bundle_ack", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn an_import_waits_for_a_sync_under_way_and_keeps_the_site_out_while_it_runs() {
+    let env = Env::new("stick-lock");
+    let db = field_site(&env, "kaw", "S_KAW");
+    let hw = hardware_id(&env, &db);
+    put(
+        &env,
+        &db,
+        "transact",
+        json!({"ID": "T1", "store_ID": "S_KAW"}),
+    );
+    let b = export(&env, &db, &stick(&env, "out"));
+    // The site's own sync has pushed a batch and not yet sent its final push.
+    let r = common::push(
+        &env,
+        "kaw",
+        &hw,
+        json!([common::upd(
+            "900",
+            "transact",
+            json!({"ID": "T9", "store_ID": "S_KAW"})
+        )]),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let out = central_import(&env, &b, "pw-kaw");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("in the middle of a sync over its link"),
+        "{}",
+        text(&out)
+    );
+    assert!(env.central.get("transact", "T1").unwrap().is_none());
+    assert!(common::final_push(&env, "kaw", &hw));
+    // While an import holds the site (here: a lock as another process leaves
+    // it), the site's pushes are told to come back later.
+    env.central
+        .conn()
+        .unwrap()
+        .execute(
+            "INSERT INTO meta (key, value) VALUES ('bundle_import:2', ?1)",
+            [format!(
+                "T0K3N:{}",
+                fieldsync::field::status::now_unix() + 600
+            )],
+        )
+        .unwrap();
+    let r = common::push(
+        &env,
+        "kaw",
+        &hw,
+        json!([common::upd(
+            "901",
+            "transact",
+            json!({"ID": "T8", "store_ID": "S_KAW"})
+        )]),
+    );
+    assert_eq!(r.status, 503);
+    assert_eq!(r.code(), "sync_is_running");
+    let out = central_import(&env, &b, "pw-kaw");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("another bundle of site kaw is being imported"),
+        "{}",
+        text(&out)
+    );
+    env.central
+        .conn()
+        .unwrap()
+        .execute("DELETE FROM meta WHERE key = 'bundle_import:2'", [])
+        .unwrap();
+    let out = central_import(&env, &b, "pw-kaw");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(env.central.get("transact", "T1").unwrap().is_some());
+    let lock: i64 = env
+        .central
+        .conn()
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM meta WHERE key LIKE 'bundle_import:%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(lock, 0, "the import's lock is released");
 }

@@ -90,6 +90,7 @@ pub fn export(db: &Path, dir: &Path) -> CmdResult {
     let _lock = runner::lock(db)?;
     let mut store = Store::open_configured(db)?;
     let e = export_bundle(&mut store, dir)?;
+    runner::refresh_metrics(&store);
     println!(
         "wrote {} with {} record(s){}; take it to the central (`fieldsync-central import-bundle`)",
         e.path.display(),
@@ -117,15 +118,23 @@ pub fn export_bundle(store: &mut Store, dir: &Path) -> Result<Exported, Failure>
     }
     let id = bundle::new_id().map_err(|e| Failure::new(Class::Local, format!("random: {e}")))?;
     let cursor = store.number(key::CURSOR)?.unwrap_or(0);
-    let tx = store.tx()?;
-    let conn: &rusqlite::Connection = &tx;
-    // Versions of entries no longer in the outbox (pushed over a link, or
-    // confirmed) are forgotten.
-    conn.execute(
-        "DELETE FROM bundle_sent WHERE seq NOT IN (SELECT seq FROM outbox)",
-        [],
-    )
-    .map_err(|e| StoreError::sqlite("tidying the bundle records", e))?;
+    let sql = |what: &'static str| move |e| StoreError::sqlite(what, e);
+    // What goes into the bundle is noted in temporary tables (this connection
+    // only, never the file), so the outbox is read in a snapshot without the
+    // write lock: the clinic's app keeps writing while the stick is written.
+    store
+        .conn()
+        .execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS bundle_out (seq INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE IF NOT EXISTS bundle_ack_out (id TEXT PRIMARY KEY);
+             DELETE FROM temp.bundle_out; DELETE FROM temp.bundle_ack_out;",
+        )
+        .map_err(sql("noting the bundle"))?;
+    let snapshot = store
+        .conn()
+        .unchecked_transaction()
+        .map_err(sql("reading the outbox"))?;
+    let conn: &rusqlite::Connection = &snapshot;
     let total = outbox::pending_count(conn)?;
     let (first, last): (Option<i64>, Option<i64>) = conn
         .query_row(
@@ -133,17 +142,19 @@ pub fn export_bundle(store: &mut Store, dir: &Path) -> Result<Exported, Failure>
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .map_err(|e| StoreError::sqlite("reading the outbox", e))?;
+        .map_err(sql("reading the outbox"))?;
     let header = Header {
         format: bundle::FORMAT,
         direction: Direction::ToCentral,
         id,
+        kdf_rounds: bundle::KDF_ROUNDS,
         site_id: me.site_id,
         site_name: me.site_name.clone(),
         store: me.store,
         first_seq: first.unwrap_or(0) as u64,
         last_seq: last.unwrap_or(0) as u64,
-        records: 0,
+        // Waiting records; the few that cannot be sent are set aside instead.
+        records: total,
         cursor,
         max_cursor: 0,
         confirms: None,
@@ -163,11 +174,11 @@ pub fn export_bundle(store: &mut Store, dir: &Path) -> Result<Exported, Failure>
     let mut left = total;
     let mut b = Batch::new(left);
     let mut records = 0u64;
-    let mut unsendable: Vec<(String, String, String)> = Vec::new();
+    let mut unsendable: Vec<(i64, String, String, String)> = Vec::new();
     let mut failed: Option<Failure> = None;
-    let mut mark = conn
-        .prepare_cached("INSERT OR IGNORE INTO bundle_sent (bundle, seq) VALUES (?1, ?2)")
-        .map_err(|e| StoreError::sqlite("recording the bundle", e))?;
+    let mut note = conn
+        .prepare_cached("INSERT OR IGNORE INTO temp.bundle_out (seq) VALUES (?1)")
+        .map_err(sql("noting the bundle"))?;
     // One pass over the outbox in push order; a batch at a time in memory.
     outbox::for_each_pending(conn, usize::MAX, |e| {
         let problem = match (&e.unreadable, &e.data) {
@@ -178,7 +189,7 @@ pub fn export_bundle(store: &mut Store, dir: &Path) -> Result<Exported, Failure>
             _ => None,
         };
         if let Some(why) = problem {
-            unsendable.push((e.table, e.id, why));
+            unsendable.push((e.seq, e.table, e.id, why));
             return true;
         }
         let mut offer = b.offer(&e, limits);
@@ -196,17 +207,19 @@ pub fn export_bundle(store: &mut Store, dir: &Path) -> Result<Exported, Failure>
         match offer {
             Offer::Added => {
                 records += 1;
-                if let Err(err) = mark.execute(params![&id[..], e.seq]) {
-                    failed = Some(StoreError::sqlite("recording the bundle", err).into());
+                if let Err(err) = note.execute([e.seq]) {
+                    failed = Some(StoreError::sqlite("noting the bundle", err).into());
                     return false;
                 }
             }
-            Offer::TooLarge(n) => unsendable.push((e.table, e.id, format!("too_large: {n} bytes"))),
+            Offer::TooLarge(n) => {
+                unsendable.push((e.seq, e.table, e.id, format!("too_large: {n} bytes")))
+            }
             Offer::Full => unreachable!("a fresh batch takes its first entry"),
         }
         true
     })?;
-    drop(mark);
+    drop(note);
     if let Some(f) = failed {
         return Err(f);
     }
@@ -214,28 +227,64 @@ pub fn export_bundle(store: &mut Store, dir: &Path) -> Result<Exported, Failure>
         let (body, _) = b.finish();
         writer.body(Kind::Push, &body)?;
     }
-    for (t, id, why) in &unsendable {
-        log::warn!("{t} {id} cannot be sent ({why}); set aside (see `fieldsync queue --rejected`)");
-        outbox::reject(conn, t, id, why)?;
-    }
-    // The header counted before the pass; the bodies are what counts for the
-    // central, which reads them whole.
+    // The queue entries applied from the central's bundles, for the central to
+    // drop (bounded bodies of at most ACKS_PER_BODY ids).
+    let acks = ack_bodies(conn, &mut writer)?;
+    // Ends the read; keeps the notes (a rollback would drop them).
+    snapshot.commit().map_err(sql("noting the bundle"))?;
     let path = writer.finish()?;
+    // The file is complete on the stick: now, in one short write transaction,
+    // what it carried is recorded (entry versions still in the outbox) and
+    // what could not go is set aside (unless it was edited meanwhile).
+    let tx = store.tx()?;
+    tx.execute(
+        "DELETE FROM bundle_sent WHERE seq NOT IN (SELECT seq FROM outbox)",
+        [],
+    )
+    .map_err(sql("tidying the bundle records"))?;
+    tx.execute(
+        "INSERT OR IGNORE INTO bundle_sent (bundle, seq) \
+         SELECT ?1, seq FROM temp.bundle_out WHERE seq IN (SELECT seq FROM outbox)",
+        [&id[..]],
+    )
+    .map_err(sql("recording the bundle"))?;
+    tx.execute(
+        "UPDATE bundle_ack SET bundle = ?1 WHERE sync_out_id IN (SELECT id FROM temp.bundle_ack_out)",
+        [&id[..]],
+    )
+    .map_err(sql("recording the bundle"))?;
+    for (seq, t, rid, why) in &unsendable {
+        let n = tx
+            .execute(
+                "UPDATE outbox SET state = 'rejected', reason = ?2 WHERE seq = ?1 AND state = 'pending'",
+                params![seq, why],
+            )
+            .map_err(sql("setting a record aside"))?;
+        if n > 0 {
+            log::warn!(
+                "{t} {rid} cannot be sent ({why}); set aside (see `fieldsync queue --rejected`)"
+            );
+        }
+    }
     crate::store::set_setting(
-        conn,
+        &tx,
         key::BUNDLE_OUT,
         &json!({
             "file": path.display().to_string(),
             "id": bundle::id_hex(&id),
             "records": records,
+            "acknowledged": acks,
             "unix": status::now_unix(),
         })
         .to_string(),
     )?;
     tx.commit()
         .map_err(|e| StoreError::sqlite("recording the bundle", e))?;
+    let _ = store
+        .conn()
+        .execute_batch("DELETE FROM temp.bundle_out; DELETE FROM temp.bundle_ack_out;");
     log::info!(
-        "bundle {} written: {records} record(s), outbox seq {}..{}",
+        "bundle {} written: {records} record(s), outbox seq {}..{}, {acks} queue entr(ies) acknowledged",
         path.display(),
         header.first_seq,
         header.last_seq
@@ -245,6 +294,42 @@ pub fn export_bundle(store: &mut Store, dir: &Path) -> Result<Exported, Failure>
         records,
         set_aside: unsendable.len() as u64,
     })
+}
+
+/// Queue entries acknowledged per body of a site's bundle.
+const ACKS_PER_BODY: usize = 10_000;
+
+/// Writes the acknowledgement bodies; returns how many entries they name.
+fn ack_bodies(conn: &rusqlite::Connection, writer: &mut Writer) -> Result<u64, Failure> {
+    let sql = |e| StoreError::sqlite("reading the applied queue entries", e);
+    let mut stmt = conn
+        .prepare("SELECT sync_out_id FROM bundle_ack ORDER BY sync_out_id")
+        .map_err(sql)?;
+    let mut note = conn
+        .prepare("INSERT OR IGNORE INTO temp.bundle_ack_out (id) VALUES (?1)")
+        .map_err(sql)?;
+    let mut rows = stmt.query([]).map_err(sql)?;
+    let mut ids: Vec<String> = Vec::new();
+    let mut total = 0u64;
+    let flush = |ids: &mut Vec<String>, writer: &mut Writer| -> Result<(), Failure> {
+        if !ids.is_empty() {
+            let body = json!({ "syncIDs": ids }).to_string();
+            writer.body(Kind::Ack, body.as_bytes())?;
+            ids.clear();
+        }
+        Ok(())
+    };
+    while let Some(r) = rows.next().map_err(sql)? {
+        let id: String = r.get(0).map_err(sql)?;
+        note.execute([&id]).map_err(sql)?;
+        ids.push(id);
+        total += 1;
+        if ids.len() >= ACKS_PER_BODY {
+            flush(&mut ids, writer)?;
+        }
+    }
+    flush(&mut ids, writer)?;
+    Ok(total)
 }
 
 fn file_safe(s: &str) -> String {
@@ -276,6 +361,7 @@ pub fn import(db: &Path, file: &Path) -> CmdResult {
     let _lock = runner::lock(db)?;
     let mut store = Store::open_configured(db)?;
     let i = import_bundle(&mut store, file)?;
+    runner::refresh_metrics(&store);
     println!(
         "applied {}: {} central record(s), {} queued record(s), {} integrated, {} not applied yet; \
          {} sent record(s) confirmed by the central, {} refused",
@@ -313,22 +399,31 @@ pub fn import_bundle(store: &mut Store, file: &Path) -> Result<Imported, Failure
             ),
         ));
     }
-    if claimed.site_id != me.site_id || !claimed.site_name.eq_ignore_ascii_case(&me.site_name) {
-        return Err(Failure::new(
+    let foreign = |h: &Header| {
+        Failure::new(
             Class::Input,
             format!(
-                "{} is for site {} (id {}), and this is site {} (id {}); nothing was changed",
+                "{} is for site {:?} (id {}), and this is site {} (id {}); nothing was changed",
                 file.display(),
-                claimed.site_name,
-                claimed.site_id,
+                h.site_name,
+                h.site_id,
                 me.site_name,
                 me.site_id
             ),
-        ));
+        )
+    };
+    let ours =
+        |h: &Header| h.site_id == me.site_id && h.site_name.eq_ignore_ascii_case(&me.site_name);
+    if !ours(&claimed) {
+        return Err(foreign(&claimed));
     }
     let digest = digest(store)?;
     let mut reader = Reader::open(file, &digest)?;
+    // From here on only the checked header counts.
     let header = reader.header.clone();
+    if header.direction != Direction::ToSite || !ours(&header) {
+        return Err(foreign(&header));
+    }
     let cursor = store.number(key::CURSOR)?.unwrap_or(0);
     if header.cursor > cursor {
         return Err(Failure::new(
@@ -363,6 +458,13 @@ pub fn import_bundle(store: &mut Store, file: &Path) -> Result<Imported, Failure
                 last = id;
             }
             integration::receive(&tx, &site, &incoming(&rec), &mut report)?;
+            if let (Kind::Queue, Some(sid)) = (kind, &rec.sync_out_id) {
+                // Acknowledged by the next bundle to the central, with this
+                // page's records already committed.
+                tx.prepare_cached("INSERT OR IGNORE INTO bundle_ack (sync_out_id) VALUES (?1)")
+                    .and_then(|mut st| st.execute([sid]))
+                    .map_err(|e| StoreError::sqlite("noting an applied queue entry", e))?;
+            }
             n += 1;
             Ok(())
         };
@@ -380,7 +482,7 @@ pub fn import_bundle(store: &mut Store, file: &Path) -> Result<Imported, Failure
                     ))
                 }
             },
-            Kind::Push => {
+            Kind::Push | Kind::Ack => {
                 return Err(Failure::new(
                     Class::Input,
                     "the bundle holds a site's push; take it to the central",
@@ -401,10 +503,13 @@ pub fn import_bundle(store: &mut Store, file: &Path) -> Result<Imported, Failure
     if header.max_cursor > last {
         crate::store::set_setting(&tx, key::CURSOR, &header.max_cursor.to_string())?;
     }
+    let known = crate::store::get_setting(&tx, key::CENTRAL_MAX_CURSOR)?
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     crate::store::set_setting(
         &tx,
         key::CENTRAL_MAX_CURSOR,
-        &header.max_cursor.max(last).to_string(),
+        &header.max_cursor.max(last).max(known).to_string(),
     )?;
     if let Some(c) = &header.confirms {
         for r in &c.refused {
@@ -425,6 +530,9 @@ pub fn import_bundle(store: &mut Store, file: &Path) -> Result<Imported, Failure
             )
             .map_err(|e| StoreError::sqlite("removing confirmed records", e))? as u64;
         tx.execute("DELETE FROM bundle_sent WHERE bundle = ?1", [&c.bundle[..]])
+            .map_err(|e| StoreError::sqlite("removing confirmed records", e))?;
+        // The queue entries that bundle acknowledged are gone from the central.
+        tx.execute("DELETE FROM bundle_ack WHERE bundle = ?1", [&c.bundle[..]])
             .map_err(|e| StoreError::sqlite("removing confirmed records", e))?;
     }
     tx.commit()

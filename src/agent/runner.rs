@@ -258,13 +258,13 @@ pub fn sync_once<T: Transport>(
     meter.finish();
     count_in_a_row(store, &mut report);
     log_report(&report, s.client.clock().now() - started);
-    let attempt = Attempt::from_report(&report);
+    let mut attempt = Attempt::from_report(&report);
+    attempt.duration_ms = (s.client.clock().now() - started).as_millis() as u64;
     if let Err(e) = status::record_attempt(store, &attempt) {
         log::warn!("could not save the sync result: {e}");
     }
     if let Some(path) = &s.settings.metrics_file {
-        let took = s.client.clock().now() - started;
-        if let Err(e) = write_metrics(path, store, &s.settings.site, &attempt, took) {
+        if let Err(e) = write_metrics(path, store, &s.settings.site, Some(attempt.clone())) {
             log::warn!("could not write the metrics file {}: {e}", path.display());
         }
     }
@@ -283,23 +283,40 @@ pub fn sync_once<T: Transport>(
     report
 }
 
-/// The fleet metrics after a sync (see [`metrics`]).
+/// The fleet metrics again after something other than a sync changed the
+/// counts (a USB bundle written or read), if the deployer asked for them.
+pub fn refresh_metrics(store: &Store) {
+    let Ok(settings) = super::settings::Settings::load(store) else {
+        return;
+    };
+    let Some(path) = settings.metrics_file else {
+        return;
+    };
+    let last = store
+        .setting(key::LAST_ATTEMPT)
+        .ok()
+        .flatten()
+        .and_then(|t| serde_json::from_str::<Attempt>(&t).ok());
+    if let Err(e) = write_metrics(&path, store, &settings.site, last) {
+        log::warn!("could not write the metrics file {}: {e}", path.display());
+    }
+}
+
+/// The fleet metrics (see [`metrics`]).
 fn write_metrics(
     path: &Path,
     store: &Store,
     site: &str,
-    attempt: &Attempt,
-    took: Duration,
+    attempt: Option<Attempt>,
 ) -> Result<(), String> {
     let conn = store.conn();
     let counts = buffer::counts(conn).map_err(|e| e.to_string())?;
     let number = |k: &str| store.number(k).ok().flatten();
     let sample = metrics::Sample {
         site: site.to_string(),
-        last: Some(attempt.clone()),
+        last: attempt,
         last_success_unix: number(key::LAST_SUCCESS),
         attempts_since_success: number(key::ATTEMPTS_SINCE_SUCCESS).unwrap_or(0),
-        duration_secs: took.as_secs_f64(),
         outbox_pending: outbox::pending_count(conn).map_err(|e| e.to_string())?,
         outbox_rejected: outbox::rejected_count(conn).map_err(|e| e.to_string())?,
         outbox_held: outbox::held_count(conn).map_err(|e| e.to_string())?,

@@ -411,10 +411,12 @@ fn run(cli: Cli) -> Result<(), String> {
             let pw = password(i.password_file, i.password_env, i.password_stdin)?;
             let done = central.import_bundle(&i.file, &pw).map_err(e)?;
             println!(
-                "imported {} record(s) of site {} from {}{}; integrated: {}",
+                "imported {} record(s) of site {} from {} ({} already newer here, {} queue entr(ies) acknowledged){}; integrated: {}",
                 done.records,
                 done.site,
                 i.file.display(),
+                done.stale,
+                done.acknowledged,
                 if done.refused.is_empty() {
                     String::new()
                 } else {

@@ -240,7 +240,20 @@ impl Central {
                 Value::Null,
             ));
         }
-        let push: Push = match serde_json::from_slice(&req.body) {
+        // A USB bundle of this site being imported (by another process, too)
+        // has the site's pushes to itself until it is done.
+        let bundle = req.header(super::bundle::TOKEN_HEADER);
+        if let Some(held) = super::bundle::import_lock(conn, site.site_id)? {
+            if bundle != Some(held.as_str()) {
+                return Ok(Reply::error(
+                    503,
+                    code::SYNC_IS_RUNNING,
+                    "a USB bundle of this site is being imported; sync again in a minute",
+                    Value::Null,
+                ));
+            }
+        }
+        let mut push: Push = match serde_json::from_slice(&req.body) {
             Ok(p) => p,
             Err(e) => {
                 return Ok(Reply::error(
@@ -270,6 +283,26 @@ impl Central {
             return Ok(Reply::json(200, json!({"integrationStarted": true})));
         }
         let tx = write_tx(conn)?;
+        // A bundle is late news: a version the central already has a newer (or
+        // the same) push of is skipped, never staged over it.
+        let mut stale = 0u64;
+        if bundle.is_some() {
+            let before = push.data.len();
+            let mut keep = Vec::with_capacity(before);
+            for rec in push.data {
+                if !superseded(&tx, site.site_id, &rec)? {
+                    keep.push(rec);
+                }
+            }
+            push.data = keep;
+            stale = (before - push.data.len()) as u64;
+            if push.data.is_empty() {
+                return Ok(Reply::json(
+                    200,
+                    json!({"integrationStarted": false, "staleSkipped": stale}),
+                ));
+            }
+        }
         // Staging no final push sealed for a week is dropped: its site moved on.
         tx.execute(
             "DELETE FROM staging WHERE site_id = ?1 AND staged_at < ?2 \
@@ -299,7 +332,14 @@ impl Central {
             Ok(()) => {
                 stage(&tx, site.site_id, &push.data)?;
                 tx.commit()?;
-                Ok(Reply::json(200, json!({"integrationStarted": false})))
+                Ok(Reply::json(
+                    200,
+                    if bundle.is_some() {
+                        json!({"integrationStarted": false, "staleSkipped": stale})
+                    } else {
+                        json!({"integrationStarted": false})
+                    },
+                ))
             }
             Err((malformed, records)) => {
                 let (status, code_, msg) = if malformed {
@@ -417,17 +457,22 @@ impl Central {
             }
         };
         let tx = write_tx(conn)?;
+        let mut removed = 0u64;
         {
             let mut stmt =
                 tx.prepare_cached("DELETE FROM sync_out WHERE site_id = ?1 AND id = ?2")?;
             for id in &ack.sync_ids {
                 // Unknown or already acknowledged ids are ignored (§3).
                 if let Ok(n) = id.parse::<i64>() {
-                    stmt.execute(params![site.site_id, n])?;
+                    removed += stmt.execute(params![site.site_id, n])? as u64;
                 }
             }
         }
         tx.commit()?;
+        if req.header(super::bundle::TOKEN_HEADER).is_some() {
+            // A bundle's import wants the count; the v5 answer has no body.
+            return Ok(Reply::json(200, json!({"acknowledged": removed})));
+        }
         Ok(Reply {
             status: 204,
             body: Vec::new(),
@@ -485,10 +530,10 @@ fn stage(conn: &Connection, site: u32, batch: &[SyncRecord]) -> super::Result<()
             ("update", rec.data_text())
         };
         conn.prepare_cached(
-            "INSERT INTO staging (site_id, table_name, record_id, action, data, seq, staged_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+            "INSERT INTO staging (site_id, table_name, record_id, action, data, seq, staged_at, out_seq) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
              ON CONFLICT (site_id, table_name, record_id) DO UPDATE SET action = excluded.action, \
-             data = excluded.data, seq = excluded.seq, staged_at = excluded.staged_at",
+             data = excluded.data, seq = excluded.seq, staged_at = excluded.staged_at, out_seq = excluded.out_seq",
         )?
         .execute(params![
             site,
@@ -497,7 +542,8 @@ fn stage(conn: &Connection, site: u32, batch: &[SyncRecord]) -> super::Result<()
             action,
             data,
             seq,
-            at
+            at,
+            out_seq(rec)
         ])?;
         conn.prepare_cached(
             "DELETE FROM sync_out WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3 AND is_merge = 0",
@@ -505,6 +551,28 @@ fn stage(conn: &Connection, site: u32, batch: &[SyncRecord]) -> super::Result<()
         .execute(params![site, rec.table_name, rec.record_id])?;
     }
     Ok(())
+}
+
+/// The site's outbox sequence of a pushed record (`syncOutId`, §7.2), if it is one.
+fn out_seq(rec: &SyncRecord) -> Option<i64> {
+    rec.sync_out_id
+        .as_deref()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// Whether the central holds this site's push of the same or a newer version
+/// of the record (staged, or integrated before).
+fn superseded(conn: &Connection, site: u32, rec: &SyncRecord) -> super::Result<bool> {
+    let Some(seq) = out_seq(rec) else {
+        return Ok(false);
+    };
+    let known: Option<i64> = conn
+        .prepare_cached(
+            "SELECT max(coalesce((SELECT out_seq FROM staging WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3), -1), \
+                        coalesce((SELECT out_seq FROM pushed WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3), -1))",
+        )?
+        .query_row(params![site, rec.table_name, rec.record_id], |r| r.get(0))?;
+    Ok(known.is_some_and(|k| k >= seq))
 }
 
 /// A pull page: `head`, then one envelope per row of `sql` (id, table, record,

@@ -13,6 +13,7 @@
 //! to the site in the next bundle written for it, with the confirmation that
 //! lets the site drop what was accepted.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, OptionalExtension};
@@ -21,9 +22,7 @@ use serde_json::Value;
 use super::api::{self, Request};
 use super::auth::SiteRow;
 use super::{routing, verify_digest, AdminError, Central, Result};
-use crate::wire::bundle::{
-    self, Confirmation, Direction, Header, Kind, Reader, Refused, Writer, MAX_INFLATED,
-};
+use crate::wire::bundle::{self, Confirmation, Direction, Header, Kind, Reader, Refused, Writer};
 use crate::wire::credentials::{self, Secret};
 
 /// Records per page of a bundle for a site, and the bytes a page stops at.
@@ -40,6 +39,10 @@ fn bundle_in_key(site: u32) -> String {
 pub struct Imported {
     pub site: String,
     pub records: u64,
+    /// Records skipped: the central holds a newer push of them already.
+    pub stale: u64,
+    /// Queue entries the site said it applied (from an earlier bundle).
+    pub acknowledged: u64,
     pub bodies: u64,
     pub refused: Vec<Refused>,
     pub integrated: bool,
@@ -95,23 +98,29 @@ impl Central {
         let claimed = bundle::peek_header(path).map_err(bundle_error)?;
         if claimed.direction != Direction::ToCentral {
             return Err(AdminError(format!(
-                "{} was written by a central for site {}; take it to that site (`fieldsync import-bundle`); nothing was changed",
+                "{} was written by a central for site {:?}; take it to that site (`fieldsync import-bundle`); nothing was changed",
                 path.display(),
                 claimed.site_name
             )));
         }
         let (site, digest) = self.bundle_site(&claimed.site_name, password)?;
-        if site.site_id != claimed.site_id {
+        let mut reader = Reader::open(path, &digest).map_err(bundle_error)?;
+        // From here on only the checked header counts.
+        let header = reader.header.clone();
+        if header.direction != Direction::ToCentral
+            || header.site_id != site.site_id
+            || !header.site_name.eq_ignore_ascii_case(&site.name)
+        {
             return Err(AdminError(format!(
-                "{} says site {} has id {}, this central has id {}: it was written for another central; nothing was changed",
+                "{} is for site {:?} (id {}) of another central, not site {} (id {}); nothing was changed",
                 path.display(),
+                header.site_name,
+                header.site_id,
                 site.name,
-                claimed.site_id,
                 site.site_id
             )));
         }
-        let mut reader = Reader::open(path, &digest).map_err(bundle_error)?;
-        let header = reader.header.clone();
+        let lock = ImportLock::take(self, &site)?;
         // Integration runs here, before the command returns.
         let mut me = self.clone();
         me.background_integration = false;
@@ -120,35 +129,67 @@ impl Central {
             ..Imported::default()
         };
         reader.bodies::<AdminError>(&mut |kind, body| {
-            if kind != Kind::Push {
-                return Err(AdminError(
-                    "the bundle holds pages for a site, not pushes".into(),
-                ));
-            }
             let mut plain = Vec::new();
-            body.read_to_end(&mut plain).map_err(|e| {
-                AdminError(format!("{}: a body cannot be read: {e}", path.display()))
-            })?;
-            if plain.len() as u64 >= MAX_INFLATED {
+            body.take(MAX_PUSH_BODY + 1)
+                .read_to_end(&mut plain)
+                .map_err(|e| {
+                    AdminError(format!("{}: a body cannot be read: {e}", path.display()))
+                })?;
+            if plain.len() as u64 > MAX_PUSH_BODY {
                 return Err(AdminError(format!(
-                    "{}: a body is too large",
-                    path.display()
+                    "{}: a body is over {} MiB; nothing after it was imported",
+                    path.display(),
+                    MAX_PUSH_BODY >> 20
                 )));
             }
-            done.bodies += 1;
-            done.records += me.push_body(&site, plain, &mut done.refused)?;
+            match kind {
+                Kind::Push => {
+                    done.bodies += 1;
+                    let (accepted, stale) =
+                        me.push_body(&site, &lock.token, plain, &mut done.refused)?;
+                    done.records += accepted;
+                    done.stale += stale;
+                }
+                Kind::Ack => {
+                    let reply = me.serve(
+                        &site,
+                        &request("POST", "/sync/v5/acknowledged_records", &lock.token, plain),
+                    );
+                    if reply.status / 100 != 2 {
+                        return Err(answer_error(&site, &reply));
+                    }
+                    done.acknowledged += serde_json::from_slice::<Value>(&reply.body)
+                        .ok()
+                        .and_then(|v| v["acknowledged"].as_u64())
+                        .unwrap_or(0);
+                }
+                Kind::Central | Kind::Queue => {
+                    return Err(AdminError(
+                        "the bundle holds pages for a site, not pushes".into(),
+                    ))
+                }
+            }
             Ok(())
         })?;
-        // The final push: seals what was staged and integrates it.
+        // The final push: seals what was staged (only this bundle's: the lock
+        // kept the site's own pushes out) and integrates it.
         let reply = me.serve(
             &site,
-            &push_request(br#"{"queueLength":0,"data":[]}"#.to_vec()),
+            &request(
+                "POST",
+                "/sync/v5/queued_records",
+                &lock.token,
+                br#"{"queueLength":0,"data":[]}"#.to_vec(),
+            ),
         );
         if reply.status != 200 {
             return Err(answer_error(&site, &reply));
         }
         let conn = self.conn()?;
         done.integrated = !self.integration_owed(&conn, site.site_id)?;
+        // Confirmed only after the integration committed: a cut before this
+        // leaves the records integrated and unconfirmed, and the site sends
+        // them again (skipped then as not newer).
         let confirmation = Confirmation {
             bundle: header.id,
             refused: done.refused.clone(),
@@ -164,30 +205,49 @@ impl Central {
              SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
             params![api::site_cursor_key(site.site_id), header.cursor.to_string()],
         )?;
+        drop(lock);
         log::info!(
-            "bundle {} of site {}: {} record(s) in {} body(ies), {} refused",
+            "bundle {} of site {}: {} record(s) in {} body(ies), {} already newer here, {} refused, {} queue entries acknowledged",
             path.display(),
             site.name,
             done.records,
             done.bodies,
-            done.refused.len()
+            done.stale,
+            done.refused.len(),
+            done.acknowledged
         );
         Ok(done)
     }
 
     /// One push body as the site would have sent it; records refused are
-    /// listed and the rest sent again, as the agent does. Returns the count
-    /// accepted.
-    fn push_body(&self, site: &SiteRow, plain: Vec<u8>, refused: &mut Vec<Refused>) -> Result<u64> {
+    /// listed and the rest sent again, as the agent does. Returns the records
+    /// staged and those skipped because a newer push of them is here already.
+    fn push_body(
+        &self,
+        site: &SiteRow,
+        token: &str,
+        plain: Vec<u8>,
+        refused: &mut Vec<Refused>,
+    ) -> Result<(u64, u64)> {
+        #[derive(serde::Deserialize)]
+        struct Count {
+            data: Vec<serde::de::IgnoredAny>,
+        }
         let mut body = plain;
         loop {
-            let records = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v["data"].as_array().map(Vec::len))
-                .unwrap_or(0) as u64;
-            let reply = self.serve(site, &push_request(body.clone()));
+            let records = serde_json::from_slice::<Count>(&body).map_or(0, |c| c.data.len()) as u64;
+            let reply = self.serve(
+                site,
+                &request("POST", "/sync/v5/queued_records", token, body.clone()),
+            );
             match reply.status {
-                200 => return Ok(records),
+                200 => {
+                    let stale = serde_json::from_slice::<Value>(&reply.body)
+                        .ok()
+                        .and_then(|v| v["staleSkipped"].as_u64())
+                        .unwrap_or(0);
+                    return Ok((records - stale.min(records), stale));
+                }
                 400 | 403 => {
                     let answer: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
                     let listed: Vec<(String, String, String)> = answer["error"]["data"]["records"]
@@ -231,7 +291,7 @@ impl Central {
                         });
                     }
                     if data.is_empty() {
-                        return Ok(0);
+                        return Ok((0, 0));
                     }
                     body = push.to_string().into_bytes();
                 }
@@ -306,6 +366,7 @@ impl Central {
             format: bundle::FORMAT,
             direction: Direction::ToSite,
             id: bundle::new_id().map_err(|e| AdminError(format!("random: {e}")))?,
+            kdf_rounds: bundle::KDF_ROUNDS,
             site_id: site.site_id,
             site_name: site.name.clone(),
             store: stores.first().cloned().unwrap_or_default(),
@@ -380,13 +441,99 @@ impl Central {
     }
 }
 
-fn push_request(body: Vec<u8>) -> Request {
+/// A request as the site would send it, marked as the import holding the lock.
+fn request(method: &str, path: &str, token: &str, body: Vec<u8>) -> Request {
     Request {
-        method: "POST".into(),
-        path: "/sync/v5/queued_records".into(),
+        method: method.into(),
+        path: path.into(),
         query: String::new(),
-        headers: vec![],
+        headers: vec![(TOKEN_HEADER.to_string(), token.to_string())],
         body,
+    }
+}
+
+/// The header an import's own requests carry (never sent over the network).
+pub const TOKEN_HEADER: &str = "x-fieldsync-bundle-import";
+/// A lock older than this is from an import that died; it no longer counts.
+const LOCK_EXPIRES_SECS: i64 = 3600;
+/// Largest push body once inflated: the HTTP server's cap for gzip bodies.
+const MAX_PUSH_BODY: u64 = 16 << 20;
+
+fn lock_key(site: u32) -> String {
+    format!("bundle_import:{site}")
+}
+
+/// The token of a live import lock on `site`, if any (`api::push` refuses the
+/// site's own pushes while one is held).
+pub fn import_lock(conn: &rusqlite::Connection, site: u32) -> Result<Option<String>> {
+    let v: Option<String> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([lock_key(site)], |r| r.get(0))
+        .optional()?;
+    Ok(v.and_then(|v| {
+        let (token, until) = v.split_once(':')?;
+        (until.parse::<i64>().ok()? > super::now()).then(|| token.to_string())
+    }))
+}
+
+/// The site's pushes kept to this import while it runs; released on drop.
+struct ImportLock {
+    central: Central,
+    site: u32,
+    token: String,
+}
+
+impl ImportLock {
+    fn take(central: &Central, site: &SiteRow) -> Result<ImportLock> {
+        let token = hex(&bundle::new_id().map_err(|e| AdminError(format!("random: {e}")))?);
+        let mut conn = central.conn()?;
+        let tx = super::write_tx(&mut conn)?;
+        if import_lock(&tx, site.site_id)?.is_some() {
+            return Err(AdminError(format!(
+                "another bundle of site {} is being imported; wait for it to finish (a stale lock clears after an hour)",
+                site.name
+            )));
+        }
+        // Rows the site pushed over its link and has not sealed yet: its sync
+        // is under way (the seal would take them in with the bundle's).
+        let unsealed: i64 = tx.query_row(
+            "SELECT count(*) FROM staging WHERE site_id = ?1 \
+             AND NOT EXISTS (SELECT 1 FROM integration WHERE site_id = ?1)",
+            [site.site_id],
+            |r| r.get(0),
+        )?;
+        if unsealed > 0 {
+            return Err(AdminError(format!(
+                "site {} is in the middle of a sync over its link ({unsealed} pushed record(s) not yet sealed); \
+                 import the bundle when that sync has finished — nothing was changed",
+                site.name
+            )));
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![lock_key(site.site_id), format!("{token}:{}", super::now() + LOCK_EXPIRES_SECS)],
+        )?;
+        tx.commit()?;
+        Ok(ImportLock {
+            central: central.clone(),
+            site: site.site_id,
+            token,
+        })
+    }
+}
+
+impl Drop for ImportLock {
+    fn drop(&mut self) {
+        let released = self.central.conn().and_then(|c| {
+            c.execute(
+                "DELETE FROM meta WHERE key = ?1 AND value LIKE ?2",
+                params![lock_key(self.site), format!("{}:%", self.token)],
+            )?;
+            Ok(())
+        });
+        if let Err(e) = released {
+            log::error!("site {}: releasing the bundle import lock: {e}", self.site);
+        }
     }
 }
 

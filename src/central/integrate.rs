@@ -132,6 +132,13 @@ fn integrate_once(conn: &mut Connection, site: u32) -> Result<Option<(u64, u64)>
         params![site, now()],
     )?;
     let out = routing::with_memo(|| apply(&tx, site))?;
+    // What each record's newest pushed version was (see api::stage).
+    tx.execute(
+        "INSERT INTO pushed (site_id, table_name, record_id, out_seq) \
+         SELECT site_id, table_name, record_id, out_seq FROM staging WHERE site_id = ?1 AND out_seq IS NOT NULL \
+         ON CONFLICT (site_id, table_name, record_id) DO UPDATE SET out_seq = max(out_seq, excluded.out_seq)",
+        [site],
+    )?;
     tx.execute("DELETE FROM staging WHERE site_id = ?1", [site])?;
     tx.execute("DELETE FROM integration WHERE site_id = ?1", [site])?;
     tx.commit()?;

@@ -140,6 +140,19 @@ ALTER TABLE changelog ADD COLUMN origin_site INTEGER;
 ALTER TABLE site ADD COLUMN failed_logins INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE site ADD COLUMN locked_until INTEGER NOT NULL DEFAULT 0;
 ",
+    // 3: issue 14 (USB bundles).
+    "
+-- The site's outbox sequence of each pushed version (`syncOutId`), so a USB
+-- bundle that arrives after a newer push of the same record is skipped.
+ALTER TABLE staging ADD COLUMN out_seq INTEGER;
+CREATE TABLE pushed (
+    site_id    INTEGER NOT NULL,
+    table_name TEXT NOT NULL,
+    record_id  TEXT NOT NULL,
+    out_seq    INTEGER NOT NULL,
+    PRIMARY KEY (site_id, table_name, record_id)
+) WITHOUT ROWID;
+",
 ];
 
 /// What a site is doing right now; one request per site at a time (§6).

@@ -28,7 +28,6 @@ pub struct Sample {
     pub last_success_unix: Option<u64>,
     /// Attempts that did not succeed since the last one that did.
     pub attempts_since_success: u64,
-    pub duration_secs: f64,
     pub outbox_pending: u64,
     pub outbox_rejected: u64,
     pub outbox_held: u64,
@@ -150,7 +149,7 @@ pub fn render(s: &Sample) -> String {
             (
                 "fieldsync_last_sync_duration_seconds",
                 "How long the last sync took.",
-                s.duration_secs,
+                a.duration_ms as f64 / 1000.0,
             ),
             (
                 "fieldsync_last_sync_requests",
@@ -224,6 +223,9 @@ pub fn write(path: &Path, s: &Sample) -> std::io::Result<()> {
     let result = (|| {
         let mut f = modes::open_exact(&tmp, modes::PUBLIC, true)?;
         std::io::Write::write_all(&mut f, render(s).as_bytes())?;
+        // On the card before the rename, so a power cut leaves the old file or
+        // the new one, never an empty one.
+        f.sync_data()?;
         drop(f);
         std::fs::rename(&tmp, path)
     })();

@@ -95,6 +95,9 @@ pub struct Attempt {
     pub error: Option<String>,
     pub hint: Option<String>,
     pub finished_unix: u64,
+    /// How long the sync took (monotonic clock), in milliseconds.
+    #[serde(default)]
+    pub duration_ms: u64,
     pub report: Report,
 }
 
@@ -131,6 +134,7 @@ impl Attempt {
                 .clone()
                 .or_else(|| report.class.map(|c| c.hint().to_string())),
             finished_unix: now_unix(),
+            duration_ms: 0,
             report: report.clone(),
         }
     }

@@ -6,3 +6,10 @@ CREATE TABLE bundle_sent (
     seq    INTEGER NOT NULL,
     PRIMARY KEY (bundle, seq)
 ) WITHOUT ROWID;
+-- Queue entries applied from the central's bundles: acknowledged by the next
+-- bundle to the central (`bundle` names it), dropped when the central confirms
+-- that bundle or the link acknowledges them.
+CREATE TABLE bundle_ack (
+    sync_out_id TEXT PRIMARY KEY,
+    bundle      BLOB
+) WITHOUT ROWID;

@@ -243,7 +243,7 @@ pub fn views() -> Vec<(String, String)> {
             cols.push("data".into());
             let name = view_name(t.name);
             let sql = format!(
-                "CREATE VIEW {} AS SELECT {} FROM record WHERE table_name = '{}';\n",
+                "CREATE VIEW {} AS SELECT {} FROM record WHERE table_name = '{}' {MARK};\n",
                 quote(&name),
                 cols.join(", "),
                 t.name
@@ -253,17 +253,18 @@ pub fn views() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Drops this build's views and any older `v_` view of a table this build no
-/// longer knows (recorded by their definition over `record`).
+/// Marks the views fieldsync made (SQLite keeps a view's text as written), so
+/// an app's own views are never touched.
+const MARK: &str = "/* made by fieldsync from its table registry */";
+
+/// Drops the views fieldsync made, this build's and older ones (of tables a
+/// newer registry may no longer have).
 pub fn drop_all(conn: &rusqlite::Connection) -> Result<(), super::StoreError> {
     let err = |e| super::StoreError::sqlite("dropping the views", e);
     let names: Vec<String> = conn
-        .prepare(
-            "SELECT name FROM sqlite_master WHERE type = 'view' AND name LIKE 'v\\_%' ESCAPE '\\' \
-             AND sql LIKE '%FROM record WHERE table_name = %'",
-        )
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'view' AND instr(sql, ?1) > 0")
         .and_then(|mut s| {
-            s.query_map([], |r| r.get(0))?
+            s.query_map([MARK], |r| r.get(0))?
                 .collect::<Result<Vec<String>, _>>()
         })
         .map_err(err)?;
@@ -274,8 +275,21 @@ pub fn drop_all(conn: &rusqlite::Connection) -> Result<(), super::StoreError> {
     Ok(())
 }
 
+/// Creates the views; a name an app already uses for its own table or view is
+/// left to the app (with a warning), never a reason the store cannot open.
 pub fn create_all(conn: &rusqlite::Connection) -> Result<(), super::StoreError> {
     for (name, sql) in views() {
+        let taken: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE lower(name) = lower(?1))",
+                [&name],
+                |r| r.get(0),
+            )
+            .map_err(|e| super::StoreError::sqlite("reading the schema", e))?;
+        if taken {
+            log::warn!("{name} already names another program's table or view; fieldsync's view of that name is not made");
+            continue;
+        }
         conn.execute_batch(&sql)
             .map_err(|e| super::StoreError::sqlite(format!("creating view {name}"), e))?;
     }
@@ -333,5 +347,31 @@ mod tests {
             )
             .unwrap();
         assert_eq!(n as usize, crate::store::registry::tables().count());
+        let marked: i64 = s
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'view' AND instr(sql, ?1) > 0",
+                [super::MARK],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(marked as usize, crate::store::registry::tables().count());
+        // An app's own report view over `record` survives a rewrite of ours.
+        s.conn()
+            .execute_batch(
+                "CREATE VIEW v_my_report AS SELECT record_id FROM record WHERE table_name = 'transact'",
+            )
+            .unwrap();
+        super::drop_all(s.conn()).unwrap();
+        super::create_all(s.conn()).unwrap();
+        let mine: i64 = s
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'v_my_report'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(mine, 1);
     }
 }

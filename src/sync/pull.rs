@@ -249,6 +249,7 @@ impl<T: Transport> Cycle<'_, T> {
                 return Ok(Some(e.into()));
             }
             crash_point!("ack-answered");
+            forget_bundle_acks(self.store.conn(), &ids)?;
             previous = ids;
         }
     }
@@ -302,6 +303,24 @@ impl<T: Transport> Cycle<'_, T> {
         }
         Ok(())
     }
+}
+
+/// Queue entries applied from a USB bundle and now acknowledged over the link
+/// need not go in the next bundle (a read first: usually there are none).
+fn forget_bundle_acks(conn: &rusqlite::Connection, ids: &[String]) -> Result<(), StoreError> {
+    let err = |e| StoreError::sqlite("forgetting acknowledged bundle entries", e);
+    let any: bool = conn
+        .query_row("SELECT EXISTS (SELECT 1 FROM bundle_ack)", [], |r| r.get(0))
+        .map_err(err)?;
+    if any {
+        let tx = conn.unchecked_transaction().map_err(err)?;
+        for id in ids {
+            tx.execute("DELETE FROM bundle_ack WHERE sync_out_id = ?1", [id])
+                .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+    }
+    Ok(())
 }
 
 /// Learns from how long a page took (`None`: it timed out); kept as local data

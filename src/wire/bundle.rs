@@ -7,23 +7,31 @@
 //!
 //! ```text
 //! "FSBUNDLE" | header length | header (postcard) |
-//! { kind (1 byte) | body length | body (gzip) }* | kind 0 | length 0 |
+//! { kind (1 byte) | body length | body (gzip, then ChaCha20-Poly1305) }* | kind 0 | length 0 |
 //! HMAC-SHA-256 of every byte before it (32 bytes)
 //! ```
 //!
-//! What must hold: nothing in a bundle is used before its HMAC — keyed with the
-//! site's password digest, which only the site and an administrator who knows
-//! the password have — was checked over the whole file ([`Reader::open`] reads it
-//! through once, in bounded memory, before handing anything out), so a
-//! corrupted, cut or forged bundle changes nothing; every body is bounded when
-//! inflated; a bundle is written under a temporary name, synced and renamed, so
-//! a stick pulled out early never carries half a bundle under the real name.
+//! Keys: PBKDF2-HMAC-SHA-256 of the site's password digest, salted with the
+//! bundle's random id, `kdf_rounds` rounds (100,000 by default), gives the HMAC
+//! key and the body key. Only the site and an administrator who knows the
+//! password can make or read a bundle; a lost stick gives neither the records
+//! (encrypted) nor a fast way to guess the password (every guess costs the
+//! rounds, where the bare digest would cost one hash).
+//!
+//! What must hold: nothing in a bundle is used before its HMAC was checked over
+//! the whole file, and what is used are the bytes that were checked —
+//! [`Reader::open`] copies the file into a private, already-unlinked temporary
+//! file while it hashes it, and everything after comes from that copy (a stick
+//! that changes, or reads back differently, cannot slip anything in); every
+//! body is bounded when inflated; a bundle is written under a temporary name,
+//! synced and renamed, so a stick pulled out early never carries half a bundle
+//! under the real name.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use ring::hmac;
+use ring::{aead, hmac, pbkdf2};
 use serde::{Deserialize, Serialize};
 
 use super::credentials::Secret;
@@ -33,7 +41,11 @@ const MAGIC: &[u8; 8] = b"FSBUNDLE";
 pub const FORMAT: u16 = 1;
 /// Largest header and largest compressed body accepted.
 const MAX_HEADER: u32 = 4 << 20;
-const MAX_BODY: u32 = 64 << 20;
+const MAX_BODY: u32 = 32 << 20;
+/// Key-derivation rounds a writer uses, and the most a reader accepts (a
+/// forged header cannot make a reader spin for long).
+pub const KDF_ROUNDS: u32 = 100_000;
+const MAX_KDF_ROUNDS: u32 = 10_000_000;
 /// Largest body once inflated: a push body is at most 16 MiB (`batch_bytes`),
 /// a page of 1000 records of at most 1 MiB each could be larger, so pages are
 /// written in bounded bytes too (see the central's export).
@@ -57,6 +69,9 @@ pub enum Kind {
     Central = 2,
     /// A `queued_records` page.
     Queue = 3,
+    /// The queue entries a site applied from the central's bundles
+    /// (`{"syncIDs":[…]}`, §3 POST acknowledged_records).
+    Ack = 4,
 }
 
 impl Kind {
@@ -65,6 +80,7 @@ impl Kind {
             1 => Some(Kind::Push),
             2 => Some(Kind::Central),
             3 => Some(Kind::Queue),
+            4 => Some(Kind::Ack),
             _ => None,
         }
     }
@@ -92,8 +108,10 @@ pub struct Confirmation {
 pub struct Header {
     pub format: u16,
     pub direction: Direction,
-    /// Random, to name this bundle in a confirmation.
+    /// Random, to name this bundle in a confirmation; the keys' salt.
     pub id: [u8; 16],
+    /// Rounds of the key derivation ([`KDF_ROUNDS`]).
+    pub kdf_rounds: u32,
     pub site_id: u32,
     pub site_name: String,
     /// The site's active store.
@@ -146,8 +164,38 @@ impl std::fmt::Display for BundleError {
 
 impl std::error::Error for BundleError {}
 
-fn key(digest: &Secret) -> hmac::Key {
-    hmac::Key::new(hmac::HMAC_SHA256, digest.expose().as_bytes())
+/// The HMAC key and the body key of one bundle.
+struct Keys {
+    mac: hmac::Key,
+    body: aead::LessSafeKey,
+}
+
+fn keys(digest: &Secret, header: &Header) -> Keys {
+    let mut out = [0u8; 64];
+    let mut salt = b"fieldsync-bundle-1".to_vec();
+    salt.extend_from_slice(&header.id);
+    let rounds = std::num::NonZeroU32::new(header.kdf_rounds.clamp(1, MAX_KDF_ROUNDS))
+        .expect("clamped above zero");
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        rounds,
+        &salt,
+        digest.expose().as_bytes(),
+        &mut out,
+    );
+    let body = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, &out[32..])
+        .expect("a 32-byte ChaCha20 key");
+    Keys {
+        mac: hmac::Key::new(hmac::HMAC_SHA256, &out[..32]),
+        body: aead::LessSafeKey::new(body),
+    }
+}
+
+/// Body `n`'s nonce: the keys are this bundle's own, so a counter is unique.
+fn nonce(n: u64) -> aead::Nonce {
+    let mut b = [0u8; 12];
+    b[4..].copy_from_slice(&n.to_le_bytes());
+    aead::Nonce::assume_unique_for_key(b)
 }
 
 /// A random bundle id.
@@ -166,6 +214,8 @@ pub struct Writer {
     /// `None` once finished.
     out: Option<BufWriter<File>>,
     mac: hmac::Context,
+    body_key: aead::LessSafeKey,
+    bodies: u64,
     tmp: PathBuf,
     path: PathBuf,
 }
@@ -177,9 +227,12 @@ impl Writer {
         tmp.push(".part");
         let tmp = PathBuf::from(tmp);
         let file = File::create(&tmp).map_err(io)?;
+        let keys = keys(digest, header);
         let mut w = Writer {
             out: Some(BufWriter::new(file)),
-            mac: hmac::Context::with_key(&key(digest)),
+            mac: hmac::Context::with_key(&keys.mac),
+            body_key: keys.body,
+            bodies: 0,
             tmp,
             path: path.to_path_buf(),
         };
@@ -199,13 +252,17 @@ impl Writer {
         }
     }
 
-    /// Adds one body (gzipped here).
+    /// Adds one body (gzipped, then encrypted, here).
     pub fn body(&mut self, kind: Kind, plain: &[u8]) -> Result<(), BundleError> {
         let path = self.path.clone();
         let io = |e| BundleError::Io(path.clone(), e);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(plain).map_err(io)?;
-        let body = gz.finish().map_err(io)?;
+        let mut body = gz.finish().map_err(io)?;
+        self.body_key
+            .seal_in_place_append_tag(nonce(self.bodies), aead::Aad::from([kind as u8]), &mut body)
+            .map_err(|_| io(std::io::Error::other("encrypting a body")))?;
+        self.bodies += 1;
         if body.len() as u64 > u64::from(MAX_BODY) {
             return Err(io(std::io::Error::other(
                 "a body is too large for a bundle",
@@ -248,96 +305,111 @@ impl Drop for Writer {
     }
 }
 
-/// Reads a bundle whose HMAC was checked.
+/// Reads a bundle whose HMAC was checked, from a private copy of the checked bytes.
 pub struct Reader {
     file: BufReader<File>,
     path: PathBuf,
     pub header: Header,
-    /// Where the HMAC starts: bodies end before it.
+    body_key: aead::LessSafeKey,
+    bodies: u64,
+    /// The copy's length: bodies end here.
     end: u64,
 }
 
 /// Reads just the header, unchecked: to know which site a bundle claims to be
-/// from before its password is known (the central's import). Nothing else in
-/// it may be used until [`Reader::open`] checked it.
+/// from before its password is known (the central's import) and to say whose
+/// it is when it is not this site's. Nothing in it may be relied on until
+/// [`Reader::open`] checked the file; its checked header is `Reader::header`.
 pub fn peek_header(path: &Path) -> Result<Header, BundleError> {
     let mut f = BufReader::new(File::open(path).map_err(|e| BundleError::Io(path.into(), e))?);
-    read_header(&mut f, path, &mut |_| {})
+    read_header(&mut f, path).map(|(h, _)| h)
 }
 
-fn read_header(
-    f: &mut impl Read,
-    path: &Path,
-    mac: &mut dyn FnMut(&[u8]),
-) -> Result<Header, BundleError> {
+/// The header and the bytes it was read from (magic and length included).
+fn read_header(f: &mut impl Read, path: &Path) -> Result<(Header, Vec<u8>), BundleError> {
     let not = |why: &str| BundleError::NotABundle(path.to_path_buf(), why.to_string());
-    let mut magic = [0u8; 8];
-    f.read_exact(&mut magic)
+    let mut start = [0u8; 12];
+    f.read_exact(&mut start)
         .map_err(|_| not("too short to be one"))?;
-    if &magic != MAGIC {
+    if &start[..8] != MAGIC {
         return Err(not("it does not start with FSBUNDLE"));
     }
-    mac(&magic);
-    let mut len = [0u8; 4];
-    f.read_exact(&mut len).map_err(|_| not("cut short"))?;
-    mac(&len);
-    let n = u32::from_le_bytes(len);
+    let n = u32::from_le_bytes([start[8], start[9], start[10], start[11]]);
     if n > MAX_HEADER {
         return Err(not("its header is too large"));
     }
-    let mut head = vec![0u8; n as usize];
-    f.read_exact(&mut head).map_err(|_| not("cut short"))?;
-    mac(&head);
-    let header: Header = postcard::from_bytes(&head).map_err(|e| not(&format!("header: {e}")))?;
+    let mut bytes = start.to_vec();
+    bytes.resize(12 + n as usize, 0);
+    f.read_exact(&mut bytes[12..])
+        .map_err(|_| not("cut short"))?;
+    let header: Header =
+        postcard::from_bytes(&bytes[12..]).map_err(|e| not(&format!("header: {e}")))?;
     if header.format != FORMAT {
         return Err(not(&format!(
             "format {}, this build reads {FORMAT}",
             header.format
         )));
     }
-    Ok(header)
+    Ok((header, bytes))
+}
+
+/// A temporary file only this process can reach: created with mode 0600 in
+/// the temporary directory and unlinked at once.
+fn private_file() -> std::io::Result<File> {
+    let id = new_id()?;
+    let path = std::env::temp_dir().join(format!(".fieldsync-bundle-{}", id_hex(&id)));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let f = opts.open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(f)
 }
 
 impl Reader {
-    /// Opens a bundle and checks its HMAC over the whole file with `digest`
-    /// before anything in it is used.
+    /// Opens a bundle and checks its HMAC over the whole file with the keys
+    /// derived from `digest`, copying what it checks into a private file that
+    /// everything afterwards reads.
     pub fn open(path: &Path, digest: &Secret) -> Result<Reader, BundleError> {
         let io = |e| BundleError::Io(path.to_path_buf(), e);
-        let len = std::fs::metadata(path).map_err(io)?.len();
-        if len < 8 + 4 + 5 + 32 {
-            return Err(BundleError::NotABundle(
-                path.to_path_buf(),
-                "too short to be one".into(),
-            ));
-        }
-        let end = len - 32;
-        let mut f = BufReader::new(File::open(path).map_err(io)?);
-        let mut mac = hmac::Context::with_key(&key(digest));
-        // The header is read (and hashed) first, so a file that is no bundle at
-        // all says so rather than failing its check.
-        let header = read_header(&mut f, path, &mut |b| mac.update(b))?;
-        let mut at = f.stream_position().map_err(io)?;
+        let mut src = BufReader::new(File::open(path).map_err(io)?);
+        // The header names the salt, so it is read first; it is hashed with the
+        // rest, so nothing in it counts until the check passed.
+        let (header, head) = read_header(&mut src, path)?;
+        let keys = keys(digest, &header);
+        let mut mac = hmac::Context::with_key(&keys.mac);
+        let mut copy = BufWriter::new(private_file().map_err(io)?);
+        mac.update(&head);
+        copy.write_all(&head).map_err(io)?;
+        // Everything but the last 32 bytes is hashed and copied; those are the tag.
+        let mut held: Vec<u8> = Vec::with_capacity(64 << 10);
         let mut buf = vec![0u8; 64 << 10];
-        while at < end {
-            let want = ((end - at) as usize).min(buf.len());
-            f.read_exact(&mut buf[..want]).map_err(io)?;
-            mac.update(&buf[..want]);
-            at += want as u64;
+        loop {
+            let n = src.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            held.extend_from_slice(&buf[..n]);
+            if held.len() > 32 {
+                let upto = held.len() - 32;
+                mac.update(&held[..upto]);
+                copy.write_all(&held[..upto]).map_err(io)?;
+                held.drain(..upto);
+            }
         }
-        let mut tag = [0u8; 32];
-        f.read_exact(&mut tag).map_err(io)?;
-        let expected = mac.sign();
-        if !constant_time_eq(expected.as_ref(), &tag) {
+        if held.len() < 32 || !constant_time_eq(mac.sign().as_ref(), &held) {
             return Err(BundleError::Check(path.to_path_buf()));
         }
-        let mut file = f;
-        file.seek(SeekFrom::Start(0)).map_err(io)?;
-        let header2 = read_header(&mut file, path, &mut |_| {})?;
-        debug_assert_eq!(header, header2);
+        let mut file = copy.into_inner().map_err(|e| io(e.into_error()))?;
+        let end = file.stream_position().map_err(io)?;
+        file.seek(SeekFrom::Start(head.len() as u64)).map_err(io)?;
         Ok(Reader {
-            file,
+            file: BufReader::new(file),
             path: path.to_path_buf(),
             header,
+            body_key: keys.body,
+            bodies: 0,
             end,
         })
     }
@@ -360,25 +432,24 @@ impl Reader {
                 return Ok(());
             }
             let kind = Kind::from_byte(frame[0]).ok_or_else(|| broken("unknown body kind"))?;
-            if len > MAX_BODY {
-                return Err(broken("a body is too large").into());
-            }
             let at = self
                 .file
                 .stream_position()
                 .map_err(|e| BundleError::Io(path.clone(), e))?;
-            if at + u64::from(len) > self.end {
-                return Err(broken("a body runs past the end").into());
+            if len > MAX_BODY || at + u64::from(len) > self.end {
+                return Err(broken("a body is too large or runs past the end").into());
             }
-            {
-                let limited = (&mut self.file).take(u64::from(len));
-                let mut inflated = flate2::read::GzDecoder::new(limited).take(MAX_INFLATED);
-                each(kind, &mut inflated)?;
-            }
-            // Whatever `each` left unread of the body is skipped.
+            let mut sealed = vec![0u8; len as usize];
             self.file
-                .seek(SeekFrom::Start(at + u64::from(len)))
+                .read_exact(&mut sealed)
                 .map_err(|e| BundleError::Io(path.clone(), e))?;
+            let gz = self
+                .body_key
+                .open_in_place(nonce(self.bodies), aead::Aad::from([frame[0]]), &mut sealed)
+                .map_err(|_| BundleError::Check(path.clone()))?;
+            self.bodies += 1;
+            let mut inflated = flate2::read::GzDecoder::new(&gz[..]).take(MAX_INFLATED);
+            each(kind, &mut inflated)?;
         }
     }
 }
@@ -396,6 +467,7 @@ mod tests {
             format: FORMAT,
             direction: Direction::ToCentral,
             id: [7; 16],
+            kdf_rounds: 1_000,
             site_id: 2,
             site_name: "kaw".into(),
             store: "S_KAW".into(),
