@@ -183,6 +183,11 @@ pub struct Central {
     /// Integrate a site's final push on a thread of its own while `site_status`
     /// says so (the default); in-process tests integrate before answering.
     pub background_integration: bool,
+    /// One connection held for the central's lifetime: SQLite checkpoints and
+    /// deletes the WAL when the last connection closes, which with a
+    /// connection per request meant a checkpoint (and its fsyncs) after
+    /// nearly every request.
+    _keeper: Arc<Mutex<Connection>>,
 }
 
 #[derive(Debug)]
@@ -214,7 +219,10 @@ pub fn now() -> i64 {
 
 impl Central {
     pub fn open(path: &Path) -> Result<Central> {
+        let keeper = Connection::open(path)?;
+        keeper.busy_timeout(BUSY_TIMEOUT)?;
         let c = Central {
+            _keeper: Arc::new(Mutex::new(keeper)),
             path: Arc::new(path.to_path_buf()),
             activity: Arc::default(),
             verified: Arc::default(),

@@ -259,6 +259,10 @@ fn measure_size(root: &Path, n: usize, seed: u64) -> Size {
 /// (ownership and change capture), one transaction, one prepared statement.
 fn raw_inserts(db: &Path, rows: &[(&str, Value)]) -> f64 {
     let mut c = rusqlite::Connection::open(db).unwrap();
+    // The store's own settings (VACUUM INTO leaves a rollback-journal file):
+    // WAL, and a commit on the card before it returns.
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    c.pragma_update(None, "synchronous", "FULL").unwrap();
     let texts: Vec<(&str, String, String)> = rows
         .iter()
         .map(|(t, r)| {
