@@ -30,23 +30,31 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         // tmpfs: the central commits with synchronous=FULL, and a disk's fsync
         // would make each run cost milliseconds.
-        let dir = std::path::Path::new("/dev/shm").join(format!("fieldsync-fuzz-{}", std::process::id()));
+        let dir =
+            std::path::Path::new("/dev/shm").join(format!("fieldsync-fuzz-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let central = Central::open(&dir.join("central.sqlite")).unwrap();
         central.add_site("kaw", "KAW", "pw").unwrap();
-        central.add_store("S_KAW", "KAW", "Kawakawa", Some("kaw")).unwrap();
+        central
+            .add_store("S_KAW", "KAW", "Kawakawa", Some("kaw"))
+            .unwrap();
         let server = http::spawn(central, "127.0.0.1:0").unwrap();
         let f = Fixture {
             addr: server.addr,
-            auth: basic_auth("kaw", &password_digest("pw")).expose().to_string(),
+            auth: basic_auth("kaw", &password_digest("pw"))
+                .expose()
+                .to_string(),
             _server: server,
         };
         let (status, text) = f.send(&f.request("POST", "/sync/v5/initialise", b"", false));
         assert_eq!(status, 200, "initialise: {text}");
         // Pushes are judged only after initialisation (before it they get 409).
         for _ in 0..500 {
-            if f.send(&f.request("GET", "/sync/v5/site_status", b"", false)).1.contains("idle") {
+            if f.send(&f.request("GET", "/sync/v5/site_status", b"", false))
+                .1
+                .contains("idle")
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -99,7 +107,10 @@ fuzz_target!(|data: &[u8]| {
         // A raw request: whatever answer comes must be well formed, and a
         // complete push must still be served afterwards.
         let (status, text) = f.send(rest);
-        assert!(status == 0 || (200..500).contains(&status), "raw request answered {status}: {text}");
+        assert!(
+            status == 0 || (200..500).contains(&status),
+            "raw request answered {status}: {text}"
+        );
     } else {
         let body = if mode & 1 == 1 {
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -108,12 +119,24 @@ fuzz_target!(|data: &[u8]| {
         } else {
             rest.to_vec()
         };
-        let (status, text) = f.send(&f.request("POST", "/sync/v5/queued_records", &body, mode & 1 == 1));
-        assert!(status == 200 || (400..500).contains(&status), "push answered {status}: {text}");
+        let (status, text) =
+            f.send(&f.request("POST", "/sync/v5/queued_records", &body, mode & 1 == 1));
+        assert!(
+            status == 200 || (400..500).contains(&status),
+            "push answered {status}: {text}"
+        );
         if status != 200 {
-            assert!(text.contains("\"code\""), "a refusal names its code: {text}");
+            assert!(
+                text.contains("\"code\""),
+                "a refusal names its code: {text}"
+            );
         }
     }
-    let (status, text) = f.send(&f.request("POST", "/sync/v5/queued_records", br#"{"queueLength":1,"data":[]}"#, false));
+    let (status, text) = f.send(&f.request(
+        "POST",
+        "/sync/v5/queued_records",
+        br#"{"queueLength":1,"data":[]}"#,
+        false,
+    ));
     assert_eq!(status, 200, "the central still serves pushes: {text}");
 });

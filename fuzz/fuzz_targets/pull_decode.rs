@@ -30,12 +30,19 @@ fn one(store: &mut Store, data: &[u8]) {
         })
     };
     match outcome {
-        Ok(h) => assert_eq!(h.records, written, "every decoded record reached the buffer"),
+        Ok(h) => assert_eq!(
+            h.records, written,
+            "every decoded record reached the buffer"
+        ),
         Err(PullError::Broken { before, .. }) => assert_eq!(before, written),
         Err(PullError::Stopped(e)) => panic!("the buffer refused a record: {e}"),
     }
-    let site = integration::Site { active_store: Some("S_KAW".into()), initialised: true };
-    integration::integrate(store, &site, |_| {}).expect("integration of a buffer survives any rows");
+    let site = integration::Site {
+        active_store: Some("S_KAW".into()),
+        initialised: true,
+    };
+    integration::integrate(store, &site, |_| {})
+        .expect("integration of a buffer survives any rows");
     store
         .without_rules(|tx| {
             tx.execute_batch(

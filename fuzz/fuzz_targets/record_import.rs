@@ -9,26 +9,39 @@ use fieldsync::store::{self, Store};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(value) = parse_record(text, "fuzz") else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(value) = parse_record(text, "fuzz") else {
+        return;
+    };
     let mut s = Store::open_in_memory().expect("memory store");
     s.set_site_identity(2, "S_KAW").expect("identity");
-    let (table, row) = match (value.get("table").and_then(|t| t.as_str()), value.get("record")) {
+    let (table, row) = match (
+        value.get("table").and_then(|t| t.as_str()),
+        value.get("record"),
+    ) {
         (Some(t), Some(r)) => (t.to_string(), r.clone()),
         _ => ("transact".to_string(), value.clone()),
     };
     let count = |s: &Store| -> (i64, i64) {
         s.conn()
-            .query_row("SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM record)", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM record)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .unwrap()
     };
     let before = count(&s);
     let tx = s.tx().expect("tx");
     let ok = store::put_local(&tx, &table, &row, "fuzz").is_ok();
     drop(tx); // roll back either way
-    assert_eq!(before, count(&s), "a rolled-back write leaves nothing (ok = {ok})");
+    assert_eq!(
+        before,
+        count(&s),
+        "a rolled-back write leaves nothing (ok = {ok})"
+    );
     // Written and committed, a record is whole: one outbox entry, one row.
     let tx = s.tx().expect("tx");
     if store::put_local(&tx, &table, &row, "fuzz").is_ok() {
