@@ -646,3 +646,67 @@ fn an_import_waits_for_a_sync_under_way_and_keeps_the_site_out_while_it_runs() {
         .unwrap();
     assert_eq!(lock, 0, "the import's lock is released");
 }
+
+#[test]
+fn an_import_that_stops_half_way_can_be_finished() {
+    use fieldsync::wire::bundle::{self, Direction, Header, Kind, Writer};
+    let env = Env::new("stick-half");
+    let db = field_site(&env, "kaw", "S_KAW");
+    // A bundle whose second body the central cannot read (as a bug in a writer
+    // would make it): the first is staged, the import stops.
+    let header = Header {
+        format: bundle::FORMAT,
+        direction: Direction::ToCentral,
+        id: [9; 16],
+        kdf_rounds: 1_000,
+        site_id: 2,
+        site_name: "kaw".into(),
+        store: "S_KAW".into(),
+        first_seq: 1,
+        last_seq: 2,
+        records: 2,
+        cursor: 0,
+        max_cursor: 0,
+        confirms: None,
+        created_by: "test".into(),
+    };
+    let digest = fieldsync::wire::credentials::password_digest("pw-kaw");
+    let dir = stick(&env, "bad");
+    let mut w = Writer::create(&dir.join("half.fsb"), &header, &digest).unwrap();
+    let good = json!({"queueLength": 2, "data": [common::upd("1", "transact", json!({"ID": "T1", "store_ID": "S_KAW"}))]});
+    w.body(Kind::Push, good.to_string().as_bytes()).unwrap();
+    w.body(Kind::Push, b"{\"queueLength\":1,\"data\":[{\"oops\"")
+        .unwrap();
+    let half = w.finish().unwrap();
+    let out = central_import(&env, &half, "pw-kaw");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 body(ies) of it were staged and wait"),
+        "{}",
+        text(&out)
+    );
+    assert!(env.central.get("transact", "T1").unwrap().is_none());
+    // The site's real bundle goes ahead and finishes both.
+    put(
+        &env,
+        &db,
+        "transact",
+        json!({"ID": "T2", "store_ID": "S_KAW"}),
+    );
+    let b = export(&env, &db, &stick(&env, "out"));
+    let out = central_import(&env, &b, "pw-kaw");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(env.central.get("transact", "T1").unwrap().is_some());
+    assert!(env.central.get("transact", "T2").unwrap().is_some());
+    let left: i64 = env
+        .central
+        .conn()
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM meta WHERE key LIKE 'bundle_partial:%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0);
+}

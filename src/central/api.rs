@@ -276,6 +276,11 @@ impl Central {
             )?;
             if staged {
                 self.seal(conn, site.site_id)?;
+                // Rows a stopped bundle import left are sealed with these.
+                conn.execute(
+                    "DELETE FROM meta WHERE key = ?1",
+                    [format!("bundle_partial:{}", site.site_id)],
+                )?;
             }
             if staged || self.integration_owed(conn, site.site_id)? {
                 self.start_integration(site.site_id);

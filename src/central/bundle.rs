@@ -128,6 +128,74 @@ impl Central {
             site: site.name.clone(),
             ..Imported::default()
         };
+        let applied = me.apply_bodies(&mut reader, &site, &lock, path, &mut done);
+        if let Err(e) = applied {
+            if done.bodies > 0 {
+                // Rows this import staged stay staged (judged already); the
+                // next import of a bundle of this site may go ahead.
+                let _ = self.conn().and_then(|c| {
+                    c.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                        params![partial_key(site.site_id), hex(&header.id)],
+                    )?;
+                    Ok(())
+                });
+                return Err(AdminError(format!(
+                    "{e}; {} body(ies) of it were staged and wait: import a bundle of this site again (this one, if it was not the cause) to finish",
+                    done.bodies
+                )));
+            }
+            return Err(e);
+        }
+        let conn = self.conn()?;
+        done.integrated = !self.integration_owed(&conn, site.site_id)?;
+        conn.execute(
+            "DELETE FROM meta WHERE key = ?1",
+            [partial_key(site.site_id)],
+        )?;
+        // Confirmed only after the integration committed: a cut before this
+        // leaves the records integrated and unconfirmed, and the site sends
+        // them again (skipped then as not newer).
+        let confirmation = Confirmation {
+            bundle: header.id,
+            refused: done.refused.clone(),
+        };
+        let encoded = postcard::to_allocvec(&confirmation)
+            .map_err(|e| AdminError(format!("encoding the confirmation: {e}")))?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![bundle_in_key(site.site_id), hex(&encoded)],
+        )?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE \
+             SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+            params![api::site_cursor_key(site.site_id), header.cursor.to_string()],
+        )?;
+        drop(lock);
+        log::info!(
+            "bundle {} of site {}: {} record(s) in {} body(ies), {} already newer here, {} refused, {} queue entries acknowledged",
+            path.display(),
+            site.name,
+            done.records,
+            done.bodies,
+            done.stale,
+            done.refused.len(),
+            done.acknowledged
+        );
+        Ok(done)
+    }
+
+    /// The bundle's bodies as the site's requests, then its final push.
+    fn apply_bodies(
+        &self,
+        reader: &mut Reader,
+        site: &SiteRow,
+        lock: &ImportLock,
+        path: &Path,
+        done: &mut Imported,
+    ) -> Result<()> {
+        let me = self;
+        let site = site.clone();
         reader.bodies::<AdminError>(&mut |kind, body| {
             let mut plain = Vec::new();
             body.take(MAX_PUSH_BODY + 1)
@@ -144,9 +212,9 @@ impl Central {
             }
             match kind {
                 Kind::Push => {
-                    done.bodies += 1;
                     let (accepted, stale) =
                         me.push_body(&site, &lock.token, plain, &mut done.refused)?;
+                    done.bodies += 1;
                     done.records += accepted;
                     done.stale += stale;
                 }
@@ -185,38 +253,7 @@ impl Central {
         if reply.status != 200 {
             return Err(answer_error(&site, &reply));
         }
-        let conn = self.conn()?;
-        done.integrated = !self.integration_owed(&conn, site.site_id)?;
-        // Confirmed only after the integration committed: a cut before this
-        // leaves the records integrated and unconfirmed, and the site sends
-        // them again (skipped then as not newer).
-        let confirmation = Confirmation {
-            bundle: header.id,
-            refused: done.refused.clone(),
-        };
-        let encoded = postcard::to_allocvec(&confirmation)
-            .map_err(|e| AdminError(format!("encoding the confirmation: {e}")))?;
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![bundle_in_key(site.site_id), hex(&encoded)],
-        )?;
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE \
-             SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
-            params![api::site_cursor_key(site.site_id), header.cursor.to_string()],
-        )?;
-        drop(lock);
-        log::info!(
-            "bundle {} of site {}: {} record(s) in {} body(ies), {} already newer here, {} refused, {} queue entries acknowledged",
-            path.display(),
-            site.name,
-            done.records,
-            done.bodies,
-            done.stale,
-            done.refused.len(),
-            done.acknowledged
-        );
-        Ok(done)
+        Ok(())
     }
 
     /// One push body as the site would have sent it; records refused are
@@ -463,6 +500,13 @@ fn lock_key(site: u32) -> String {
     format!("bundle_import:{site}")
 }
 
+/// Set while an import that stopped half-way left rows staged: the next
+/// import may go ahead (and seals them with its own); a sync's final push
+/// seals them too.
+fn partial_key(site: u32) -> String {
+    format!("bundle_partial:{site}")
+}
+
 /// The token of a live import lock on `site`, if any (`api::push` refuses the
 /// site's own pushes while one is held).
 pub fn import_lock(conn: &rusqlite::Connection, site: u32) -> Result<Option<String>> {
@@ -502,7 +546,13 @@ impl ImportLock {
             [site.site_id],
             |r| r.get(0),
         )?;
-        if unsealed > 0 {
+        // What an import that stopped half-way staged is no sync under way.
+        let partial: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = ?1)",
+            [partial_key(site.site_id)],
+            |r| r.get(0),
+        )?;
+        if unsealed > 0 && !partial {
             return Err(AdminError(format!(
                 "site {} is in the middle of a sync over its link ({unsealed} pushed record(s) not yet sealed); \
                  import the bundle when that sync has finished — nothing was changed",
