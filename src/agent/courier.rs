@@ -49,6 +49,8 @@ struct Identity {
     site_id: u32,
     site_name: String,
     store: String,
+    /// The `credential_file` setting (see [`digest`]).
+    credential_file: Option<std::path::PathBuf>,
 }
 
 fn identity(store: &Store) -> Result<Identity, Failure> {
@@ -61,6 +63,7 @@ fn identity(store: &Store) -> Result<Identity, Failure> {
             site_id: id as u32,
             site_name: settings.site,
             store: active,
+            credential_file: settings.credential_file,
         }),
         _ => Err(Failure::new(
             Class::NotConfigured,
@@ -70,9 +73,8 @@ fn identity(store: &Store) -> Result<Identity, Failure> {
 }
 
 /// The site's password digest: the bundles' key.
-fn digest(store: &mut Store) -> Result<Secret, Failure> {
-    let settings = Settings::load(store)?;
-    let places = credential::Places::from_env(store.path(), settings.credential_file);
+fn digest(store: &mut Store, me: &Identity) -> Result<Secret, Failure> {
+    let places = credential::Places::from_env(store.path(), me.credential_file.clone());
     credential::migrate(store, &places.file)?;
     places.read()
 }
@@ -106,7 +108,7 @@ pub fn export(db: &Path, dir: &Path) -> CmdResult {
 
 pub fn export_bundle(store: &mut Store, dir: &Path) -> Result<Exported, Failure> {
     let me = identity(store)?;
-    let digest = digest(store)?;
+    let digest = digest(store, &me)?;
     if !dir.is_dir() {
         return Err(Failure::new(
             Class::Input,
@@ -162,7 +164,7 @@ pub fn export_bundle(store: &mut Store, dir: &Path) -> Result<Exported, Failure>
     };
     let name = format!(
         "{}-to-central-{}-{}.fsb",
-        file_safe(&me.site_name),
+        bundle::file_part(&me.site_name),
         header.first_seq,
         header.last_seq
     );
@@ -332,18 +334,6 @@ fn ack_bodies(conn: &rusqlite::Connection, writer: &mut Writer) -> Result<u64, F
     Ok(total)
 }
 
-fn file_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// What `import-bundle` applied.
 #[derive(Debug, Default)]
 pub struct Imported {
@@ -417,7 +407,7 @@ pub fn import_bundle(store: &mut Store, file: &Path) -> Result<Imported, Failure
     if !ours(&claimed) {
         return Err(foreign(&claimed));
     }
-    let digest = digest(store)?;
+    let digest = digest(store, &me)?;
     let mut reader = Reader::open(file, &digest)?;
     // From here on only the checked header counts.
     let header = reader.header.clone();
@@ -565,14 +555,4 @@ pub fn import_bundle(store: &mut Store, file: &Path) -> Result<Imported, Failure
         done.refused
     );
     Ok(done)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_names_keep_to_safe_characters() {
-        assert_eq!(file_safe("Kaw North/2"), "Kaw_North_2");
-    }
 }

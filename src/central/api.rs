@@ -11,8 +11,7 @@ use serde_json::{json, Value};
 
 use super::auth::SiteRow;
 use super::judge::{self, Pusher};
-use super::{admin, now, routing, write_tx, Activity, Central, CENTRAL_SITE_ID};
-use crate::store::registry::DISPENSARY_ONLY;
+use super::{admin, now, pages, routing, write_tx, Activity, Central, CENTRAL_SITE_ID};
 use crate::wire::protocol::{code, Acknowledge, SiteInfo, SyncRecord};
 
 /// Largest page of a pull (§3: `limit` clamped to 1..1000, default 500).
@@ -242,8 +241,8 @@ impl Central {
         }
         // A USB bundle of this site being imported (by another process, too)
         // has the site's pushes to itself until it is done.
-        let bundle = req.header(super::bundle::TOKEN_HEADER);
-        if let Some(held) = super::bundle::import_lock(conn, site.site_id)? {
+        let bundle = req.header(super::import_lock::TOKEN_HEADER);
+        if let Some(held) = super::import_lock::held(conn, site.site_id)? {
             if bundle != Some(held.as_str()) {
                 return Ok(Reply::error(
                     503,
@@ -385,7 +384,7 @@ impl Central {
             |r| r.get(0),
         )?;
         let head = format!("{{\"queueLength\":{total},\"data\":[");
-        page(
+        pages::page(
             conn,
             "SELECT id, table_name, record_id, action, data FROM sync_out WHERE site_id = ?1 ORDER BY id LIMIT ?2",
             params![site.site_id, limit],
@@ -423,21 +422,17 @@ impl Central {
         if cursor > 0 {
             // The site holds everything up to the cursor it asks from (it moves
             // its cursor with the records): a USB bundle for it starts there.
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE \
-                 SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
-                params![site_cursor_key(site.site_id), cursor.to_string()],
-            )?;
+            pages::record_site_cursor(conn, site.site_id, cursor)?;
         }
         let head = format!("{{\"maxCursor\":{},\"data\":[", max.max(cursor));
-        page(
+        pages::page(
             conn,
-            CENTRAL_PAGE,
+            pages::CENTRAL_PAGE,
             params![
                 cursor as i64,
                 limit,
                 site.site_id,
-                hidden(conn, site.site_id)?
+                pages::hidden(conn, site.site_id)?
             ],
             head,
             |id| format!("\"ID\":{id}"),
@@ -474,7 +469,7 @@ impl Central {
             }
         }
         tx.commit()?;
-        if req.header(super::bundle::TOKEN_HEADER).is_some() {
+        if req.header(super::import_lock::TOKEN_HEADER).is_some() {
             // A bundle's import wants the count; the v5 answer has no body.
             return Ok(Reply::json(200, json!({"acknowledged": removed})));
         }
@@ -483,29 +478,6 @@ impl Central {
             body: Vec::new(),
         })
     }
-}
-
-/// The change log after `?1` that site `?3` may see, `?2` rows at most: not a
-/// primary's own edits (never echoed), not the dispensary-only tables listed in
-/// `?4` for a site without an active dispensary store (§9.7).
-pub(super) const CENTRAL_PAGE: &str =
-    "SELECT id, table_name, record_id, action, data FROM changelog WHERE id > ?1 \
-     AND (origin_site IS NULL OR origin_site <> ?3) \
-     AND (?4 = '' OR instr(',' || ?4 || ',', ',' || table_name || ',') = 0) \
-     ORDER BY id LIMIT ?2";
-
-/// The tables hidden from `site` (see [`CENTRAL_PAGE`]), comma-separated.
-pub(super) fn hidden(conn: &Connection, site: u32) -> super::Result<String> {
-    Ok(if routing::has_dispensary(conn, site)? {
-        String::new()
-    } else {
-        DISPENSARY_ONLY.join(",")
-    })
-}
-
-/// Where a site's central-records cursor is known to be (meta key).
-pub(super) fn site_cursor_key(site: u32) -> String {
-    format!("site_cursor:{site}")
 }
 
 fn internal(req: &Request, e: &super::AdminError) -> Reply {
@@ -578,64 +550,4 @@ fn superseded(conn: &Connection, site: u32, rec: &SyncRecord) -> super::Result<b
         )?
         .query_row(params![site, rec.table_name, rec.record_id], |r| r.get(0))?;
     Ok(known.is_some_and(|k| k >= seq))
-}
-
-/// A pull page: `head`, then one envelope per row of `sql` (id, table, record,
-/// action, data), the id rendered by `lead`; stored rows are copied in verbatim.
-fn page(
-    conn: &Connection,
-    sql: &str,
-    args: impl rusqlite::Params,
-    head: String,
-    lead: impl Fn(i64) -> String,
-) -> super::Result<Reply> {
-    let (body, _, _) = page_body(conn, sql, args, head, lead, usize::MAX)?;
-    Ok(Reply { status: 200, body })
-}
-
-/// [`page`]'s body, ended early once it holds `max_bytes` (a bundle's pages
-/// stay bounded whatever the rows weigh), with its record count and last id.
-pub(super) fn page_body(
-    conn: &Connection,
-    sql: &str,
-    args: impl rusqlite::Params,
-    head: String,
-    lead: impl Fn(i64) -> String,
-    max_bytes: usize,
-) -> super::Result<(Vec<u8>, u64, i64)> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(args)?;
-    let mut body = head.into_bytes();
-    let (mut count, mut last) = (0u64, 0i64);
-    while let Some(r) = rows.next()? {
-        if count > 0 {
-            if body.len() >= max_bytes {
-                break;
-            }
-            body.push(b',');
-        }
-        count += 1;
-        last = r.get(0)?;
-        let data: Option<String> = r.get(4)?;
-        body.push(b'{');
-        body.extend_from_slice(lead(last).as_bytes());
-        for (key, value) in [
-            ("tableName", r.get::<_, String>(1)?),
-            ("recordId", r.get::<_, String>(2)?),
-        ] {
-            body.extend_from_slice(format!(",\"{key}\":").as_bytes());
-            body.extend_from_slice(Value::from(value).to_string().as_bytes());
-        }
-        body.extend_from_slice(b",\"action\":");
-        body.extend_from_slice(
-            Value::from(r.get::<_, String>(3)?.to_lowercase())
-                .to_string()
-                .as_bytes(),
-        );
-        body.extend_from_slice(b",\"recordData\":");
-        body.extend_from_slice(data.as_deref().unwrap_or("null").as_bytes());
-        body.push(b'}');
-    }
-    body.extend_from_slice(b"]}");
-    Ok((body, count, last))
 }

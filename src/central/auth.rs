@@ -232,7 +232,7 @@ impl Central {
             .get(&(site, generation))
             .cloned();
         if let Some(c) = cached {
-            return constant_time_eq(c.as_bytes(), digest.as_bytes());
+            return crate::wire::credentials::constant_time_eq(c.as_bytes(), digest.as_bytes());
         }
         let ok = verify_digest(hash, &digest);
         if ok {
@@ -243,10 +243,6 @@ impl Central {
         }
         ok
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

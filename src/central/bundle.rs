@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::api::{self, Request};
 use super::auth::SiteRow;
-use super::{routing, verify_digest, AdminError, Central, Result};
+use super::{import_lock, pages, routing, verify_digest, AdminError, Central, Result};
 use crate::wire::bundle::{self, Confirmation, Direction, Header, Kind, Reader, Refused, Writer};
 use crate::wire::credentials::{self, Secret};
 
@@ -120,7 +120,7 @@ impl Central {
                 site.site_id
             )));
         }
-        let lock = ImportLock::take(self, &site)?;
+        let lock = import_lock::ImportLock::take(self, &site)?;
         // Integration runs here, before the command returns.
         let mut me = self.clone();
         me.background_integration = false;
@@ -136,7 +136,10 @@ impl Central {
                 let _ = self.conn().and_then(|c| {
                     c.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
-                        params![partial_key(site.site_id), hex(&header.id)],
+                        params![
+                            import_lock::partial_key(site.site_id),
+                            credentials::hex(&header.id)
+                        ],
                     )?;
                     Ok(())
                 });
@@ -151,7 +154,7 @@ impl Central {
         done.integrated = !self.integration_owed(&conn, site.site_id)?;
         conn.execute(
             "DELETE FROM meta WHERE key = ?1",
-            [partial_key(site.site_id)],
+            [import_lock::partial_key(site.site_id)],
         )?;
         // Confirmed only after the integration committed: a cut before this
         // leaves the records integrated and unconfirmed, and the site sends
@@ -164,13 +167,9 @@ impl Central {
             .map_err(|e| AdminError(format!("encoding the confirmation: {e}")))?;
         conn.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![bundle_in_key(site.site_id), hex(&encoded)],
+            params![bundle_in_key(site.site_id), credentials::hex(&encoded)],
         )?;
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE \
-             SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
-            params![api::site_cursor_key(site.site_id), header.cursor.to_string()],
-        )?;
+        pages::record_site_cursor(&conn, site.site_id, header.cursor)?;
         drop(lock);
         log::info!(
             "bundle {} of site {}: {} record(s) in {} body(ies), {} already newer here, {} refused, {} queue entries acknowledged",
@@ -190,7 +189,7 @@ impl Central {
         &self,
         reader: &mut Reader,
         site: &SiteRow,
-        lock: &ImportLock,
+        lock: &import_lock::ImportLock,
         path: &Path,
         done: &mut Imported,
     ) -> Result<()> {
@@ -370,7 +369,7 @@ impl Central {
         };
         let cursor = match cursor {
             Some(c) => c,
-            None => meta(api::site_cursor_key(site.site_id))?
+            None => meta(pages::site_cursor_key(site.site_id))?
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
         };
@@ -383,7 +382,7 @@ impl Central {
                 })?,
             None => None,
         };
-        let hidden = api::hidden(&tx, site.site_id)?;
+        let hidden = pages::hidden(&tx, site.site_id)?;
         let max: u64 = tx.query_row("SELECT coalesce(max(id), 0) FROM changelog", [], |r| {
             r.get(0)
         })?;
@@ -417,14 +416,7 @@ impl Central {
         };
         let file = dir.join(format!(
             "{}-from-central-{}-{}.fsb",
-            site.name
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                })
-                .collect::<String>(),
+            bundle::file_part(&site.name),
             cursor,
             header.max_cursor
         ));
@@ -432,9 +424,9 @@ impl Central {
         let mut after = cursor as i64;
         loop {
             let head = format!("{{\"maxCursor\":{},\"data\":[", header.max_cursor);
-            let (body, n, last) = api::page_body(
+            let (body, n, last) = pages::page_body(
                 &tx,
-                api::CENTRAL_PAGE,
+                pages::CENTRAL_PAGE,
                 params![after, PAGE_RECORDS, site.site_id, hidden],
                 head,
                 |id| format!("\"ID\":{id}"),
@@ -450,7 +442,7 @@ impl Central {
         let mut left = queued;
         loop {
             let head = format!("{{\"queueLength\":{left},\"data\":[");
-            let (body, n, last) = api::page_body(
+            let (body, n, last) = pages::page_body(
                 &tx,
                 "SELECT id, table_name, record_id, action, data FROM sync_out WHERE site_id = ?1 AND id > ?2 \
                  ORDER BY id LIMIT ?3",
@@ -478,112 +470,17 @@ impl Central {
     }
 }
 
+/// Largest push body once inflated: the HTTP server's cap for gzip bodies.
+const MAX_PUSH_BODY: u64 = 16 << 20;
+
 /// A request as the site would send it, marked as the import holding the lock.
 fn request(method: &str, path: &str, token: &str, body: Vec<u8>) -> Request {
     Request {
         method: method.into(),
         path: path.into(),
         query: String::new(),
-        headers: vec![(TOKEN_HEADER.to_string(), token.to_string())],
+        headers: vec![(import_lock::TOKEN_HEADER.to_string(), token.to_string())],
         body,
-    }
-}
-
-/// The header an import's own requests carry (never sent over the network).
-pub const TOKEN_HEADER: &str = "x-fieldsync-bundle-import";
-/// A lock older than this is from an import that died; it no longer counts.
-const LOCK_EXPIRES_SECS: i64 = 3600;
-/// Largest push body once inflated: the HTTP server's cap for gzip bodies.
-const MAX_PUSH_BODY: u64 = 16 << 20;
-
-fn lock_key(site: u32) -> String {
-    format!("bundle_import:{site}")
-}
-
-/// Set while an import that stopped half-way left rows staged: the next
-/// import may go ahead (and seals them with its own); a sync's final push
-/// seals them too.
-fn partial_key(site: u32) -> String {
-    format!("bundle_partial:{site}")
-}
-
-/// The token of a live import lock on `site`, if any (`api::push` refuses the
-/// site's own pushes while one is held).
-pub fn import_lock(conn: &rusqlite::Connection, site: u32) -> Result<Option<String>> {
-    let v: Option<String> = conn
-        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-        .query_row([lock_key(site)], |r| r.get(0))
-        .optional()?;
-    Ok(v.and_then(|v| {
-        let (token, until) = v.split_once(':')?;
-        (until.parse::<i64>().ok()? > super::now()).then(|| token.to_string())
-    }))
-}
-
-/// The site's pushes kept to this import while it runs; released on drop.
-struct ImportLock {
-    central: Central,
-    site: u32,
-    token: String,
-}
-
-impl ImportLock {
-    fn take(central: &Central, site: &SiteRow) -> Result<ImportLock> {
-        let token = hex(&bundle::new_id().map_err(|e| AdminError(format!("random: {e}")))?);
-        let mut conn = central.conn()?;
-        let tx = super::write_tx(&mut conn)?;
-        if import_lock(&tx, site.site_id)?.is_some() {
-            return Err(AdminError(format!(
-                "another bundle of site {} is being imported; wait for it to finish (a stale lock clears after an hour)",
-                site.name
-            )));
-        }
-        // Rows the site pushed over its link and has not sealed yet: its sync
-        // is under way (the seal would take them in with the bundle's).
-        let unsealed: i64 = tx.query_row(
-            "SELECT count(*) FROM staging WHERE site_id = ?1 \
-             AND NOT EXISTS (SELECT 1 FROM integration WHERE site_id = ?1)",
-            [site.site_id],
-            |r| r.get(0),
-        )?;
-        // What an import that stopped half-way staged is no sync under way.
-        let partial: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = ?1)",
-            [partial_key(site.site_id)],
-            |r| r.get(0),
-        )?;
-        if unsealed > 0 && !partial {
-            return Err(AdminError(format!(
-                "site {} is in the middle of a sync over its link ({unsealed} pushed record(s) not yet sealed); \
-                 import the bundle when that sync has finished — nothing was changed",
-                site.name
-            )));
-        }
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![lock_key(site.site_id), format!("{token}:{}", super::now() + LOCK_EXPIRES_SECS)],
-        )?;
-        tx.commit()?;
-        Ok(ImportLock {
-            central: central.clone(),
-            site: site.site_id,
-            token,
-        })
-    }
-}
-
-impl Drop for ImportLock {
-    fn drop(&mut self) {
-        let released = self.central.conn().and_then(|c| {
-            c.execute(
-                "DELETE FROM meta WHERE key = ?1 AND value LIKE ?2",
-                params![lock_key(self.site), format!("{}:%", self.token)],
-            )?;
-            Ok(())
-        });
-        if let Err(e) = released {
-            log::error!("site {}: releasing the bundle import lock: {e}", self.site);
-        }
     }
 }
 
@@ -604,10 +501,6 @@ fn answer_error(site: &SiteRow, reply: &api::Reply) -> AdminError {
         code,
         answer["error"]["message"].as_str().unwrap_or("")
     ))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {

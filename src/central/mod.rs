@@ -6,7 +6,7 @@
 //! the administrator's operations; `auth` the checks every request passes; `api`
 //! the endpoints; `judge` who may push what (at push and again at integration);
 //! `routing` where each change goes; `integrate` the per-site integration worker
-//! and `transfers` the responding halves; `bundle` sync by USB stick; `http` the wire. Built only with the
+//! and `transfers` the responding halves; `pages` the pull pages; `bundle` sync by USB stick (and `import_lock`, its hold on a site); `http` the wire. Built only with the
 //! `central` feature: device builds carry none of it.
 //!
 //! What must hold:
@@ -24,8 +24,10 @@ pub mod api;
 pub mod auth;
 pub mod bundle;
 pub mod http;
+pub mod import_lock;
 pub mod integrate;
 pub mod judge;
+pub mod pages;
 pub mod routing;
 pub mod transfers;
 

@@ -205,7 +205,21 @@ pub fn new_id() -> std::io::Result<[u8; 16]> {
 
 /// Hex of an id, for file names and logs.
 pub fn id_hex(id: &[u8; 16]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    super::credentials::hex(id)
+}
+
+/// A site name as part of a bundle's file name: letters, digits, `-` and `_`
+/// kept, anything else `_`.
+pub fn file_part(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Writes a bundle: bodies are gzipped as they are added; [`Writer::finish`]
@@ -398,7 +412,7 @@ impl Reader {
                 held.drain(..upto);
             }
         }
-        if held.len() < 32 || !constant_time_eq(mac.sign().as_ref(), &held) {
+        if held.len() < 32 || !super::credentials::constant_time_eq(mac.sign().as_ref(), &held) {
             return Err(BundleError::Check(path.to_path_buf()));
         }
         let mut file = copy.into_inner().map_err(|e| io(e.into_error()))?;
@@ -454,10 +468,6 @@ impl Reader {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,6 +504,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn file_names_keep_to_safe_characters() {
+        assert_eq!(file_part("Kaw North/2"), "Kaw_North_2");
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub fn basic_auth(site_name: &str, digest: &Secret) -> Secret {
     ))
 }
 
+/// Equal bytes, compared in time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes

@@ -207,31 +207,28 @@ pub fn report(sizes: &[Size], r: &BTreeMap<String, Value>) -> String {
                     "| fieldsync ÷ PouchDB, {} records | ratio |\n|---|---:|",
                     s.records
                 );
-                let _ = writeln!(
-                    md,
-                    "| push throughput | {:.2}× |",
-                    s.push_rps / f(&p["rps"])
-                );
-                let _ = writeln!(
-                    md,
-                    "| pull throughput | {:.2}× |",
-                    s.pull_rps / f(&p["pull_rps"])
-                );
-                let _ = writeln!(
-                    md,
-                    "| local writes (import vs bulkDocs) | {:.2}× |",
-                    s.import_rps / f(&p["bulk_rps"])
-                );
-                let _ = writeln!(
-                    md,
-                    "| push bytes on the wire | {:.2}× |",
-                    s.push_up_bytes as f64 / f(&p["wire_bytes"]).max(1.0)
-                );
-                let _ = writeln!(
-                    md,
-                    "| client peak RSS | {:.3}× |\n",
-                    s.push_rss_kib as f64 / f(&p["rss_kib"])
-                );
+                for (what, ratio, digits) in [
+                    ("push throughput", s.push_rps / f(&p["rps"]), 2),
+                    ("pull throughput", s.pull_rps / f(&p["pull_rps"]), 2),
+                    (
+                        "local writes (import vs bulkDocs)",
+                        s.import_rps / f(&p["bulk_rps"]),
+                        2,
+                    ),
+                    (
+                        "push bytes on the wire",
+                        s.push_up_bytes as f64 / f(&p["wire_bytes"]).max(1.0),
+                        2,
+                    ),
+                    (
+                        "client peak RSS",
+                        s.push_rss_kib as f64 / f(&p["rss_kib"]),
+                        3,
+                    ),
+                ] {
+                    let _ = writeln!(md, "| {what} | {ratio:.digits$}× |");
+                }
+                md.push('\n');
             }
         }
     }
