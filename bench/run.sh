@@ -4,7 +4,9 @@
 # FIELDSYNC_BENCH_SIZES=1000,10000 and FIELDSYNC_BENCH_2G=N shorten a run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bins
+# The test kit: the bench's own binary, and the agent's usage report (peak memory,
+# CPU, bytes written) that the bench reads.
+cargo build --release --bins --features testkit
 # PouchDB 9 + pouchdb-server 4 from the npm registry, for the side-by-side run.
 if command -v npm >/dev/null 2>&1 && [ ! -d bench/pouchdb/node_modules/pouchdb-server ]; then
   (cd bench/pouchdb && npm install --no-audit --no-fund --silent) || echo "note: PouchDB not installed; its comparison is skipped"

@@ -35,6 +35,7 @@ pub mod central;
 pub mod clock;
 pub mod error;
 pub mod field;
+pub mod legacy;
 pub mod store;
 pub mod sync;
 #[cfg(feature = "testkit")]

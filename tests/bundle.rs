@@ -649,7 +649,7 @@ fn an_import_waits_for_a_sync_under_way_and_keeps_the_site_out_while_it_runs() {
 
 #[test]
 fn an_import_that_stops_half_way_can_be_finished() {
-    use fieldsync::wire::bundle::{self, Direction, Header, Kind, Writer};
+    use fieldsync::wire::bundle::{self, Body, Direction, Header, Writer};
     let env = Env::new("stick-half");
     let db = field_site(&env, "kaw", "S_KAW");
     // A bundle whose second body the central cannot read (as a bug in a writer
@@ -674,8 +674,8 @@ fn an_import_that_stops_half_way_can_be_finished() {
     let dir = stick(&env, "bad");
     let mut w = Writer::create(&dir.join("half.fsb"), &header, &digest).unwrap();
     let good = json!({"queueLength": 2, "data": [common::upd("1", "transact", json!({"ID": "T1", "store_ID": "S_KAW"}))]});
-    w.body(Kind::Push, good.to_string().as_bytes()).unwrap();
-    w.body(Kind::Push, b"{\"queueLength\":1,\"data\":[{\"oops\"")
+    w.body(Body::Push, good.to_string().as_bytes()).unwrap();
+    w.body(Body::Push, b"{\"queueLength\":1,\"data\":[{\"oops\"")
         .unwrap();
     let half = w.finish().unwrap();
     let out = central_import(&env, &half, "pw-kaw");

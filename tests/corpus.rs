@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use common::{sql, Env};
-use fieldsync::store::registry::{self, Kind};
+use fieldsync::legacy::registry::{self, Kind};
 use serde_json::{json, Value};
 
 fn corpus() -> Vec<(String, Value)> {

@@ -105,7 +105,7 @@ impl Site {
     }
 
     fn outbox(&self) -> u64 {
-        fieldsync::store::outbox::pending_count(self.store.conn()).unwrap()
+        self.store.outbox_pending().unwrap()
     }
 }
 
@@ -160,7 +160,7 @@ fn an_oversized_record_is_set_aside_and_the_rest_goes() {
         (Some(Class::Rejected), 3, 1),
         "{r:?}"
     );
-    let aside = fieldsync::store::outbox::list(s.store.conn(), true, 10).unwrap();
+    let aside = s.store.outbox_list(true, 10).unwrap();
     assert_eq!(aside[0].id, "BIG");
     assert!(
         aside[0].reason.as_deref().unwrap().starts_with("too_large"),

@@ -9,8 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fieldsync::store::{Store, StoreError};
-use rusqlite::params;
+use fieldsync::store::Store;
 use serde_json::json;
 
 /// A site with active store `S` holding: received rows of other stores and of the
@@ -22,27 +21,45 @@ fn site(dir: &Path, name: &str) -> PathBuf {
     let _ = std::fs::remove_file(&db);
     let mut s = Store::open(&db).unwrap();
     s.set_site_identity(2, "S").unwrap();
-    s.without_rules(|tx| {
+    let tx = s.receiving().unwrap();
+    {
         for (t, row) in [
-            ("store", json!({"ID": "S", "name_ID": "N_S", "sync_id_remote_site": 2})),
+            (
+                "store",
+                json!({"ID": "S", "name_ID": "N_S", "sync_id_remote_site": 2}),
+            ),
             ("item", json!({"ID": "I1", "item_name": "Paracetamol"})),
-            ("transact", json!({"ID": "FX1", "store_ID": "X", "type": "ci"})),
-            ("trans_line", json!({"ID": "FXL1", "transaction_ID": "FX1", "item_ID": "I1"})),
-            ("name", json!({"ID": "C1", "type": "customer", "supplying_store_id": "S"})),
-            ("name", json!({"ID": "P_AWAY", "type": "patient", "supplying_store_id": "X"})),
+            (
+                "transact",
+                json!({"ID": "FX1", "store_ID": "X", "type": "ci"}),
+            ),
+            (
+                "trans_line",
+                json!({"ID": "FXL1", "transaction_ID": "FX1", "item_ID": "I1"}),
+            ),
+            (
+                "name",
+                json!({"ID": "C1", "type": "customer", "supplying_store_id": "S"}),
+            ),
+            (
+                "name",
+                json!({"ID": "P_AWAY", "type": "patient", "supplying_store_id": "X"}),
+            ),
             ("user", json!({"ID": "U1", "name": "nurse"})),
-            ("name_store_join", json!({"ID": "J_C", "name_ID": "C1", "store_ID": "S"})),
-            ("message", json!({"ID": "M_X", "fromStoreID": "X", "toStoreID": "S", "body": "hello"})),
+            (
+                "name_store_join",
+                json!({"ID": "J_C", "name_ID": "C1", "store_ID": "S"}),
+            ),
+            (
+                "message",
+                json!({"ID": "M_X", "fromStoreID": "X", "toStoreID": "S", "body": "hello"}),
+            ),
         ] {
-            tx.execute(
-                "INSERT INTO record (table_name, record_id, data, origin) VALUES (?1, ?2, ?3, 'sync')",
-                params![t, row["ID"].as_str().unwrap(), row.to_string()],
-            )
-            .map_err(|e| StoreError::sqlite("fixture", e))?;
+            tx.write_received(t, row["ID"].as_str().unwrap(), &row.to_string())
+                .unwrap();
         }
-        Ok(())
-    })
-    .unwrap();
+    }
+    tx.commit().unwrap();
     for (t, row) in [
         (
             "transact",
@@ -291,12 +308,9 @@ fn a_header_deleted_before_its_lines_leaves_lines_its_writer_can_delete() {
     let mut s = Store::open(&db).unwrap();
     assert!(s.delete("transact", "OWN1").unwrap());
     assert!(s.delete("trans_line", "OL1").unwrap(), "our orphan line");
-    s.without_rules(|tx| {
-        tx.execute("DELETE FROM record WHERE record_id = 'FX1'", [])
-            .map_err(|e| StoreError::sqlite("t", e))
-            .map(|_| ())
-    })
-    .unwrap();
+    let tx = s.receiving().unwrap();
+    tx.delete_received("transact", "FX1").unwrap();
+    tx.commit().unwrap();
     let e = s.delete("trans_line", "FXL1").unwrap_err();
     assert!(e.to_string().contains(FOREIGN), "{e}");
 }
@@ -355,7 +369,7 @@ fn bad_rows_are_set_aside_and_never_block_the_rest() {
     }
     let reasons = v.to_string();
     assert!(
-        reasons.contains("not_json") && reasons.contains("too_deep"),
+        reasons.contains("bad_type") && reasons.contains("too_deep"),
         "{reasons}"
     );
     // The next sync is clean; they wait for a person, shown by status and the LED.

@@ -4,7 +4,7 @@
 //! the key must come back exactly, whatever they hold.
 #![no_main]
 
-use fieldsync::wire::bundle::{self, Direction, Header, Kind, Reader, Writer};
+use fieldsync::wire::bundle::{self, Body, Direction, Header, Reader, Writer};
 use fieldsync::wire::credentials::Secret;
 use libfuzzer_sys::fuzz_target;
 
@@ -40,14 +40,14 @@ fuzz_target!(|data: &[u8]| {
     let bodies: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
     let mut w = Writer::create(&dir.join("real.fsb"), &header, &digest).unwrap();
     for b in &bodies {
-        w.body(Kind::Queue, b).unwrap();
+        w.body(Body::Queue, b).unwrap();
     }
     let path = w.finish().unwrap();
     let mut r = Reader::open(&path, &digest).expect("our own bundle passes");
     assert_eq!(r.header, header);
     let mut back: Vec<Vec<u8>> = Vec::new();
     r.bodies::<bundle::BundleError>(&mut |kind, body| {
-        assert_eq!(kind, Kind::Queue);
+        assert_eq!(kind, Body::Queue);
         let mut v = Vec::new();
         body.read_to_end(&mut v).unwrap();
         back.push(v);

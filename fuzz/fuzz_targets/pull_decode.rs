@@ -1,12 +1,13 @@
 //! A pull page from a hostile central: decoded as the cycle does (streaming, each
-//! envelope read as the cycle reads it and written to the sync buffer), then
-//! integrated. Must never panic; a page that breaks must say how and after how
-//! many records.
+//! envelope read as the cycle reads it and applied where it arrives, or kept in
+//! the sync buffer), then integrated. Must never panic; a page that breaks must
+//! say how.
 #![no_main]
 
-use fieldsync::store::{buffer, Store};
+use fieldsync::store::Store;
 use fieldsync::sync::{self, integration};
-use fieldsync::wire::decode::{self, PullError};
+use fieldsync::wire::page::{self, Unreadable};
+use fieldsync::wire::WireError;
 use libfuzzer_sys::fuzz_target;
 
 thread_local! {
@@ -21,35 +22,44 @@ thread_local! {
 
 fuzz_target!(|data: &[u8]| STORE.with_borrow_mut(|store| one(store, data)));
 
-fn one(store: &mut Store, data: &[u8]) {
-    let mut written = 0u64;
-    let outcome = {
-        let conn = store.conn();
-        decode::decode_pull(data, &mut |rec| {
-            buffer::put(conn, &sync::incoming(&rec)).map(|()| written += 1)
-        })
-    };
-    match outcome {
-        Ok(h) => assert_eq!(
-            h.records, written,
-            "every decoded record reached the buffer"
-        ),
-        Err(PullError::Broken { before, .. }) => assert_eq!(before, written),
-        Err(PullError::Stopped(e)) => panic!("the buffer refused a record: {e}"),
+/// How a page may end: anything but a panic.
+enum Ended {
+    /// Not a page, or a record that cannot be read: the cycle's answers to those.
+    Refused,
+    Store(fieldsync::store::StoreError),
+}
+impl From<WireError> for Ended {
+    fn from(_: WireError) -> Self {
+        Ended::Refused
     }
+}
+impl From<Unreadable> for Ended {
+    fn from(_: Unreadable) -> Self {
+        Ended::Refused
+    }
+}
+
+fn one(store: &mut Store, data: &[u8]) {
     let site = integration::Site {
         active_store: Some("S_KAW".into()),
         initialised: true,
     };
+    let mut applied = 0u64;
+    let mut tally = integration::Tally::default();
+    let tx = store.receiving().expect("transaction");
+    let outcome = page::decode_records::<Ended>("fuzz", data, &mut |rec| {
+        integration::receive(&tx, &site, &sync::incoming(&rec), &mut tally)
+            .map_err(Ended::Store)?;
+        applied += 1;
+        Ok(())
+    });
+    match outcome {
+        Ok(h) => assert_eq!(h.records, applied, "every decoded record was received"),
+        Err(Ended::Store(e)) => panic!("the store refused a received record: {e}"),
+        Err(Ended::Refused) => {}
+    }
+    tx.commit().expect("commit");
     integration::integrate(store, &site, |_| {})
         .expect("integration of a buffer survives any rows");
-    store
-        .without_rules(|tx| {
-            tx.execute_batch(
-                "DELETE FROM buffer; DELETE FROM record; DELETE FROM outbox; DELETE FROM local_edit; \
-                 DELETE FROM record_quarantine; DELETE FROM resave;",
-            )
-            .map_err(|e| fieldsync::store::StoreError::sqlite("emptying", e))
-        })
-        .expect("emptying the store");
+    store.clear().expect("emptying the store");
 }

@@ -5,7 +5,7 @@
 #![no_main]
 
 use fieldsync::agent::records::parse_record;
-use fieldsync::store::{self, Store};
+use fieldsync::store::Store;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -24,18 +24,13 @@ fuzz_target!(|data: &[u8]| {
         (Some(t), Some(r)) => (t.to_string(), r.clone()),
         _ => ("transact".to_string(), value.clone()),
     };
-    let count = |s: &Store| -> (i64, i64) {
-        s.conn()
-            .query_row(
-                "SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM record)",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap()
+    let count = |s: &Store| -> (u64, u64) {
+        let o = s.outbox_counts().unwrap();
+        (o.pending + o.held + o.rejected, s.count_records(None).unwrap())
     };
     let before = count(&s);
     let tx = s.tx().expect("tx");
-    let ok = store::put_local(&tx, &table, &row, "fuzz").is_ok();
+    let ok = tx.put_local(&table, &row, "fuzz").is_ok();
     drop(tx); // roll back either way
     assert_eq!(
         before,
@@ -44,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     );
     // Written and committed, a record is whole: one outbox entry, one row.
     let tx = s.tx().expect("tx");
-    if store::put_local(&tx, &table, &row, "fuzz").is_ok() {
+    if tx.put_local(&table, &row, "fuzz").is_ok() {
         tx.commit().expect("commit");
         let after = count(&s);
         assert_eq!(after.1, before.1 + 1, "one record written");

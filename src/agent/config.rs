@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::Class;
-use crate::store::{self, key, Store, StoreError};
+use crate::store::{key, InitState, Store};
 use crate::wire::credentials;
 use crate::wire::transport::Origin;
 
@@ -102,21 +102,14 @@ pub fn init(db: &Path, o: &InitOptions) -> CmdResult {
         ));
     }
     let mut store = Store::open(db)?;
-    // The credential first, apart from the database (see `credential`): a kill
-    // before the settings commit leaves a re-runnable init, never a site without one.
-    let configured = std::env::var("FIELDSYNC_CREDENTIAL_FILE")
-        .ok()
-        .or(store.setting(key::CREDENTIAL_FILE)?)
-        .map(PathBuf::from);
-    let places = credential::Places::from_env(db, configured);
-    credential::write(&places.file, &credentials::password_digest(&o.password))?;
-    let tx = store.tx()?;
-    // Changing the site of an initialised store would mix two sites' data in one file.
+    // Changing the site of an initialised store would mix two sites' data in
+    // one file: refused before anything is written (a refused init changes
+    // nothing, the credential included).
     if let (Some(old_url), Some(old_site)) = (
-        store::get_setting(&tx, key::CENTRAL_URL)?,
-        store::get_setting(&tx, key::SITE_NAME)?,
+        store.setting(key::CENTRAL_URL)?,
+        store.setting(key::SITE_NAME)?,
     ) {
-        let initialised = store::get_setting(&tx, key::INIT_STATE)?.is_some();
+        let initialised = store.init_state()? != InitState::Uninitialised;
         if initialised && !old_site.eq_ignore_ascii_case(&o.site) {
             return Err(Failure::new(
                 Class::Input,
@@ -124,33 +117,39 @@ pub fn init(db: &Path, o: &InitOptions) -> CmdResult {
             ));
         }
     }
-    if store::get_setting(&tx, key::CENTRAL_URL)?.as_deref() != Some(o.url.as_str()) {
+    // The credential before the settings, apart from the database (see
+    // `credential`): a kill before the settings commit leaves a re-runnable
+    // init, never a site without one.
+    let configured = std::env::var("FIELDSYNC_CREDENTIAL_FILE")
+        .ok()
+        .or(store.setting(key::CREDENTIAL_FILE)?)
+        .map(PathBuf::from);
+    let places = credential::Places::from_env(db, configured);
+    credential::write(&places.file, &credentials::password_digest(&o.password))?;
+    let tx = store.tx()?;
+    if tx.setting(key::CENTRAL_URL)?.as_deref() != Some(o.url.as_str()) {
         // Another central: what the old one said of gzip bodies no longer holds.
-        tx.execute("DELETE FROM setting WHERE key = ?1", [key::CENTRAL_GZIP])
-            .map_err(|e| StoreError::sqlite("saving settings", e))?;
+        tx.unset(key::CENTRAL_GZIP)?;
     }
-    store::set_setting(&tx, key::CENTRAL_URL, &o.url)?;
-    store::set_setting(&tx, key::SITE_NAME, &o.site)?;
-    store::set_setting(
-        &tx,
+    tx.set(key::CENTRAL_URL, &o.url)?;
+    tx.set(key::SITE_NAME, &o.site)?;
+    tx.set(
         key::ALLOW_HTTP,
         if o.allow_insecure_http { "1" } else { "0" },
     )?;
-    if store::get_setting(&tx, key::HARDWARE_ID)?.is_none() {
-        store::set_setting(
-            &tx,
+    if tx.setting(key::HARDWARE_ID)?.is_none() {
+        tx.set(
             key::HARDWARE_ID,
             &credentials::derive_hardware_id(credentials::MACHINE_ID_PATHS),
         )?;
     }
     if let Some(l) = &o.led {
-        store::set_setting(&tx, key::LED, l)?;
+        tx.set(key::LED, l)?;
     }
     if let Some(l) = &o.attention_led {
-        store::set_setting(&tx, key::ATTENTION_LED, l)?;
+        tx.set(key::ATTENTION_LED, l)?;
     }
-    tx.commit()
-        .map_err(|e| StoreError::sqlite("saving settings", e))?;
+    tx.commit()?;
     // A digest an older fieldsync kept in the database goes (the file now holds
     // the new one).
     credential::migrate(&mut store, &places.file)?;

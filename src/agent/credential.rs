@@ -17,17 +17,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::Class;
-use crate::store::{self, key, modes, Store, StoreError};
+use crate::store::{key, modes, Store};
 use crate::wire::credentials::Secret;
 
 use super::Failure;
 
 /// The credential's name under systemd (`LoadCredential=site-credential:…`).
 pub const SYSTEMD_NAME: &str = "site-credential";
-
-/// Set while the old digest's bytes may still be in the database file (the
-/// truncating checkpoint was refused because a reader held the WAL).
-const SCRUB_PENDING: &str = "credential_scrub_pending";
 
 /// The default credential file: the database's path with `.credential` added.
 pub fn default_file(db: &Path) -> PathBuf {
@@ -162,7 +158,7 @@ pub fn write(path: &Path, digest: &Secret) -> Result<(), Failure> {
 /// whether there was one. Safe to repeat: a run cut short finishes next time.
 pub fn migrate(store: &mut Store, file: &Path) -> Result<bool, Failure> {
     let Some(old) = store.setting(key::PASSWORD_DIGEST)? else {
-        if store.setting(SCRUB_PENDING)?.is_some() {
+        if store.scrub_pending()? {
             scrub(store)?;
         }
         return Ok(false);
@@ -176,17 +172,7 @@ pub fn migrate(store: &mut Store, file: &Path) -> Result<bool, Failure> {
     if !keep {
         write(file, &old)?;
     }
-    {
-        let tx = store.tx()?;
-        // secure_delete: the freed cell is overwritten with zeros, not left in the page.
-        tx.execute_batch("PRAGMA secure_delete = ON")
-            .map_err(|e| StoreError::sqlite("moving the credential out", e))?;
-        tx.execute("DELETE FROM setting WHERE key = ?1", [key::PASSWORD_DIGEST])
-            .map_err(|e| StoreError::sqlite("moving the credential out", e))?;
-        store::set_setting(&tx, SCRUB_PENDING, "1")?;
-        tx.commit()
-            .map_err(|e| StoreError::sqlite("moving the credential out", e))?;
-    }
+    store.forget_stored_digest()?;
     log::info!(
         "the site credential moved out of the database into {}",
         file.display()
@@ -195,33 +181,14 @@ pub fn migrate(store: &mut Store, file: &Path) -> Result<bool, Failure> {
     Ok(true)
 }
 
-/// Rewrites the database file without free pages and truncates the WAL, so no
-/// earlier page image holding the digest survives. The truncation waits for the
-/// clinic's app to finish reading; if it does not, the next run tries again.
+/// How long a scrub waits for the clinic's app to stop reading. Defaults to
+/// 2 s: waiting the full busy timeout would hold the sync up; the next run
+/// tries again.
+const SCRUB_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Clears a moved-out digest's old bytes from the database file and its WAL.
 fn scrub(store: &mut Store) -> Result<(), Failure> {
-    let conn = store.conn();
-    conn.execute_batch("VACUUM").map_err(|e| {
-        StoreError::sqlite("compacting the database after moving the credential", e)
-    })?;
-    // Waiting the full busy timeout for the app's readers would hold the sync
-    // up; two seconds, then the next run.
-    let short = |c: &rusqlite::Connection, d| {
-        c.busy_timeout(d)
-            .map_err(|e| StoreError::sqlite("busy timeout", e))
-    };
-    short(conn, std::time::Duration::from_secs(2))?;
-    let busy: Result<i64, _> = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
-    short(conn, store::busy_timeout())?;
-    let busy = busy.map_err(|e| StoreError::sqlite("truncating the WAL", e))?;
-    if busy == 0 {
-        // This write goes to the fresh WAL; its frames hold no digest.
-        store.unset_setting(SCRUB_PENDING)?;
-        let _ = store
-            .conn()
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                r.get::<_, i64>(0)
-            });
-    } else {
+    if !store.scrub_credential(SCRUB_WAIT)? {
         log::warn!(
             "another program held the database open; the old credential's bytes are cleared on the next run"
         );

@@ -105,10 +105,7 @@ pub fn run(dir: Option<&Path>) -> Result<(), Failure> {
             .map(|e| e.to_string())
             .unwrap_or("accepted?!".into())
     );
-    println!(
-        "   waiting to send: {}",
-        crate::store::outbox::pending_count(store.conn())?
-    );
+    println!("   waiting to send: {}", store.outbox_pending()?);
 
     let r = runner::sync_once(&db, &mut store, &mut setup, || runner::probe(&origin, &dns));
     show("2. second sync (push)", &r)?;

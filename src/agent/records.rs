@@ -8,7 +8,8 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::Class;
-use crate::store::{self, outbox, registry, row, Store, StoreError};
+use crate::legacy::{registry, row};
+use crate::store::{self, Store, StoreError};
 
 use super::{CmdResult, Failure};
 
@@ -145,22 +146,23 @@ pub fn import(db: &Path, path: &str, table: Option<&str>) -> Result<u64, Failure
                 )
             }
         };
-        store::put_local(&tx, &t, &row, &at)
+        tx.put_local(&t, &row, &at)
             .map_err(|e| Failure::new(Class::Input, format!("{e}; nothing was imported")))?;
         n += 1;
     }
-    tx.commit()
-        .map_err(|e| StoreError::sqlite("committing the import", e))?;
+    tx.commit()?;
     Ok(n)
 }
 
+/// Most entries `fieldsync queue --list` prints.
+const QUEUE_LISTED: u64 = 10_000;
+
 pub fn queue(db: &Path, json: bool, list_all: bool, rejected: bool) -> CmdResult {
     let store = Store::open_configured(db)?;
-    let pending = outbox::pending_count(store.conn())?;
-    let set_aside = outbox::rejected_count(store.conn())?;
-    let held = outbox::held_count(store.conn())?;
+    let counts = store.outbox_counts()?;
+    let (pending, set_aside, held) = (counts.pending, counts.rejected, counts.held);
     let rows = if list_all || rejected {
-        outbox::list(store.conn(), rejected, 10_000)?
+        store.outbox_list(rejected, QUEUE_LISTED)?
     } else {
         vec![]
     };
@@ -194,7 +196,7 @@ pub fn queue(db: &Path, json: bool, list_all: bool, rejected: bool) -> CmdResult
 
 pub fn queue_retry(db: &Path, only: Option<(&str, &str)>) -> CmdResult {
     let store = Store::open_configured(db)?;
-    let n = outbox::retry(store.conn(), only)?;
+    let n = store.outbox_retry(only)?;
     println!("{n} record(s) back in the queue");
     Ok(())
 }

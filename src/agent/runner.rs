@@ -18,7 +18,7 @@ use crate::field::metrics;
 use crate::field::notify;
 use crate::field::progress;
 use crate::field::status::{self, Attempt};
-use crate::store::{buffer, key, modes, outbox, Store};
+use crate::store::{key, modes, Store};
 use crate::sync::{self, Outcome, Progress, Report};
 use crate::wire::client::Client;
 use crate::wire::credentials::{self, Secret};
@@ -57,22 +57,24 @@ pub fn escalates(condition: &str, in_a_row: u32) -> bool {
 /// Counts syncs in a row ending with the same condition (state kept in the
 /// store) and marks the report escalated when [`escalates`] says so.
 fn count_in_a_row(store: &Store, report: &mut Report) {
-    const KEY: &str = "condition_in_a_row";
-    let previous = store.setting(KEY).ok().flatten().unwrap_or_default();
-    let (prev_condition, prev_count) = previous
-        .split_once(':')
-        .map(|(c, n)| (c.to_string(), n.parse().unwrap_or(0)))
-        .unwrap_or_default();
+    let previous = match store.condition_in_a_row() {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!("could not read how long the last condition lasted: {e}");
+            None
+        }
+    };
     let Some(condition) = report.condition.clone() else {
-        if !previous.is_empty() {
-            let _ = store.unset_setting(KEY);
+        if previous.is_some() {
+            if let Err(e) = store.set_condition_in_a_row(None) {
+                log::warn!("could not reset the condition count: {e}");
+            }
         }
         return;
     };
-    let n: u32 = if condition == prev_condition {
-        prev_count + 1
-    } else {
-        1
+    let n: u32 = match previous {
+        Some((c, count)) if c == condition => count + 1,
+        _ => 1,
     };
     report.in_a_row = n;
     if escalates(&condition, n) {
@@ -82,7 +84,9 @@ fn count_in_a_row(store: &Store, report: &mut Report) {
             "{base} — this has lasted {n} syncs in a row; a person must look now"
         ));
     }
-    let _ = store.set_setting(KEY, &format!("{condition}:{n}"));
+    if let Err(e) = store.set_condition_in_a_row(Some((&condition, n))) {
+        log::warn!("could not count the condition: {e}");
+    }
 }
 
 /// The single-flight lock: a second sync exits at once. Held until dropped; the
@@ -268,7 +272,7 @@ pub fn sync_once<T: Transport>(
             log::warn!("could not write the metrics file {}: {e}", path.display());
         }
     }
-    let rejected = outbox::rejected_count(store.conn()).unwrap_or(0);
+    let rejected = store.outbox_counts().map(|c| c.rejected).unwrap_or(0);
     let pattern = led::pattern(false, Some(report.outcome()), report.outbox_left, rejected);
     s.leds.show(pattern);
     if snapshot_written {
@@ -309,17 +313,17 @@ fn write_metrics(
     site: &str,
     attempt: Option<Attempt>,
 ) -> Result<(), String> {
-    let conn = store.conn();
-    let counts = buffer::counts(conn).map_err(|e| e.to_string())?;
+    let counts = store.buffer_counts().map_err(|e| e.to_string())?;
+    let outbox = store.outbox_counts().map_err(|e| e.to_string())?;
     let number = |k: &str| store.number(k).ok().flatten();
     let sample = metrics::Sample {
         site: site.to_string(),
         last: attempt,
         last_success_unix: number(key::LAST_SUCCESS),
         attempts_since_success: number(key::ATTEMPTS_SINCE_SUCCESS).unwrap_or(0),
-        outbox_pending: outbox::pending_count(conn).map_err(|e| e.to_string())?,
-        outbox_rejected: outbox::rejected_count(conn).map_err(|e| e.to_string())?,
-        outbox_held: outbox::held_count(conn).map_err(|e| e.to_string())?,
+        outbox_pending: outbox.pending,
+        outbox_rejected: outbox.rejected,
+        outbox_held: outbox.held,
         integration_pending: counts.pending,
         integration_failed: counts.failed,
     };
@@ -447,7 +451,7 @@ pub fn backoff(failures: u32, cap: Duration) -> Duration {
     let base = BACKOFF_START
         .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
         .min(cap);
-    base + crate::wire::client::jitter(base)
+    base + crate::clock::jitter(base)
 }
 
 #[cfg(test)]

@@ -337,7 +337,7 @@ fn password(file: Option<PathBuf>, env: Option<String>, stdin: bool) -> Result<S
 fn run(cli: Cli) -> Result<(), String> {
     fieldsync::field::logging::init(log::LevelFilter::Info, None);
     let central = Central::open(&cli.db).map_err(|e| e.to_string())?;
-    let e = |e: fieldsync::central::AdminError| e.to_string();
+    let e = |e: fieldsync::central::CentralError| e.to_string();
     match cli.command {
         Command::Serve(s) => {
             let listener = std::net::TcpListener::bind(&s.listen)
@@ -452,7 +452,7 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn report(central: &Central, json: bool) -> Result<(), String> {
-    let now = fieldsync::field::status::now_unix() as i64;
+    let now = fieldsync::clock::now_unix() as i64;
     let rows = central.report(now).map_err(|e| e.to_string())?;
     if json {
         println!(

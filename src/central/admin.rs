@@ -10,8 +10,8 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
-use super::{hash_digest, routing, write_tx, AdminError, Central, Result, CENTRAL_SITE_ID};
-use crate::store::registry::{self, Kind};
+use super::{hash_digest, routing, write_tx, Central, CentralError, Result, CENTRAL_SITE_ID};
+use crate::legacy::registry::{self, Kind};
 
 impl Central {
     // ---- sites ----------------------------------------------------------------
@@ -29,7 +29,7 @@ impl Central {
             "INSERT INTO site (site_id, uuid, code, name, password_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![next, crate::wire::credentials::new_id(), code, name, hash],
         )
-        .map_err(|e| AdminError(format!("adding site {name}: {e}")))?;
+        .map_err(|e| CentralError::Refused(format!("adding site {name}: {e}")))?;
         tx.commit()?;
         Ok(next)
     }
@@ -40,7 +40,7 @@ impl Central {
         })
         .optional()?
         .ok_or_else(|| {
-            AdminError(format!(
+            CentralError::Refused(format!(
                 "no site named {name:?}; see `fieldsync-central report`"
             ))
         })
@@ -148,7 +148,7 @@ impl Central {
             None => CENTRAL_SITE_ID,
         };
         let mut row = routing::get(&tx, "store", id)?
-            .ok_or_else(|| AdminError(format!("no store {id:?}")))?;
+            .ok_or_else(|| CentralError::Refused(format!("no store {id:?}")))?;
         let old_site = row["sync_id_remote_site"].as_u64().unwrap_or(0) as u32;
         if old_site == new_site {
             return Ok(());
@@ -201,7 +201,7 @@ impl Central {
                 }
             }
             other => {
-                return Err(AdminError(format!(
+                return Err(CentralError::Refused(format!(
                     "copy kind {other:?}: use collector, transfer or none"
                 )))
             }
@@ -218,7 +218,9 @@ impl Central {
         let tx = write_tx(&mut conn)?;
         let site = routing::active_site(&tx, store)?
             .filter(|s| *s != CENTRAL_SITE_ID)
-            .ok_or_else(|| AdminError(format!("store {store:?} is not active on a remote site")))?;
+            .ok_or_else(|| {
+                CentralError::Refused(format!("store {store:?} is not active on a remote site"))
+            })?;
         let n = routing::queue_patients_of(&tx, store, site)?;
         tx.commit()?;
         Ok(n)
@@ -241,7 +243,7 @@ impl Central {
         let id = row
             .get("ID")
             .and_then(|v| v.as_str())
-            .ok_or_else(|| AdminError("record needs a string \"ID\"".into()))?;
+            .ok_or_else(|| CentralError::Refused("record needs a string \"ID\"".into()))?;
         let mut conn = self.conn()?;
         self.edits_central_data(&conn, table, row)?;
         let tx = write_tx(&mut conn)?;
@@ -308,7 +310,7 @@ fn not_mirrored(conn: &Connection, what: &str) -> Result<()> {
                 r.get(0)
             })
             .unwrap_or_else(|_| format!("site {p}"));
-        return Err(AdminError(format!(
+        return Err(CentralError::Refused(format!(
             "this is a mirrored system whose primary site is {name}: {what}, not on the central"
         )));
     }

@@ -10,18 +10,14 @@ use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 
 use super::auth::SiteRow;
-use super::judge::{self, Pusher};
-use super::{admin, now, pages, routing, write_tx, Activity, Central, CENTRAL_SITE_ID};
-use crate::wire::protocol::{code, Acknowledge, SiteInfo, SyncRecord};
+use super::judge;
+use super::staging::{Carrier, PushBody, Staged};
+use super::{pages, routing, write_tx, Activity, Central, CENTRAL_SITE_ID};
+use crate::wire::protocol::{code, Acknowledge, SiteInfo};
 
 /// Largest page of a pull (§3: `limit` clamped to 1..1000, default 500).
 pub const MAX_LIMIT: u64 = 1000;
 pub const DEFAULT_LIMIT: u64 = 500;
-/// Rows a site may have staged and not yet sealed by a final push. Defaults to
-/// 500,000 (a large site's whole history); above it a push gets 413.
-pub const MAX_STAGED_PER_SITE: i64 = 500_000;
-/// Staging no final push sealed within a week is dropped: its site moved on.
-pub const STAGING_EXPIRES_SECS: i64 = 7 * 24 * 3600;
 
 pub struct Request {
     pub method: String,
@@ -209,7 +205,7 @@ impl Central {
                 [site.site_id],
             )?;
             tx.commit()?;
-            Ok::<u64, super::AdminError>(n)
+            Ok::<u64, super::CentralError>(n)
         })();
         match result {
             Ok(n) => Ok(Reply::json(200, json!({"queueLength": n}))),
@@ -224,12 +220,6 @@ impl Central {
     }
 
     fn push(&self, conn: &mut Connection, site: &SiteRow, req: &Request) -> super::Result<Reply> {
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Push {
-            queue_length: u64,
-            data: Vec<SyncRecord>,
-        }
         if site.init_status != "completed" {
             // §5: no pushes before initialisation (nothing to judge them against).
             return Ok(Reply::error(
@@ -241,24 +231,21 @@ impl Central {
         }
         // A USB bundle of this site being imported (by another process, too)
         // has the site's pushes to itself until it is done.
-        let bundle = req.header(super::import_lock::TOKEN_HEADER);
-        if let Some(held) = super::import_lock::held(conn, site.site_id)? {
-            if bundle != Some(held.as_str()) {
-                return Ok(Reply::error(
-                    503,
-                    code::SYNC_IS_RUNNING,
-                    "a USB bundle of this site is being imported; sync again in a minute",
-                    Value::Null,
-                ));
-            }
+        if super::import_lock::held(conn, site.site_id)?.is_some() {
+            return Ok(Reply::error(
+                503,
+                code::SYNC_IS_RUNNING,
+                "a USB bundle of this site is being imported; sync again in a minute",
+                Value::Null,
+            ));
         }
-        let mut push: Push = match serde_json::from_slice(&req.body) {
+        let push = match PushBody::parse(&req.body) {
             Ok(p) => p,
-            Err(e) => {
+            Err(why) => {
                 return Ok(Reply::error(
                     400,
                     code::INVALID_SYNC_RECORD,
-                    &format!("push body is not {{\"queueLength\":n,\"data\":[…]}}: {e}"),
+                    &why,
                     json!({"records": []}),
                 ))
             }
@@ -267,85 +254,18 @@ impl Central {
             if push.queue_length > 0 {
                 return Ok(Reply::json(200, json!({"integrationStarted": false})));
             }
-            // The final push: what this site staged is sealed and owed integration.
-            let staged: bool = conn.query_row(
-                "SELECT EXISTS (SELECT 1 FROM staging WHERE site_id = ?1)",
-                [site.site_id],
-                |r| r.get(0),
-            )?;
-            if staged {
-                self.seal(conn, site.site_id)?;
-                // Rows a stopped bundle import left are sealed with these.
-                conn.execute(
-                    "DELETE FROM meta WHERE key = ?1",
-                    [format!("bundle_partial:{}", site.site_id)],
-                )?;
-            }
-            if staged || self.integration_owed(conn, site.site_id)? {
-                self.start_integration(site.site_id);
-            }
+            self.final_push(conn, site.site_id)?;
             return Ok(Reply::json(200, json!({"integrationStarted": true})));
         }
-        let tx = write_tx(conn)?;
-        // A bundle is late news: a version the central already has a newer (or
-        // the same) push of is skipped, never staged over it.
-        let mut stale = 0u64;
-        if bundle.is_some() {
-            let before = push.data.len();
-            let mut keep = Vec::with_capacity(before);
-            for rec in push.data {
-                if !superseded(&tx, site.site_id, &rec)? {
-                    keep.push(rec);
-                }
-            }
-            push.data = keep;
-            stale = (before - push.data.len()) as u64;
-            if push.data.is_empty() {
-                return Ok(Reply::json(
-                    200,
-                    json!({"integrationStarted": false, "staleSkipped": stale}),
-                ));
-            }
-        }
-        // Staging no final push sealed for a week is dropped: its site moved on.
-        tx.execute(
-            "DELETE FROM staging WHERE site_id = ?1 AND staged_at < ?2 \
-             AND NOT EXISTS (SELECT 1 FROM integration WHERE site_id = ?1)",
-            params![site.site_id, now() - STAGING_EXPIRES_SECS],
-        )?;
-        let staged: i64 = tx.query_row(
-            "SELECT count(*) FROM staging WHERE site_id = ?1",
-            [site.site_id],
-            |r| r.get(0),
-        )?;
-        if staged + push.data.len() as i64 > MAX_STAGED_PER_SITE {
-            return Ok(Reply::error(
+        Ok(match self.stage(conn, site, push.data, Carrier::Link)? {
+            Staged::Accepted { .. } => Reply::json(200, json!({"integrationStarted": false})),
+            Staged::Full { staged } => Reply::error(
                 413,
                 code::REQUEST_TOO_LARGE,
                 &format!("this site has {staged} records staged; send the final push before more"),
                 Value::Null,
-            ));
-        }
-        let stores = routing::active_stores(&tx, site.site_id)?;
-        let who = Pusher {
-            site: site.site_id,
-            stores: &stores,
-            primary: admin::primary_site(&tx)? == Some(site.site_id),
-        };
-        match judge::batch(&tx, &who, &push.data)? {
-            Ok(()) => {
-                stage(&tx, site.site_id, &push.data)?;
-                tx.commit()?;
-                Ok(Reply::json(
-                    200,
-                    if bundle.is_some() {
-                        json!({"integrationStarted": false, "staleSkipped": stale})
-                    } else {
-                        json!({"integrationStarted": false})
-                    },
-                ))
-            }
-            Err((malformed, records)) => {
+            ),
+            Staged::Refused(judge::Refused { malformed, records }) => {
                 let (status, code_, msg) = if malformed {
                     (
                         400,
@@ -359,14 +279,9 @@ impl Central {
                         "push holds records this site does not own",
                     )
                 };
-                Ok(Reply::error(
-                    status,
-                    code_,
-                    msg,
-                    json!({"records": records}),
-                ))
+                Reply::error(status, code_, msg, json!({"records": records}))
             }
-        }
+        })
     }
 
     fn limit(req: &Request) -> u64 {
@@ -456,23 +371,7 @@ impl Central {
                 ))
             }
         };
-        let tx = write_tx(conn)?;
-        let mut removed = 0u64;
-        {
-            let mut stmt =
-                tx.prepare_cached("DELETE FROM sync_out WHERE site_id = ?1 AND id = ?2")?;
-            for id in &ack.sync_ids {
-                // Unknown or already acknowledged ids are ignored (§3).
-                if let Ok(n) = id.parse::<i64>() {
-                    removed += stmt.execute(params![site.site_id, n])? as u64;
-                }
-            }
-        }
-        tx.commit()?;
-        if req.header(super::import_lock::TOKEN_HEADER).is_some() {
-            // A bundle's import wants the count; the v5 answer has no body.
-            return Ok(Reply::json(200, json!({"acknowledged": removed})));
-        }
+        self.acknowledge_entries(conn, site.site_id, &ack.sync_ids)?;
         Ok(Reply {
             status: 204,
             body: Vec::new(),
@@ -480,7 +379,7 @@ impl Central {
     }
 }
 
-fn internal(req: &Request, e: &super::AdminError) -> Reply {
+fn internal(req: &Request, e: &super::CentralError) -> Reply {
     log::error!("{} {}: {e}", req.method, req.path);
     Reply::error(
         500,
@@ -488,66 +387,4 @@ fn internal(req: &Request, e: &super::AdminError) -> Reply {
         "the central failed; see its log",
         Value::Null,
     )
-}
-
-/// Stages an accepted batch; a site's push of a record drops that record's
-/// unacknowledged entries from its own queue [PC]. Rows are kept as pushed.
-fn stage(conn: &Connection, site: u32, batch: &[SyncRecord]) -> super::Result<()> {
-    let mut seq: i64 = conn
-        .prepare_cached("SELECT coalesce(max(seq), 0) FROM staging WHERE site_id = ?1")?
-        .query_row([site], |r| r.get(0))?;
-    let at = now();
-    for rec in batch {
-        seq += 1;
-        let delete = crate::wire::protocol::Action::parse(&rec.action)
-            == Some(crate::wire::protocol::Action::Delete);
-        let (action, data) = if delete {
-            ("delete", None)
-        } else {
-            ("update", rec.data_text())
-        };
-        conn.prepare_cached(
-            "INSERT INTO staging (site_id, table_name, record_id, action, data, seq, staged_at, out_seq) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-             ON CONFLICT (site_id, table_name, record_id) DO UPDATE SET action = excluded.action, \
-             data = excluded.data, seq = excluded.seq, staged_at = excluded.staged_at, out_seq = excluded.out_seq",
-        )?
-        .execute(params![
-            site,
-            rec.table_name,
-            rec.record_id,
-            action,
-            data,
-            seq,
-            at,
-            out_seq(rec)
-        ])?;
-        conn.prepare_cached(
-            "DELETE FROM sync_out WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3 AND is_merge = 0",
-        )?
-        .execute(params![site, rec.table_name, rec.record_id])?;
-    }
-    Ok(())
-}
-
-/// The site's outbox sequence of a pushed record (`syncOutId`, §7.2), if it is one.
-fn out_seq(rec: &SyncRecord) -> Option<i64> {
-    rec.sync_out_id
-        .as_deref()
-        .and_then(|s| s.trim().parse().ok())
-}
-
-/// Whether the central holds this site's push of the same or a newer version
-/// of the record (staged, or integrated before).
-fn superseded(conn: &Connection, site: u32, rec: &SyncRecord) -> super::Result<bool> {
-    let Some(seq) = out_seq(rec) else {
-        return Ok(false);
-    };
-    let known: Option<i64> = conn
-        .prepare_cached(
-            "SELECT max(coalesce((SELECT out_seq FROM staging WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3), -1), \
-                        coalesce((SELECT out_seq FROM pushed WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3), -1))",
-        )?
-        .query_row(params![site, rec.table_name, rec.record_id], |r| r.get(0))?;
-    Ok(known.is_some_and(|k| k >= seq))
 }

@@ -17,13 +17,13 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, OptionalExtension};
-use serde_json::Value;
 
-use super::api::{self, Request};
 use super::auth::SiteRow;
-use super::{import_lock, pages, routing, verify_digest, AdminError, Central, Result};
-use crate::wire::bundle::{self, Confirmation, Direction, Header, Kind, Reader, Refused, Writer};
+use super::staging::{Carrier, PushBody, Staged};
+use super::{import_lock, pages, routing, verify_digest, Central, CentralError, Result};
+use crate::wire::bundle::{self, Body, Confirmation, Direction, Header, Reader, Refused, Writer};
 use crate::wire::credentials::{self, Secret};
+use crate::wire::protocol::{code, Acknowledge, SyncRecord};
 
 /// Records per page of a bundle for a site, and the bytes a page stops at.
 const PAGE_RECORDS: u64 = 1000;
@@ -48,16 +48,6 @@ pub struct Imported {
     pub integrated: bool,
 }
 
-impl From<bundle::BundleError> for AdminError {
-    fn from(e: bundle::BundleError) -> Self {
-        AdminError(e.to_string())
-    }
-}
-
-fn bundle_error(e: bundle::BundleError) -> AdminError {
-    e.into()
-}
-
 impl Central {
     /// The site named in a bundle, after its password was checked; returns
     /// the row and the digest (the bundle key).
@@ -71,13 +61,13 @@ impl Central {
             )
             .optional()?;
         let Some((site_id, uuid, code, name, init_status, hash)) = row else {
-            return Err(AdminError(format!(
+            return Err(CentralError::Refused(format!(
                 "site {name:?} is not on this central (see `fieldsync-central report`); nothing was changed"
             )));
         };
         let digest = credentials::password_digest(password);
         if !verify_digest(&hash, digest.expose()) {
-            return Err(AdminError(format!(
+            return Err(CentralError::Refused(format!(
                 "that is not site {name}'s password; nothing was changed"
             )));
         }
@@ -95,23 +85,23 @@ impl Central {
 
     /// `fieldsync-central import-bundle FILE --password-env VAR`.
     pub fn import_bundle(&self, path: &Path, password: &str) -> Result<Imported> {
-        let claimed = bundle::peek_header(path).map_err(bundle_error)?;
+        let claimed = bundle::peek_header(path)?;
         if claimed.direction != Direction::ToCentral {
-            return Err(AdminError(format!(
+            return Err(CentralError::Refused(format!(
                 "{} was written by a central for site {:?}; take it to that site (`fieldsync import-bundle`); nothing was changed",
                 path.display(),
                 claimed.site_name
             )));
         }
         let (site, digest) = self.bundle_site(&claimed.site_name, password)?;
-        let mut reader = Reader::open(path, &digest).map_err(bundle_error)?;
+        let mut reader = Reader::open(path, &digest)?;
         // From here on only the checked header counts.
         let header = reader.header.clone();
         if header.direction != Direction::ToCentral
             || header.site_id != site.site_id
             || !header.site_name.eq_ignore_ascii_case(&site.name)
         {
-            return Err(AdminError(format!(
+            return Err(CentralError::Refused(format!(
                 "{} is for site {:?} (id {}) of another central, not site {} (id {}); nothing was changed",
                 path.display(),
                 header.site_name,
@@ -128,7 +118,7 @@ impl Central {
             site: site.name.clone(),
             ..Imported::default()
         };
-        let applied = me.apply_bodies(&mut reader, &site, &lock, path, &mut done);
+        let applied = me.apply_bodies(&mut reader, &site, path, &mut done);
         if let Err(e) = applied {
             if done.bodies > 0 {
                 // Rows this import staged stay staged (judged already); the
@@ -143,7 +133,7 @@ impl Central {
                     )?;
                     Ok(())
                 });
-                return Err(AdminError(format!(
+                return Err(CentralError::Refused(format!(
                     "{e}; {} body(ies) of it were staged and wait: import a bundle of this site again (this one, if it was not the cause) to finish",
                     done.bodies
                 )));
@@ -164,7 +154,7 @@ impl Central {
             refused: done.refused.clone(),
         };
         let encoded = postcard::to_allocvec(&confirmation)
-            .map_err(|e| AdminError(format!("encoding the confirmation: {e}")))?;
+            .map_err(|e| CentralError::Refused(format!("encoding the confirmation: {e}")))?;
         conn.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![bundle_in_key(site.site_id), credentials::hex(&encoded)],
@@ -184,55 +174,50 @@ impl Central {
         Ok(done)
     }
 
-    /// The bundle's bodies as the site's requests, then its final push.
+    /// The bundle's bodies as the site's pushes and acknowledgements, through
+    /// the same staging as a push over the link, then its final push.
     fn apply_bodies(
         &self,
         reader: &mut Reader,
         site: &SiteRow,
-        lock: &import_lock::ImportLock,
         path: &Path,
         done: &mut Imported,
     ) -> Result<()> {
-        let me = self;
-        let site = site.clone();
-        reader.bodies::<AdminError>(&mut |kind, body| {
+        let mut conn = self.conn()?;
+        reader.bodies::<CentralError>(&mut |body, bytes| {
             let mut plain = Vec::new();
-            body.take(MAX_PUSH_BODY + 1)
+            bytes
+                .take(MAX_PUSH_BODY + 1)
                 .read_to_end(&mut plain)
                 .map_err(|e| {
-                    AdminError(format!("{}: a body cannot be read: {e}", path.display()))
+                    CentralError::Refused(format!("{}: a body cannot be read: {e}", path.display()))
                 })?;
             if plain.len() as u64 > MAX_PUSH_BODY {
-                return Err(AdminError(format!(
+                return Err(CentralError::Refused(format!(
                     "{}: a body is over {} MiB; nothing after it was imported",
                     path.display(),
                     MAX_PUSH_BODY >> 20
                 )));
             }
-            match kind {
-                Kind::Push => {
+            match body {
+                Body::Push => {
+                    let push = PushBody::parse(&plain).map_err(CentralError::Invalid)?;
                     let (accepted, stale) =
-                        me.push_body(&site, &lock.token, plain, &mut done.refused)?;
+                        self.stage_bundle_push(&mut conn, site, push.data, &mut done.refused)?;
                     done.bodies += 1;
                     done.records += accepted;
                     done.stale += stale;
                 }
-                Kind::Ack => {
-                    let reply = me.serve(
-                        &site,
-                        &request("POST", "/sync/v5/acknowledged_records", &lock.token, plain),
-                    );
-                    if reply.status / 100 != 2 {
-                        return Err(answer_error(&site, &reply));
-                    }
-                    done.acknowledged += serde_json::from_slice::<Value>(&reply.body)
-                        .ok()
-                        .and_then(|v| v["acknowledged"].as_u64())
-                        .unwrap_or(0);
+                Body::Ack => {
+                    let ack: Acknowledge = serde_json::from_slice(&plain).map_err(|e| {
+                        CentralError::Invalid(format!("an acknowledgement body: {e}"))
+                    })?;
+                    done.acknowledged +=
+                        self.acknowledge_entries(&mut conn, site.site_id, &ack.sync_ids)?;
                 }
-                Kind::Central | Kind::Queue => {
-                    return Err(AdminError(
-                        "the bundle holds pages for a site, not pushes".into(),
+                Body::Central | Body::Queue => {
+                    return Err(CentralError::refused(
+                        "the bundle holds pages for a site, not pushes",
                     ))
                 }
             }
@@ -240,98 +225,58 @@ impl Central {
         })?;
         // The final push: seals what was staged (only this bundle's: the lock
         // kept the site's own pushes out) and integrates it.
-        let reply = me.serve(
-            &site,
-            &request(
-                "POST",
-                "/sync/v5/queued_records",
-                &lock.token,
-                br#"{"queueLength":0,"data":[]}"#.to_vec(),
-            ),
-        );
-        if reply.status != 200 {
-            return Err(answer_error(&site, &reply));
-        }
-        Ok(())
+        self.final_push(&conn, site.site_id)
     }
 
-    /// One push body as the site would have sent it; records refused are
-    /// listed and the rest sent again, as the agent does. Returns the records
-    /// staged and those skipped because a newer push of them is here already.
-    fn push_body(
+    /// One push body as the site sent it; records refused are listed and the
+    /// rest staged again, as the agent does. Returns the records staged and
+    /// those skipped because a newer push of them is here already.
+    fn stage_bundle_push(
         &self,
+        conn: &mut rusqlite::Connection,
         site: &SiteRow,
-        token: &str,
-        plain: Vec<u8>,
+        mut records: Vec<SyncRecord>,
         refused: &mut Vec<Refused>,
     ) -> Result<(u64, u64)> {
-        #[derive(serde::Deserialize)]
-        struct Count {
-            data: Vec<serde::de::IgnoredAny>,
-        }
-        let mut body = plain;
         loop {
-            let records = serde_json::from_slice::<Count>(&body).map_or(0, |c| c.data.len()) as u64;
-            let reply = self.serve(
-                site,
-                &request("POST", "/sync/v5/queued_records", token, body.clone()),
-            );
-            match reply.status {
-                200 => {
-                    let stale = serde_json::from_slice::<Value>(&reply.body)
-                        .ok()
-                        .and_then(|v| v["staleSkipped"].as_u64())
-                        .unwrap_or(0);
-                    return Ok((records - stale.min(records), stale));
+            match self.stage(conn, site, records.clone(), Carrier::Bundle)? {
+                Staged::Accepted { records, stale } => return Ok((records, stale)),
+                Staged::Full { staged } => {
+                    return Err(CentralError::Refused(format!(
+                        "site {} has {staged} records staged and not sealed; import the rest of the bundle \
+                         after its next sync (what was imported so far stays)",
+                        site.name
+                    )))
                 }
-                400 | 403 => {
-                    let answer: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
-                    let listed: Vec<(String, String, String)> = answer["error"]["data"]["records"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .map(|r| {
-                                    let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
-                                    (s("tableName"), s("recordId"), s("reason"))
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let code = answer["error"]["code"]
-                        .as_str()
-                        .unwrap_or("refused")
-                        .to_string();
-                    let mut push: Value = serde_json::from_slice(&body)
-                        .map_err(|e| AdminError(format!("a push body is not JSON: {e}")))?;
-                    let data = push["data"]
-                        .as_array_mut()
-                        .ok_or_else(|| AdminError("a push body without data".into()))?;
-                    let before = data.len();
-                    data.retain(|r| {
-                        !listed.iter().any(|(t, id, _)| {
-                            r["tableName"].as_str() == Some(t) && r["recordId"].as_str() == Some(id)
+                Staged::Refused(r) => {
+                    let code = if r.malformed {
+                        code::INVALID_SYNC_RECORD
+                    } else {
+                        code::RECORD_NOT_OWNED_BY_SITE
+                    };
+                    records.retain(|rec| {
+                        !r.records.iter().any(|x| {
+                            x.table_name == rec.table_name && x.record_id == rec.record_id
                         })
                     });
-                    if data.len() == before {
-                        return Err(answer_error(site, &reply));
-                    }
-                    for (table, id, reason) in listed {
+                    for x in r.records {
                         log::warn!(
-                            "site {}: {table} {id} refused ({code}: {reason})",
-                            site.name
+                            "site {}: {} {} refused ({code}: {})",
+                            site.name,
+                            x.table_name,
+                            x.record_id,
+                            x.reason
                         );
                         refused.push(Refused {
-                            table,
-                            id,
-                            reason: format!("{code}: {reason}"),
+                            table: x.table_name,
+                            id: x.record_id,
+                            reason: format!("{code}: {}", x.reason),
                         });
                     }
-                    if data.is_empty() {
+                    if records.is_empty() {
                         return Ok((0, 0));
                     }
-                    body = push.to_string().into_bytes();
                 }
-                _ => return Err(answer_error(site, &reply)),
             }
         }
     }
@@ -347,14 +292,14 @@ impl Central {
         cursor: Option<u64>,
     ) -> Result<(PathBuf, u64)> {
         if !dir.is_dir() {
-            return Err(AdminError(format!(
+            return Err(CentralError::Refused(format!(
                 "{} is not a directory: give the stick's directory",
                 dir.display()
             )));
         }
         let (site, digest) = self.bundle_site(name, password)?;
         if site.init_status != "completed" {
-            return Err(AdminError(format!(
+            return Err(CentralError::Refused(format!(
                 "site {} has not been initialised: its first sync must run over a link",
                 site.name
             )));
@@ -378,7 +323,7 @@ impl Central {
                 .and_then(|b| postcard::from_bytes::<Confirmation>(&b).ok())
                 .map(Some)
                 .ok_or_else(|| {
-                    AdminError("the record of the site's last bundle is damaged".into())
+                    CentralError::Refused("the record of the site's last bundle is damaged".into())
                 })?,
             None => None,
         };
@@ -401,7 +346,7 @@ impl Central {
         let header = Header {
             format: bundle::FORMAT,
             direction: Direction::ToSite,
-            id: bundle::new_id().map_err(|e| AdminError(format!("random: {e}")))?,
+            id: bundle::new_id().map_err(|e| CentralError::Refused(format!("random: {e}")))?,
             kdf_rounds: bundle::KDF_ROUNDS,
             site_id: site.site_id,
             site_name: site.name.clone(),
@@ -420,7 +365,7 @@ impl Central {
             cursor,
             header.max_cursor
         ));
-        let mut w = Writer::create(&file, &header, &digest).map_err(bundle_error)?;
+        let mut w = Writer::create(&file, &header, &digest)?;
         let mut after = cursor as i64;
         loop {
             let head = format!("{{\"maxCursor\":{},\"data\":[", header.max_cursor);
@@ -435,7 +380,7 @@ impl Central {
             if n == 0 {
                 break;
             }
-            w.body(Kind::Central, &body).map_err(bundle_error)?;
+            w.body(Body::Central, &body)?;
             after = last;
         }
         let mut after = 0i64;
@@ -454,12 +399,12 @@ impl Central {
             if n == 0 {
                 break;
             }
-            w.body(Kind::Queue, &body).map_err(bundle_error)?;
+            w.body(Body::Queue, &body)?;
             after = last;
             left = left.saturating_sub(n);
         }
         drop(tx);
-        let path = w.finish().map_err(bundle_error)?;
+        let path = w.finish()?;
         log::info!(
             "bundle {} for site {}: {} central record(s) after {cursor}, {queued} queued",
             path.display(),
@@ -472,36 +417,6 @@ impl Central {
 
 /// Largest push body once inflated: the HTTP server's cap for gzip bodies.
 const MAX_PUSH_BODY: u64 = 16 << 20;
-
-/// A request as the site would send it, marked as the import holding the lock.
-fn request(method: &str, path: &str, token: &str, body: Vec<u8>) -> Request {
-    Request {
-        method: method.into(),
-        path: path.into(),
-        query: String::new(),
-        headers: vec![(import_lock::TOKEN_HEADER.to_string(), token.to_string())],
-        body,
-    }
-}
-
-fn answer_error(site: &SiteRow, reply: &api::Reply) -> AdminError {
-    let answer: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
-    let code = answer["error"]["code"].as_str().unwrap_or("");
-    if code == crate::wire::protocol::code::SYNC_IS_RUNNING {
-        return AdminError(format!(
-            "site {} is syncing over its link right now; import the bundle when that sync has finished \
-             (what was imported so far stays, and importing again is harmless)",
-            site.name
-        ));
-    }
-    AdminError(format!(
-        "the central refused the bundle's push for site {} ({} {}): {}",
-        site.name,
-        reply.status,
-        code,
-        answer["error"]["message"].as_str().unwrap_or("")
-    ))
-}
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {

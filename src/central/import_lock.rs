@@ -7,11 +7,9 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::auth::SiteRow;
-use super::{AdminError, Central, Result};
+use super::{Central, CentralError, Result};
 use crate::wire::{bundle, credentials};
 
-/// The header an import's own requests carry (never sent over the network).
-pub const TOKEN_HEADER: &str = "x-fieldsync-bundle-import";
 /// A lock older than this is from an import that died; it no longer counts.
 const LOCK_EXPIRES_SECS: i64 = 3600;
 
@@ -48,12 +46,13 @@ pub(super) struct ImportLock {
 
 impl ImportLock {
     pub(super) fn take(central: &Central, site: &SiteRow) -> Result<ImportLock> {
-        let token =
-            credentials::hex(&bundle::new_id().map_err(|e| AdminError(format!("random: {e}")))?);
+        let token = credentials::hex(
+            &bundle::new_id().map_err(|e| CentralError::Refused(format!("random: {e}")))?,
+        );
         let mut conn = central.conn()?;
         let tx = super::write_tx(&mut conn)?;
         if held(&tx, site.site_id)?.is_some() {
-            return Err(AdminError(format!(
+            return Err(CentralError::Refused(format!(
                 "another bundle of site {} is being imported; wait for it to finish (a stale lock clears after an hour)",
                 site.name
             )));
@@ -73,7 +72,7 @@ impl ImportLock {
             |r| r.get(0),
         )?;
         if unsealed > 0 && !partial {
-            return Err(AdminError(format!(
+            return Err(CentralError::Refused(format!(
                 "site {} is in the middle of a sync over its link ({unsealed} pushed record(s) not yet sealed); \
                  import the bundle when that sync has finished — nothing was changed",
                 site.name

@@ -16,9 +16,10 @@ use rusqlite::{params, Connection};
 use serde_json::{Map, Value};
 
 use super::judge::{self, Pusher};
-use super::routing::{self, get, s};
+use super::routing::{self, get};
 use super::{admin, now, transfers, write_tx, Central, Result};
-use crate::store::registry::{self, Kind};
+use crate::legacy::owner::field;
+use crate::legacy::registry::{self, Kind};
 use crate::wire::protocol::SyncRecord;
 
 /// Retry delays of a failing integration; after the last the site's integration
@@ -167,7 +168,12 @@ fn apply(conn: &Connection, site: u32) -> Result<(u64, u64)> {
         stores: &stores,
         primary: admin::primary_site(conn)? == Some(site),
     };
-    let staged = |table: &str, id: &str| judge::staged_row(conn, site, table, id);
+    // A header is looked for in the central's copy and in this site's staging.
+    let held = judge::PushRows {
+        conn,
+        site,
+        batch: &[],
+    };
     let (mut integrated, mut refused) = (0u64, 0u64);
     let mut headers = Vec::new();
     for (table, id, action, data) in rows {
@@ -181,7 +187,8 @@ fn apply(conn: &Connection, site: u32) -> Result<(u64, u64)> {
                 .as_deref()
                 .and_then(|d| serde_json::value::RawValue::from_string(d.to_string()).ok()),
         };
-        if let Some((_, reason)) = judge::record(conn, &who, &rec, &staged)? {
+        if let Some(refusal) = judge::record(&held, &who, &rec)? {
+            let reason = refusal.code();
             log::warn!("site {site}: refused {table} {id} at integration ({reason})");
             conn.prepare_cached(
                 "INSERT INTO refused (site_id, table_name, record_id, reason, at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -201,12 +208,12 @@ fn apply(conn: &Connection, site: u32) -> Result<(u64, u64)> {
             continue;
         };
         if let Some(registry::Owner::Parent {
-            field,
+            field: link,
             table: ptable,
             ..
         }) = registry::lookup(&table).map(|t| t.owner)
         {
-            if get(conn, ptable, s(&pushed, field))?.is_none() {
+            if get(conn, ptable, field(&pushed, link))?.is_none() {
                 log::warn!("site {site}: dropped {table} {id}: its {ptable} never arrived");
                 conn.prepare_cached(
                     "INSERT INTO refused (site_id, table_name, record_id, reason, at) VALUES (?1, ?2, ?3, 'parent_never_arrived', ?4)",

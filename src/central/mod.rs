@@ -23,12 +23,14 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod bundle;
+mod error;
 pub mod http;
 pub mod import_lock;
 pub mod integrate;
 pub mod judge;
 pub mod pages;
 pub mod routing;
+pub mod staging;
 pub mod transfers;
 
 use std::collections::HashMap;
@@ -192,23 +194,7 @@ pub struct Central {
     _keeper: Arc<Mutex<Connection>>,
 }
 
-#[derive(Debug)]
-pub struct AdminError(pub String);
-
-impl std::fmt::Display for AdminError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for AdminError {}
-
-impl From<rusqlite::Error> for AdminError {
-    fn from(e: rusqlite::Error) -> Self {
-        AdminError(format!("central database: {e}"))
-    }
-}
-
-pub type Result<T> = std::result::Result<T, AdminError>;
+pub use error::{CentralError, Result};
 
 /// The server's clock, in unix seconds. The central is a server with a real
 /// clock; it decides only expiry of abandoned staging and login back-off by it.
@@ -283,6 +269,7 @@ impl Central {
     }
 
     /// Marks a site busy, as a long request would (tests of the busy answers).
+    #[cfg(any(test, feature = "testkit"))]
     pub fn activity_for_test(&self, site: u32, a: Activity) {
         self.activity
             .lock()
@@ -364,12 +351,13 @@ pub fn write_tx(conn: &mut Connection) -> Result<Transaction<'_>> {
 fn hash_digest(digest: &str) -> Result<String> {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let salt_bytes = crate::wire::credentials::random_bytes()
-        .map_err(|e| AdminError(format!("random salt: {e}")))?;
-    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| AdminError(format!("salt: {e}")))?;
+        .map_err(|e| CentralError::Refused(format!("random salt: {e}")))?;
+    let salt = SaltString::encode_b64(&salt_bytes)
+        .map_err(|e| CentralError::Refused(format!("salt: {e}")))?;
     argon2_params()
         .hash_password(digest.to_lowercase().as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| AdminError(format!("hashing password: {e}")))
+        .map_err(|e| CentralError::Refused(format!("hashing password: {e}")))
 }
 
 pub(crate) fn verify_digest(hash: &str, digest: &str) -> bool {

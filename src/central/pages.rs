@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::api::Reply;
 use super::routing;
-use crate::store::registry::DISPENSARY_ONLY;
+use crate::legacy::registry::DISPENSARY_ONLY;
 
 /// The change log after `?1` that site `?3` may see, `?2` rows at most: not a
 /// primary's own edits (never echoed), not the dispensary-only tables listed in

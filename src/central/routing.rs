@@ -14,8 +14,9 @@ use std::collections::{BTreeSet, HashMap};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
-use super::{AdminError, Result, CENTRAL_SITE_ID};
-use crate::store::registry::{self, Kind, Owner, DISPENSARY_ONLY};
+use super::{CentralError, Result, CENTRAL_SITE_ID};
+use crate::legacy::owner::{self, field, Rows};
+use crate::legacy::registry::{self, Kind, DISPENSARY_ONLY};
 
 pub fn get(conn: &Connection, table: &str, id: &str) -> Result<Option<Value>> {
     let text: Option<String> = conn
@@ -23,10 +24,6 @@ pub fn get(conn: &Connection, table: &str, id: &str) -> Result<Option<Value>> {
         .query_row(params![table, id], |r| r.get(0))
         .optional()?;
     Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
-}
-
-pub(crate) fn s<'a>(row: &'a Value, field: &str) -> &'a str {
-    row.get(field).and_then(|v| v.as_str()).unwrap_or("")
 }
 
 /// Store facts memoised for one judge, integrate or initialise call, so routing
@@ -120,38 +117,33 @@ fn copy_sites(conn: &Connection, store: &str, kind: Option<&str>) -> Result<Vec<
     Ok(sites)
 }
 
-/// The owning store of a row, following a parent in the central copy, or in
-/// `staged` — the parent's row as staged or pushed with it — when the central
-/// does not hold it yet.
-pub(crate) fn owner(
-    conn: &Connection,
-    table: &str,
-    row: &Value,
-    staged: &dyn Fn(&str, &str) -> Result<Option<Value>>,
-) -> Result<Option<String>> {
-    Ok(match registry::lookup(table).map(|t| t.owner) {
-        Some(Owner::Field(f)) => Some(s(row, f).to_string()).filter(|x| !x.is_empty()),
-        Some(Owner::Parent {
-            field,
-            table: ptable,
-            parent_field,
-        }) => {
-            let pid = s(row, field);
-            let parent = match get(conn, ptable, pid)? {
-                Some(p) => Some(p),
-                None => staged(ptable, pid)?,
-            };
-            parent
-                .map(|p| s(&p, parent_field).to_string())
-                .filter(|x| !x.is_empty())
-        }
-        _ => None,
-    })
+/// The central's copy as the rows a judgement looks at (see
+/// [`crate::legacy::owner::Rows`]).
+pub(crate) struct Copy<'a>(pub &'a Connection);
+
+impl Rows for Copy<'_> {
+    type Error = CentralError;
+    fn row(&self, table: &str, id: &str) -> Result<Option<Value>> {
+        get(self.0, table, id)
+    }
+    fn last_owner(&self, table: &str, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT owner_store FROM record WHERE table_name = ?1 AND record_id = ?2",
+            )?
+            .query_row(params![table, id], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+    fn created_by_writer(&self, _: &str, _: &str) -> Result<Option<bool>> {
+        Ok(None)
+    }
 }
 
-/// No staged rows to look in.
-pub(crate) fn nothing_staged(_: &str, _: &str) -> Result<Option<Value>> {
-    Ok(None)
+/// The owning store of a row, following its parent in the central's copy.
+pub(crate) fn owner(conn: &Connection, table: &str, row: &Value) -> Result<Option<String>> {
+    owner::owner_of(table, row, &Copy(conn))
 }
 
 // ---- queues ---------------------------------------------------------------------
@@ -194,7 +186,7 @@ pub(crate) fn recipients(
 ) -> Result<BTreeSet<u32>> {
     let mut out = BTreeSet::new();
     let kind = registry::row_kind(table, row);
-    let own = owner(conn, table, row, &nothing_staged)?;
+    let own = owner(conn, table, row)?;
     let active_and_collectors = |out: &mut BTreeSet<u32>, store: &str| -> Result<()> {
         if let Some(site) = active_site(conn, store)? {
             out.insert(site);
@@ -230,45 +222,31 @@ pub(crate) fn recipients(
                 }
             }
         }
-        Kind::Patient | Kind::Name | Kind::PatientJoin => {
-            let patient = match (table, registry::lookup(table).map(|t| t.owner)) {
-                ("name", _) => Some(s(row, "ID").to_string()),
-                (
-                    _,
-                    Some(Owner::Parent {
-                        field,
-                        table: "name",
-                        ..
-                    }),
-                ) => Some(s(row, field).to_string()),
-                _ => None,
-            };
-            match patient {
-                Some(p) => {
-                    for store in patient_stores(conn, &p)? {
-                        active_and_collectors(&mut out, &store)?;
-                    }
-                    if full {
-                        if let Some(home) = own.as_deref() {
-                            if let Some(site) = active_site(conn, home)? {
-                                out.insert(site);
-                            }
+        Kind::Patient | Kind::Name | Kind::PatientJoin => match owner::patient_id(table, row) {
+            Some(p) => {
+                for store in patient_stores(conn, p)? {
+                    active_and_collectors(&mut out, &store)?;
+                }
+                if full {
+                    if let Some(home) = own.as_deref() {
+                        if let Some(site) = active_site(conn, home)? {
+                            out.insert(site);
                         }
                     }
                 }
-                None => {
-                    if let Some(store) = own.as_deref() {
-                        active_and_collectors(&mut out, store)?;
-                    }
+            }
+            None => {
+                if let Some(store) = own.as_deref() {
+                    active_and_collectors(&mut out, store)?;
                 }
             }
-        }
+        },
         Kind::NameStoreJoin => {
-            active_and_collectors(&mut out, s(row, "store_ID"))?;
+            active_and_collectors(&mut out, field(row, "store_ID"))?;
         }
         Kind::Message => {
-            active_and_collectors(&mut out, s(row, "toStoreID"))?;
-            active_and_collectors(&mut out, s(row, "fromStoreID"))?;
+            active_and_collectors(&mut out, field(row, "toStoreID"))?;
+            active_and_collectors(&mut out, field(row, "fromStoreID"))?;
         }
     }
     out.remove(&CENTRAL_SITE_ID);
@@ -321,14 +299,14 @@ pub(crate) fn transfer_party(
 ) -> Result<Option<String>> {
     let header = match table {
         "transact" | "requisition" => Some(row.clone()),
-        "trans_line" => get(conn, "transact", s(row, "transaction_ID"))?,
-        "requisition_line" => get(conn, "requisition", s(row, "requisition_ID"))?,
+        "trans_line" => get(conn, "transact", field(row, "transaction_ID"))?,
+        "requisition_line" => get(conn, "requisition", field(row, "requisition_ID"))?,
         _ => None,
     };
     let Some(header) = header else {
         return Ok(None);
     };
-    Ok(store_of_name(conn, s(&header, "name_ID"))?.filter(|st| st != owner_store))
+    Ok(store_of_name(conn, field(&header, "name_ID"))?.filter(|st| st != owner_store))
 }
 
 /// Routes one changed row to its recipients, except `skip` (the pushing site and,
@@ -344,14 +322,14 @@ pub(crate) fn route(
     // A join that makes a patient newly visible on a site queues the patient there.
     let patient = match (table, action) {
         ("name_store_join", "update") => {
-            get(conn, "name", s(row, "name_ID"))?.filter(registry::is_patient)
+            get(conn, "name", field(row, "name_ID"))?.filter(registry::is_patient)
         }
         _ => None,
     };
     for site in recipients(conn, table, row, false)? {
         if !skip.contains(&site) {
             if let Some(p) = &patient {
-                enqueue(conn, site, "name", s(p, "ID"), "update", Some(p), false)?;
+                enqueue(conn, site, "name", field(p, "ID"), "update", Some(p), false)?;
             }
             enqueue(
                 conn,
@@ -376,7 +354,7 @@ pub(crate) fn write_row(
     row: &Value,
     site: Option<u32>,
 ) -> Result<()> {
-    let owner_store = owner(conn, table, row, &nothing_staged)?;
+    let owner_store = owner(conn, table, row)?;
     conn.prepare_cached(
         "INSERT INTO record (table_name, record_id, data, site_id, owner_store) VALUES (?1, ?2, ?3, ?4, ?5) \
          ON CONFLICT (table_name, record_id) DO UPDATE SET data = excluded.data, site_id = excluded.site_id, \
@@ -412,7 +390,7 @@ pub fn central_change(
         kind,
         Kind::Central | Kind::CentralStore | Kind::NameStoreJoin | Kind::Created
     ) {
-        return Err(AdminError(format!(
+        return Err(CentralError::Refused(format!(
             "{table} is not central data; it is edited at the site where its store is active"
         )));
     }
@@ -452,13 +430,13 @@ pub fn central_change(
 
 /// Writes a `store` row and routes it (to its active site and copy sites).
 pub fn write_store_row(conn: &Connection, row: &Value) -> Result<()> {
-    let id = s(row, "ID").to_string();
+    let id = field(row, "ID").to_string();
     central_change(conn, "store", &id, "update", Some(row), None)
 }
 
 pub fn central_merge(conn: &Connection, table: &str, keep: &str, drop: &str) -> Result<()> {
     if !registry::is_mergeable(table) {
-        return Err(AdminError(format!(
+        return Err(CentralError::Refused(format!(
             "{table} cannot be merged (item, name, clinician can)"
         )));
     }
@@ -513,7 +491,7 @@ pub fn queue_store_data_to(conn: &Connection, store: &str, site: u32) -> Result<
         queue_matching(conn, site, |table, row| {
             let kind = registry::row_kind(table, row);
             Ok(!matches!(kind, Kind::Central | Kind::Local | Kind::Created)
-                && owner(conn, table, row, &nothing_staged)?.as_deref() == Some(store))
+                && owner(conn, table, row)?.as_deref() == Some(store))
         })
     })?;
     Ok(())
@@ -554,14 +532,14 @@ pub fn queue_patients_of(conn: &Connection, store: &str, site: u32) -> Result<u6
     with_memo(|| {
         queue_matching(conn, site, |table, row| {
             Ok(match table {
-                "name" => patients.contains(s(row, "ID")),
+                "name" => patients.contains(field(row, "ID")),
                 "name_store_join" => {
-                    patients.contains(s(row, "name_ID")) && s(row, "store_ID") == store
+                    patients.contains(field(row, "name_ID")) && field(row, "store_ID") == store
                 }
-                "nameInsuranceJoin" => patients.contains(s(row, "nameID")),
-                "om_document" => patients.contains(s(row, "owner_name_ID")),
-                "name_note" => patients.contains(s(row, "name_ID")),
-                "clinician" | "clinician_store_join" => s(row, "store_ID") == store,
+                "nameInsuranceJoin" => patients.contains(field(row, "nameID")),
+                "om_document" => patients.contains(field(row, "owner_name_ID")),
+                "name_note" => patients.contains(field(row, "name_ID")),
+                "clinician" | "clinician_store_join" => field(row, "store_ID") == store,
                 t => DISPENSARY_ONLY.contains(&t),
             })
         })

@@ -17,8 +17,9 @@ use std::collections::BTreeSet;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
-use super::routing::{self, active_site, get, s};
+use super::routing::{self, active_site, get};
 use super::{Result, CENTRAL_SITE_ID};
+use crate::legacy::owner::field;
 
 /// One kind of transfer document and its responding half.
 struct Kind {
@@ -64,10 +65,10 @@ pub fn respond(conn: &Connection, table: &str, id: &str) -> Result<()> {
     let Some(doc) = get(conn, kind.header, id)? else {
         return Ok(());
     };
-    if (s(&doc, "type"), s(&doc, "status")) != kind.initiating {
+    if (field(&doc, "type"), field(&doc, "status")) != kind.initiating {
         return Ok(());
     }
-    let from_store = s(&doc, "store_ID").to_string();
+    let from_store = field(&doc, "store_ID").to_string();
     let Some(to_store) = routing::transfer_party(conn, kind.header, &doc, &from_store)? else {
         return Ok(());
     };
@@ -88,7 +89,7 @@ pub fn respond(conn: &Connection, table: &str, id: &str) -> Result<()> {
         return Ok(());
     }
     let from_name = get(conn, "store", &from_store)?
-        .map(|st| s(&st, "name_ID").to_string())
+        .map(|st| field(&st, "name_ID").to_string())
         .unwrap_or_default();
     let new_id = crate::wire::credentials::new_id();
     let number = if to_site == CENTRAL_SITE_ID {

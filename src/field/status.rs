@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Class;
 use crate::field::led::Pattern;
-use crate::store::{buffer, key, modes, outbox, Store, StoreError};
+use crate::store::{key, modes, InitState, Store, StoreError};
 use crate::sync::{Outcome, Report, Step};
 
 /// The single-sync lock beside the database (held, `flock`, by a running sync).
@@ -101,27 +101,7 @@ pub struct Attempt {
     pub report: Report,
 }
 
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// `YYYY-MM-DD` (UTC) of a Unix time, for people only (Howard Hinnant's
-/// days-to-civil algorithm; no time-zone database on the device).
-pub fn utc_date(unix: u64) -> String {
-    let z = (unix / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
+pub use crate::clock::{now_unix, utc_date};
 
 impl Attempt {
     pub fn from_report(report: &Report) -> Attempt {
@@ -158,28 +138,13 @@ pub fn read_snapshot(path: &Path) -> Option<Snapshot> {
 
 /// Saves the attempt in the database too (same file as the data, so a copied
 /// database tells its own story); `last_success` only on success.
-pub fn record_attempt(store: &Store, attempt: &Attempt) -> Result<(), StoreError> {
+pub fn record_attempt(store: &mut Store, attempt: &Attempt) -> Result<(), StoreError> {
     let text = serde_json::to_string(attempt).unwrap_or_default();
-    // One commit for both (each commit is a page on the card).
-    let tx = store
-        .conn()
-        .unchecked_transaction()
-        .map_err(|e| StoreError::sqlite("saving the sync result", e))?;
-    crate::store::set_setting(&tx, key::LAST_ATTEMPT, &text)?;
-    if matches!(
+    let success = matches!(
         attempt.outcome,
         Outcome::Ok | Outcome::OkWithIntegrationErrors
-    ) {
-        crate::store::set_setting(&tx, key::LAST_SUCCESS, &attempt.finished_unix.to_string())?;
-        crate::store::set_setting(&tx, key::ATTEMPTS_SINCE_SUCCESS, "0")?;
-    } else {
-        let n = crate::store::get_setting(&tx, key::ATTEMPTS_SINCE_SUCCESS)?
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        crate::store::set_setting(&tx, key::ATTEMPTS_SINCE_SUCCESS, &(n + 1).to_string())?;
-    }
-    tx.commit()
-        .map_err(|e| StoreError::sqlite("saving the sync result", e))
+    );
+    store.record_attempt(&text, success, attempt.finished_unix)
 }
 
 /// Everything `fieldsync status` shows.
@@ -252,26 +217,27 @@ impl View {
 
 /// Reads the view with plain SELECTs (WAL readers never wait for a writer).
 pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> {
-    let conn = store.conn();
-    let counts = buffer::counts(conn)?;
-    let errors = buffer::first_errors(conn, 5)?
+    let counts = store.buffer_counts()?;
+    let errors = store
+        .buffer_errors(5)?
         .into_iter()
-        .map(|(t, id, e, n)| format!("{t} {id}: {e} (tried {n}×)"))
+        .map(|f| format!("{} {}: {} (tried {}×)", f.table, f.id, f.error, f.attempts))
         .collect();
     let last_attempt: Option<Attempt> = store
-        .setting(key::LAST_ATTEMPT)?
-        .and_then(|t| serde_json::from_str(&t).ok());
+        .last_attempt()?
+        .and_then(|v| serde_json::from_value(v).ok());
     // A running sync holds the lock; the snapshot's own flag is the fallback
     // where the lock table cannot be read.
     let running = sync_running(store.path(), snap);
-    let pending = outbox::pending_count(conn)?;
+    let outbox = store.outbox_counts()?;
+    let pending = outbox.pending;
     let mut v = View {
         site: store.setting(key::SITE_NAME)?,
         central_url: store.setting(key::CENTRAL_URL)?,
         active_store: store.active_store()?.filter(|s| !s.is_empty()),
-        initialised: store.setting(key::INIT_STATE)?.as_deref() == Some("initialised"),
+        initialised: store.init_state()? == InitState::Initialised,
         outbox_pending: pending,
-        outbox_rejected: outbox::rejected_count(conn)?,
+        outbox_rejected: outbox.rejected,
         integration_pending: counts.pending,
         integration_failed: counts.failed,
         integration_errors: errors,
@@ -298,9 +264,7 @@ pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> 
         what_to_do: None,
         class: None,
         rules: rules_note(store, now_unix())?,
-        quarantined: conn
-            .query_row("SELECT count(*) FROM record_quarantine", [], |r| r.get(0))
-            .unwrap_or(0),
+        quarantined: store.quarantined()?,
         bundle_out: store
             .setting(key::BUNDLE_OUT)?
             .and_then(|t| serde_json::from_str(&t).ok()),
@@ -327,7 +291,7 @@ pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> 
 /// What status says about the rules: changed right now (a read-only look; the
 /// next write restores them), or restored before.
 fn rules_note(store: &Store, now: u64) -> Result<Option<String>, StoreError> {
-    let problems = crate::store::rules::verify(store.conn())?;
+    let problems = store.rules_problems()?;
     if !problems.is_empty() {
         return Ok(Some(format!(
             "changed by another program ({}); the next sync restores them — find that program and stop it",
@@ -335,7 +299,7 @@ fn rules_note(store: &Store, now: u64) -> Result<Option<String>, StoreError> {
         )));
     }
     Ok(store
-        .setting(crate::store::RULES_REPAIRED)?
+        .setting(key::RULES_REPAIRED)?
         .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
         .map(|v| {
             format!(
@@ -511,13 +475,6 @@ mod tests {
             0o644
         );
         assert_eq!(read_snapshot(&p).unwrap().step, Some(Step::Push));
-    }
-
-    #[test]
-    fn dates_for_people() {
-        assert_eq!(utc_date(0), "1970-01-01");
-        assert_eq!(utc_date(951_782_400), "2000-02-29");
-        assert_eq!(utc_date(1_795_996_800), "2026-11-30");
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub enum StoreError {
         id: String,
         rule: String,
     },
+    /// A row SQLite's constraints refuse (the `record` CHECK, a key): that
+    /// row's problem, not the store's.
+    Constraint(String),
     /// A record that is not acceptable as input.
     BadRecord {
         at: String,
@@ -38,7 +41,9 @@ pub enum StoreError {
 impl StoreError {
     pub fn class(&self) -> Class {
         match self {
-            StoreError::Refused { .. } | StoreError::BadRecord { .. } => Class::Input,
+            StoreError::Refused { .. }
+            | StoreError::BadRecord { .. }
+            | StoreError::Constraint(_) => Class::Input,
             StoreError::Missing(_) => Class::NotConfigured,
             _ => Class::Local,
         }
@@ -72,6 +77,9 @@ impl StoreError {
                     };
                 }
             }
+            if f.code == ErrorCode::ConstraintViolation {
+                return StoreError::Constraint(format!("{}: {e}", context.into()));
+            }
         }
         StoreError::Sqlite(context.into(), e)
     }
@@ -97,6 +105,7 @@ impl fmt::Display for StoreError {
             }
             StoreError::Refused { rule, .. } => write!(f, "refused: {rule}"),
             StoreError::BadRecord { at, what } => write!(f, "{at}: {what}"),
+            StoreError::Constraint(m) => f.write_str(m),
             StoreError::Locked => write!(
                 f,
                 "database is locked by another program for too long; close the other program or try again"

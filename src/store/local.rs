@@ -6,7 +6,8 @@
 use rusqlite::{params, Connection};
 use serde_json::{Map, Value};
 
-use super::{get_record, registry, StoreError, MAX_RECORD_BYTES};
+use super::{get_record, StoreError, MAX_RECORD_BYTES};
+use crate::legacy::registry;
 
 /// Legacy fields whose JSON type is fixed by the protocol (§3, "Rows").
 const NUMBER_FIELDS: &[&str] = &[
@@ -88,7 +89,7 @@ fn json_type(v: &Value) -> &'static str {
 
 /// Local write inside `tx`: validates, overlays onto the stored row and upserts
 /// (an UPDATE when the row exists, so the update triggers judge it).
-pub fn put_local(tx: &Connection, table: &str, row: &Value, at: &str) -> Result<(), StoreError> {
+pub(super) fn put(tx: &Connection, table: &str, row: &Value, at: &str) -> Result<(), StoreError> {
     validate_record(table, row, at)?;
     let id = row["ID"].as_str().unwrap_or_default();
     let merged = match get_record(tx, table, id)? {

@@ -1,28 +1,38 @@
-//! The local store: one SQLite file holding this site's records, settings, outbox
-//! and sync buffer (schema in `schema.sql`, rules in `triggers.sql`).
+//! The local store: one SQLite file holding this site's records, outbox and
+//! sync bookkeeping (schema in `schema*.sql`, migrated by [`schema`]).
 //!
 //! What must hold: every local write is checked and captured by SQLite triggers
-//! ([`rules`]), so the clinic's app writing the file directly obeys the same rules
-//! as our CLI; the sync's own writes go through [`Store::without_rules`], a
-//! transaction that no other connection sees without the triggers. The file is shared: WAL mode lets readers (the
-//! `status` command, the app) run beside a writer, and a busy timeout makes writers
-//! wait their turn instead of failing.
+//! (generated in [`crate::legacy::triggers`], installed and verified by
+//! [`rules`]), so the clinic's app writing the file directly obeys the same
+//! rules as our CLI; the sync's own writes of received data go through
+//! [`Store::receiving`], a transaction whose connection alone runs without the
+//! triggers. The file is shared: WAL mode lets readers (the `status` command,
+//! the app) run beside a writer, and a busy timeout makes writers wait their
+//! turn instead of failing.
+//!
+//! Nothing outside this module touches SQL: the layers above get typed
+//! operations on [`Store`] and on its transactions ([`Tx`]), each kept beside the
+//! tables it reads — [`outbox`], [`buffer`], `received` (applying received
+//! records), [`numbering`], [`bundle`] (USB-stick bookkeeping), [`state`].
 
 pub mod buffer;
+pub mod bundle;
 mod error;
 mod local;
 pub mod modes;
+pub mod numbering;
 pub mod outbox;
-pub mod registry;
-pub mod row;
-pub mod rules;
+mod received;
+mod rules;
 mod schema;
+pub mod state;
 pub mod views;
 
 pub use error::StoreError;
-pub use local::{put_local, validate_record};
-pub use schema::RULES_REPAIRED;
+pub use local::validate_record;
+pub use state::{key, InitState};
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,59 +54,9 @@ pub fn busy_timeout() -> Duration {
         .unwrap_or(BUSY_TIMEOUT)
 }
 
-/// Largest record the store accepts (serialised JSON); see [`row::MAX_ROW_BYTES`].
-pub const MAX_RECORD_BYTES: usize = row::MAX_ROW_BYTES;
-
-/// Settings keys. Kept in one place: the status command and tests read them too.
-pub mod key {
-    pub const CENTRAL_URL: &str = "central_url";
-    pub const SITE_NAME: &str = "site_name";
-    /// Where older fieldsync kept the password digest; read only to move it out
-    /// (`agent::credential::migrate`), never written.
-    pub const PASSWORD_DIGEST: &str = "password_digest";
-    pub const CREDENTIAL_FILE: &str = "credential_file";
-    pub const PROGRESS_SECS: &str = "progress_secs";
-    pub const DNS: &str = "dns";
-    pub const HARDWARE_ID: &str = "hardware_id";
-    pub const ALLOW_HTTP: &str = "allow_insecure_http";
-    /// Site record id, `siteId` and central's id learned on first contact.
-    pub const SITE_UUID: &str = "site_uuid";
-    pub const SITE_ID: &str = "site_id";
-    pub const CENTRAL_SITE_ID: &str = "central_site_id";
-    /// The one active store; the ownership triggers read this key.
-    pub const ACTIVE_STORE: &str = "active_store_id";
-    pub const INIT_STATE: &str = "init_state";
-    /// Central-records cursor (§5 step 5) and the `maxCursor` last seen.
-    pub const CURSOR: &str = "central_cursor";
-    pub const CENTRAL_MAX_CURSOR: &str = "central_max_cursor";
-    /// The adaptive pull page size (§9.3), kept between cycles.
-    pub const PULL_LIMIT: &str = "pull_limit";
-    /// What the central said of gzip request bodies (§9.1): advertised, refused.
-    pub const CENTRAL_GZIP: &str = "central_gzip";
-    /// "1" while the active dispensary store keeps its transactions here (§9.7);
-    /// the capture triggers read it.
-    pub const HOLD_TRANSACTIONS: &str = "hold_transactions";
-    pub const BATCH_RECORDS: &str = "batch_records";
-    pub const BATCH_BYTES: &str = "batch_bytes";
-    pub const INTEGRATION_WAIT: &str = "integration_wait_secs";
-    pub const INIT_POLL: &str = "init_poll_secs";
-    pub const RETRY_BASE: &str = "retry_base_ms";
-    pub const CA_FILE: &str = "ca_file";
-    pub const LED: &str = "led";
-    pub const ATTENTION_LED: &str = "attention_led";
-    /// The last finished attempt (JSON) and the last success (unix seconds, display only).
-    pub const LAST_ATTEMPT: &str = "last_attempt";
-    pub const LAST_SUCCESS: &str = "last_success";
-    /// Attempts since the last success (clock-free; the fleet metrics show it).
-    pub const ATTEMPTS_SINCE_SUCCESS: &str = "attempts_since_success";
-    /// Where the fleet metrics file goes; unset: none is written.
-    pub const METRICS_FILE: &str = "metrics_file";
-    /// The last bundle written and read (USB sync), for `status`.
-    pub const BUNDLE_OUT: &str = "bundle_out";
-    pub const BUNDLE_IN: &str = "bundle_in";
-    /// Fingerprint of the registry and triggers this file was migrated with.
-    pub const SCHEMA_RULES: &str = "schema_rules";
-}
+/// Largest record the store accepts (serialised JSON); see
+/// [`crate::legacy::row::MAX_ROW_BYTES`].
+pub const MAX_RECORD_BYTES: usize = crate::legacy::row::MAX_ROW_BYTES;
 
 pub struct Store {
     conn: Connection,
@@ -154,8 +114,7 @@ impl Store {
             conn,
             path: path.to_path_buf(),
         };
-        let version: i64 = store.pragma_i64("user_version")?;
-        if version == 0 {
+        if schema::version(&store.conn)? == 0 {
             return Err(StoreError::Schema(format!(
                 "{} is not a fieldsync database",
                 path.display()
@@ -182,32 +141,39 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(|e| StoreError::sqlite("foreign_keys", e))?;
         let mut store = Store { conn, path };
-        store.migrate()?;
+        schema::migrate(&mut store)?;
         Ok(store)
-    }
-
-    fn pragma_i64(&self, name: &str) -> Result<i64, StoreError> {
-        self.conn
-            .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
-            .map_err(|e| StoreError::sqlite(format!("reading {name}"), e))
-    }
-
-    fn migrate(&mut self) -> Result<(), StoreError> {
-        let version = self.pragma_i64("user_version")? as usize;
-        schema::migrate(self, version)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn conn(&self) -> &Connection {
+    /// The connection, for this module's own files only.
+    pub(in crate::store) fn conn(&self) -> &Connection {
         &self.conn
     }
 
-    /// A write transaction that takes the write lock at once (no upgrade deadlocks
-    /// against the clinic's app).
-    pub fn tx(&mut self) -> Result<Transaction<'_>, StoreError> {
+    /// A write transaction with the rules on: what it writes is judged and
+    /// captured as an app's write would be. It takes the write lock at once
+    /// (BEGIN IMMEDIATE: no upgrade deadlock against the clinic's app).
+    pub fn tx(&mut self) -> Result<Tx<'_>, StoreError> {
+        Ok(Tx {
+            tx: Some(self.begin()?),
+            rules_off: Cell::new(false),
+        })
+    }
+
+    /// A write transaction for received data: the rules are switched off for
+    /// this connection alone ([`rules::set_enabled`]) at its first write of
+    /// received data, so those writes pass the ownership checks and are not
+    /// captured (nothing received is echoed); every other connection meets the
+    /// rules all along. They come back on when it commits or is dropped.
+    pub fn receiving(&mut self) -> Result<Tx<'_>, StoreError> {
+        self.tx()
+    }
+
+    fn begin(&mut self) -> Result<Transaction<'_>, StoreError> {
         self.conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| StoreError::sqlite("starting a transaction", e))
@@ -243,10 +209,6 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(err)
     }
 
-    pub fn active_store(&self) -> Result<Option<String>, StoreError> {
-        self.setting(key::ACTIVE_STORE)
-    }
-
     /// A setting that holds a whole number (cursors, counters); absent is `None`.
     pub fn number(&self, key: &str) -> Result<Option<u64>, StoreError> {
         match self.setting(key)? {
@@ -261,9 +223,8 @@ impl Store {
     /// is off keeps its transactions, stock and stocktakes on the site. Reads the
     /// active store's row and preferences, keeps the answer where the capture
     /// triggers read it, and when the preference turns on again releases what was
-    /// held (in its push order, which `seq` kept). Returns what changed:
-    /// `Some(true)` now holding, `Some(false)` released (with the count).
-    pub fn refresh_hold(&mut self) -> Result<Option<(bool, u64)>, StoreError> {
+    /// held (in its push order, which `seq` kept). Returns what changed.
+    pub fn refresh_hold(&mut self) -> Result<Option<Hold>, StoreError> {
         let Some(active) = self.active_store()?.filter(|a| !a.is_empty()) else {
             return Ok(None);
         };
@@ -287,19 +248,27 @@ impl Store {
             return Ok(None);
         }
         let tx = self.tx()?;
-        set_setting(&tx, key::HOLD_TRANSACTIONS, if hold { "1" } else { "0" })?;
+        set_setting(
+            tx.conn(),
+            key::HOLD_TRANSACTIONS,
+            if hold { "1" } else { "0" },
+        )?;
         let released = if hold {
             0
         } else {
-            tx.execute(
-                "UPDATE outbox SET state = 'pending' WHERE state = 'held'",
-                [],
-            )
-            .map_err(|e| StoreError::sqlite("releasing held records", e))? as u64
+            tx.conn()
+                .execute(
+                    "UPDATE outbox SET state = 'pending' WHERE state = 'held'",
+                    [],
+                )
+                .map_err(|e| StoreError::sqlite("releasing held records", e))? as u64
         };
-        tx.commit()
-            .map_err(|e| StoreError::sqlite("saving the dispensary preference", e))?;
-        Ok(Some((hold, released)))
+        tx.commit()?;
+        Ok(Some(if hold {
+            Hold::Holding
+        } else {
+            Hold::Released(released)
+        }))
     }
 
     /// Stores whose `sync_id_remote_site` is `site_id` (a number on the wire; a
@@ -317,19 +286,35 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(err)
     }
 
-    /// Sets the site identity as the first sync would. Internal API for tests and
-    /// for the `dev set-identity` command; a real site learns it from the central.
+    /// Sets the site identity as the first sync would: tests, and the
+    /// `dev set-identity` command of test builds. A real site learns it from
+    /// the central.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn set_site_identity(
         &mut self,
         site_id: u32,
         active_store: &str,
     ) -> Result<(), StoreError> {
         let tx = self.tx()?;
-        set_setting(&tx, key::SITE_ID, &site_id.to_string())?;
-        set_setting(&tx, key::ACTIVE_STORE, active_store)?;
-        set_setting(&tx, key::INIT_STATE, "initialised")?;
+        tx.set(key::SITE_ID, &site_id.to_string())?;
+        tx.set(key::ACTIVE_STORE, active_store)?;
+        tx.set(key::INIT_STATE, InitState::Initialised.as_str())?;
         tx.commit()
-            .map_err(|e| StoreError::sqlite("saving site identity", e))
+    }
+
+    /// Empties records, outbox, buffer and their marks, keeping the schema and
+    /// settings: a fuzzer or bench reuses one store between inputs.
+    #[cfg(feature = "testkit")]
+    pub fn clear(&mut self) -> Result<(), StoreError> {
+        let tx = self.tx()?;
+        tx.unrule()?;
+        tx.conn()
+            .execute_batch(
+                "DELETE FROM buffer; DELETE FROM record; DELETE FROM outbox; DELETE FROM local_edit; \
+                 DELETE FROM record_quarantine; DELETE FROM resave;",
+            )
+            .map_err(|e| StoreError::sqlite("emptying the store", e))?;
+        tx.commit()
     }
 
     // ---- records --------------------------------------------------------------
@@ -342,22 +327,21 @@ impl Store {
     /// keys survive, §7.2), the triggers check ownership and capture the change.
     pub fn put(&mut self, table: &str, row: &Value) -> Result<(), StoreError> {
         let tx = self.tx()?;
-        put_local(&tx, table, row, "record")?;
+        tx.put_local(table, row, "record")?;
         tx.commit()
-            .map_err(|e| StoreError::sqlite("committing record", e))
     }
 
     /// Deletes a record as a local edit. Returns whether it existed.
     pub fn delete(&mut self, table: &str, id: &str) -> Result<bool, StoreError> {
         let tx = self.tx()?;
         let n = tx
+            .conn()
             .execute(
                 "DELETE FROM record WHERE table_name = ?1 AND record_id = ?2",
                 params![table, id],
             )
             .map_err(|e| StoreError::sqlite("deleting record", e).for_record(table, id))?;
-        tx.commit()
-            .map_err(|e| StoreError::sqlite("committing delete", e))?;
+        tx.commit()?;
         Ok(n > 0)
     }
 
@@ -367,27 +351,19 @@ impl Store {
         table: Option<&str>,
         mut f: impl FnMut(&str, &str) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
+        let err = |e| StoreError::sqlite("listing records", e);
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT table_name, data FROM record WHERE ?1 IS NULL OR table_name = ?1 \
                  ORDER BY table_name, record_id",
             )
-            .map_err(|e| StoreError::sqlite("listing records", e))?;
-        let mut rows = stmt
-            .query([table])
-            .map_err(|e| StoreError::sqlite("listing records", e))?;
+            .map_err(err)?;
+        let mut rows = stmt.query([table]).map_err(err)?;
         let mut n = 0;
-        while let Some(row) = rows
-            .next()
-            .map_err(|e| StoreError::sqlite("listing records", e))?
-        {
-            let t: String = row
-                .get(0)
-                .map_err(|e| StoreError::sqlite("listing records", e))?;
-            let d: String = row
-                .get(1)
-                .map_err(|e| StoreError::sqlite("listing records", e))?;
+        while let Some(row) = rows.next().map_err(err)? {
+            let t: String = row.get(0).map_err(err)?;
+            let d: String = row.get(1).map_err(err)?;
             f(&t, &d)?;
             n += 1;
         }
@@ -404,73 +380,146 @@ impl Store {
             .map_err(|e| StoreError::sqlite("counting records", e))
     }
 
-    /// Runs `f` inside one transaction with the rules switched off for this
-    /// connection alone ([`rules::set_enabled`]): writes pass the ownership checks
-    /// and are not captured (nothing received is echoed). Every other connection
-    /// meets the rules all along; on error everything rolls back.
-    pub fn without_rules<T>(
-        &mut self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let tx = self.tx_unruled()?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+    /// Rows set aside by a schema upgrade (not valid rows), for `status`.
+    pub fn quarantined(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT count(*) FROM record_quarantine", [], |r| r.get(0))
+            .map_err(|e| StoreError::sqlite("counting set-aside rows", e))
     }
 
-    /// [`Store::without_rules`] as a value: a write transaction with this
-    /// connection's rules off, for a step that writes received data between
-    /// network reads (a pull page). The rules come back on when it commits or is
-    /// dropped.
-    pub fn tx_unruled(&mut self) -> Result<Unruled<'_>, StoreError> {
-        let u = self.tx_unruled_lazily()?;
-        u.unrule()?;
-        Ok(u)
+    /// What is wrong with the rules in the file now (a trigger another program
+    /// dropped or changed since this process opened it).
+    pub fn rules_problems(&self) -> Result<Vec<String>, StoreError> {
+        rules::verify(&self.conn)
     }
 
-    /// [`Store::tx_unruled`] that switches the rules off only when
-    /// [`Unruled::unrule`] is first called.
-    pub fn tx_unruled_lazily(&mut self) -> Result<Unruled<'_>, StoreError> {
-        Ok(Unruled {
-            tx: Some(self.tx()?),
-            off: std::cell::Cell::new(false),
-        })
+    /// Rewrites the file without free pages and truncates the WAL, so no old
+    /// page image survives (a moved-out credential). Waits `wait` at most for
+    /// the clinic's app to stop reading; returns whether the WAL was truncated.
+    pub fn scrub(&self, wait: Duration) -> Result<bool, StoreError> {
+        let conn = &self.conn;
+        conn.execute_batch("VACUUM")
+            .map_err(|e| StoreError::sqlite("compacting the database", e))?;
+        let set_wait = |d| {
+            conn.busy_timeout(d)
+                .map_err(|e| StoreError::sqlite("busy timeout", e))
+        };
+        set_wait(wait)?;
+        let busy: Result<i64, _> =
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
+        set_wait(busy_timeout())?;
+        Ok(busy.map_err(|e| StoreError::sqlite("truncating the WAL", e))? == 0)
+    }
+
+    /// Truncates the WAL if no reader holds it (after a scrub's last write).
+    pub fn truncate_wal(&self) {
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
     }
 }
 
-/// A transaction of the agent's own writes of received data: see
-/// [`Store::tx_unruled`].
-pub struct Unruled<'a> {
+/// What [`Store::refresh_hold`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// The active dispensary store now keeps its transactions here.
+    Holding,
+    /// They sync again; this many held records went back in the queue.
+    Released(u64),
+}
+
+/// A write transaction on the store: [`Store::tx`] (rules on) or
+/// [`Store::receiving`] (rules off for this connection from its first write of
+/// received data). Rolled back when dropped uncommitted (an error, a cut link).
+pub struct Tx<'a> {
     tx: Option<Transaction<'a>>,
-    off: std::cell::Cell<bool>,
+    rules_off: Cell<bool>,
 }
 
-impl Unruled<'_> {
+impl Tx<'_> {
+    pub(in crate::store) fn conn(&self) -> &Connection {
+        self.tx.as_ref().expect("not yet committed")
+    }
+
     /// Switches the rules off for this connection, once, before the first write
     /// of received data.
-    pub fn unrule(&self) -> Result<(), StoreError> {
-        if !self.off.get() {
-            rules::set_enabled(self, false)?;
-            self.off.set(true);
+    pub(in crate::store) fn unrule(&self) -> Result<(), StoreError> {
+        if !self.rules_off.get() {
+            rules::set_enabled(self.conn(), false)?;
+            self.rules_off.set(true);
         }
         Ok(())
     }
 
     pub fn commit(mut self) -> Result<(), StoreError> {
         let tx = self.tx.take().expect("committed once");
-        if self.off.replace(false) {
+        if self.rules_off.replace(false) {
             rules::set_enabled(&tx, true)?;
         }
         tx.commit()
-            .map_err(|e| StoreError::sqlite("committing sync writes", e))
+            .map_err(|e| StoreError::sqlite("committing to the database", e))
+    }
+
+    /// A setting, as this transaction sees it.
+    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        get_setting(self.conn(), key)
+    }
+
+    /// Saves a setting in this transaction.
+    pub fn set(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        set_setting(self.conn(), key, value)
+    }
+
+    pub fn unset(&self, key: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM setting WHERE key = ?1", [key])
+            .map(drop)
+            .map_err(|e| StoreError::sqlite(format!("removing setting {key}"), e))
+    }
+
+    pub fn get(&self, table: &str, id: &str) -> Result<Option<Value>, StoreError> {
+        get_record(self.conn(), table, id)
+    }
+
+    /// A local edit in this transaction (see [`local`]): judged and captured by
+    /// the rules, which must be on.
+    pub fn put_local(&self, table: &str, row: &Value, at: &str) -> Result<(), StoreError> {
+        debug_assert!(!self.rules_off.get(), "local edits go through the rules");
+        local::put(self.conn(), table, row, at)
+    }
+
+    /// Runs `f` under a savepoint: its writes are undone when it fails, the
+    /// transaction goes on.
+    pub fn savepoint<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let sp = |sql: &str| {
+            self.conn()
+                .execute_batch(sql)
+                .map_err(|e| StoreError::sqlite("savepoint", e))
+        };
+        sp("SAVEPOINT row")?;
+        match f(self) {
+            Ok(t) => {
+                sp("RELEASE row")?;
+                Ok(t)
+            }
+            Err(e) => {
+                sp("ROLLBACK TO row; RELEASE row")?;
+                Err(e)
+            }
+        }
     }
 }
 
-impl Drop for Unruled<'_> {
+impl Drop for Tx<'_> {
     /// Rolled back (an error, a cut link): the rules come back on for this
     /// connection all the same.
     fn drop(&mut self) {
-        if self.off.get() {
+        if self.rules_off.get() {
             if let Some(tx) = &self.tx {
                 if let Err(e) = rules::set_enabled(tx, true) {
                     log::error!("{e}");
@@ -480,14 +529,10 @@ impl Drop for Unruled<'_> {
     }
 }
 
-impl<'a> std::ops::Deref for Unruled<'a> {
-    type Target = Transaction<'a>;
-    fn deref(&self) -> &Transaction<'a> {
-        self.tx.as_ref().expect("not yet committed")
-    }
-}
-
-pub fn get_setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+pub(in crate::store) fn get_setting(
+    conn: &Connection,
+    key: &str,
+) -> Result<Option<String>, StoreError> {
     conn.query_row("SELECT value FROM setting WHERE key = ?1", [key], |r| {
         r.get(0)
     })
@@ -497,7 +542,11 @@ pub fn get_setting(conn: &Connection, key: &str) -> Result<Option<String>, Store
 
 /// Saves a setting; an unchanged value writes nothing (the SD card is the budget:
 /// an idle sync must not rewrite pages to say what they already say).
-pub fn set_setting(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+pub(in crate::store) fn set_setting(
+    conn: &Connection,
+    key: &str,
+    value: &str,
+) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO setting (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value \
          WHERE value IS NOT excluded.value",
@@ -507,7 +556,11 @@ pub fn set_setting(conn: &Connection, key: &str, value: &str) -> Result<(), Stor
     .map_err(|e| StoreError::sqlite(format!("saving setting {key}"), e))
 }
 
-pub fn get_record(conn: &Connection, table: &str, id: &str) -> Result<Option<Value>, StoreError> {
+pub(in crate::store) fn get_record(
+    conn: &Connection,
+    table: &str,
+    id: &str,
+) -> Result<Option<Value>, StoreError> {
     let text: Option<String> = conn
         .prepare_cached("SELECT data FROM record WHERE table_name = ?1 AND record_id = ?2")
         .and_then(|mut st| st.query_row(params![table, id], |r| r.get(0)).optional())

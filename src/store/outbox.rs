@@ -8,7 +8,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::store::StoreError;
+use super::{Store, StoreError, Tx};
 
 /// One pending entry as the batch needs it.
 #[derive(Debug, Clone)]
@@ -32,7 +32,7 @@ pub struct Sent {
     pub version: i64,
 }
 
-pub fn pending_count(conn: &Connection) -> Result<u64, StoreError> {
+pub(super) fn pending_count(conn: &Connection) -> Result<u64, StoreError> {
     conn.query_row(
         "SELECT count(*) FROM outbox WHERE state = 'pending'",
         [],
@@ -42,7 +42,7 @@ pub fn pending_count(conn: &Connection) -> Result<u64, StoreError> {
 }
 
 /// Entries a dispensary store keeps on the site (§9.7).
-pub fn held_count(conn: &Connection) -> Result<u64, StoreError> {
+pub(super) fn held_count(conn: &Connection) -> Result<u64, StoreError> {
     conn.query_row(
         "SELECT count(*) FROM outbox WHERE state = 'held'",
         [],
@@ -51,7 +51,7 @@ pub fn held_count(conn: &Connection) -> Result<u64, StoreError> {
     .map_err(|e| StoreError::sqlite("counting held records", e))
 }
 
-pub fn rejected_count(conn: &Connection) -> Result<u64, StoreError> {
+pub(super) fn rejected_count(conn: &Connection) -> Result<u64, StoreError> {
     conn.query_row(
         "SELECT count(*) FROM outbox WHERE state = 'rejected'",
         [],
@@ -67,7 +67,7 @@ pub fn rejected_count(conn: &Connection) -> Result<u64, StoreError> {
 /// `limit` index entries, not the whole outbox; each row's data is then read by
 /// key. Sorting the outbox per batch made a large push quadratic in time and in
 /// temp-file writes (flash wear).
-pub fn for_each_pending(
+pub(super) fn for_each_pending(
     conn: &Connection,
     limit: usize,
     mut f: impl FnMut(Entry) -> bool,
@@ -138,7 +138,7 @@ pub fn for_each_pending(
 /// Marks confirmed entries that were not edited since they were read (their
 /// `seq` is unchanged) as sent. Called in the transaction after the central
 /// confirmed the batch; [`delete_sent`] removes them at the end of the push.
-pub fn mark_sent(conn: &Connection, sent: &[Sent]) -> Result<u64, StoreError> {
+pub(super) fn mark_sent(conn: &Connection, sent: &[Sent]) -> Result<u64, StoreError> {
     let mut stmt = conn
         .prepare_cached("UPDATE outbox SET state = 'sent' WHERE seq = ?1 AND version = ?2 AND state = 'pending'")
         .map_err(|e| StoreError::sqlite("confirming pushed records", e))?;
@@ -153,7 +153,7 @@ pub fn mark_sent(conn: &Connection, sent: &[Sent]) -> Result<u64, StoreError> {
 
 /// Deletes every sent entry, in one transaction: each page of the (table, ID)
 /// index is written once per push, not once per batch.
-pub fn delete_sent(conn: &Connection) -> Result<u64, StoreError> {
+pub(super) fn delete_sent(conn: &Connection) -> Result<u64, StoreError> {
     conn.prepare_cached("DELETE FROM outbox WHERE state = 'sent'")
         .and_then(|mut s| s.execute([]))
         .map(|n| n as u64)
@@ -162,7 +162,12 @@ pub fn delete_sent(conn: &Connection) -> Result<u64, StoreError> {
 
 /// Sets an entry aside (central refused it, or it is too large to send). Returns
 /// whether an entry was found.
-pub fn reject(conn: &Connection, table: &str, id: &str, reason: &str) -> Result<bool, StoreError> {
+pub(super) fn reject(
+    conn: &Connection,
+    table: &str,
+    id: &str,
+    reason: &str,
+) -> Result<bool, StoreError> {
     conn.execute(
         "UPDATE outbox SET state = 'rejected', reason = ?3 WHERE table_name = ?1 AND record_id = ?2",
         params![table, id, reason],
@@ -172,7 +177,7 @@ pub fn reject(conn: &Connection, table: &str, id: &str, reason: &str) -> Result<
 }
 
 /// Puts rejected entries back in the queue (all, or one record).
-pub fn retry(conn: &Connection, only: Option<(&str, &str)>) -> Result<u64, StoreError> {
+pub(super) fn retry(conn: &Connection, only: Option<(&str, &str)>) -> Result<u64, StoreError> {
     let n = match only {
         Some((t, id)) => conn.execute(
             "UPDATE outbox SET state = 'pending', reason = NULL \
@@ -199,7 +204,11 @@ pub struct Listed {
     pub reason: Option<String>,
 }
 
-pub fn list(conn: &Connection, rejected_only: bool, limit: u64) -> Result<Vec<Listed>, StoreError> {
+pub(super) fn list(
+    conn: &Connection,
+    rejected_only: bool,
+    limit: u64,
+) -> Result<Vec<Listed>, StoreError> {
     let mut stmt = conn
         .prepare(
             "SELECT seq, table_name, record_id, action, state, reason FROM outbox \
@@ -222,10 +231,71 @@ pub fn list(conn: &Connection, rejected_only: bool, limit: u64) -> Result<Vec<Li
         .map_err(|e| StoreError::sqlite("listing the outbox", e))
 }
 
+/// How many entries wait, in each state a person cares about.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Waiting to be pushed.
+    pub pending: u64,
+    /// Set aside: refused by the central or unsendable, waiting for a person.
+    pub rejected: u64,
+    /// A dispensary's transactions kept on the site (§9.7).
+    pub held: u64,
+}
+
+impl Store {
+    pub fn outbox_pending(&self) -> Result<u64, StoreError> {
+        pending_count(self.conn())
+    }
+
+    pub fn outbox_counts(&self) -> Result<Counts, StoreError> {
+        Ok(Counts {
+            pending: pending_count(self.conn())?,
+            rejected: rejected_count(self.conn())?,
+            held: held_count(self.conn())?,
+        })
+    }
+
+    /// Streams up to `limit` pending entries in push order (§7.3); `f` returns
+    /// `false` to stop early. See [`for_each_pending`].
+    pub fn for_each_pending(
+        &self,
+        limit: usize,
+        f: impl FnMut(Entry) -> bool,
+    ) -> Result<(), StoreError> {
+        for_each_pending(self.conn(), limit, f)
+    }
+
+    /// Entries for `fieldsync queue` (not the sent ones), oldest first.
+    pub fn outbox_list(&self, rejected_only: bool, limit: u64) -> Result<Vec<Listed>, StoreError> {
+        list(self.conn(), rejected_only, limit)
+    }
+
+    /// Puts set-aside entries back in the queue (all, or one record).
+    pub fn outbox_retry(&self, only: Option<(&str, &str)>) -> Result<u64, StoreError> {
+        retry(self.conn(), only)
+    }
+}
+
+impl Tx<'_> {
+    /// Marks confirmed entries sent; see [`mark_sent`].
+    pub fn mark_sent(&self, sent: &[Sent]) -> Result<u64, StoreError> {
+        mark_sent(self.conn(), sent)
+    }
+
+    /// Deletes every sent entry; see [`delete_sent`].
+    pub fn delete_sent(&self) -> Result<u64, StoreError> {
+        delete_sent(self.conn())
+    }
+
+    /// Sets an entry aside with its reason; whether there was one.
+    pub fn set_aside(&self, table: &str, id: &str, reason: &str) -> Result<bool, StoreError> {
+        reject(self.conn(), table, id, reason)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
     use serde_json::json;
 
     fn all_pending(s: &Store) -> Vec<Sent> {

@@ -10,7 +10,8 @@
 
 use rusqlite::params;
 
-use super::{key, registry, rules, views, Store, StoreError};
+use super::{key, rules, views, Store, StoreError};
+use crate::legacy::{self, registry, triggers};
 
 /// Schema versions, applied in order on open (`PRAGMA user_version` says how many ran).
 const MIGRATIONS: &[&str] = &[
@@ -20,19 +21,14 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema4.sql"),
 ];
 
-/// The setting that remembers a repair of the rules, for `status`.
-pub const RULES_REPAIRED: &str = "rules_repaired";
-
 /// What this build installs: the registry and the trigger text, fingerprinted.
 fn fingerprint() -> String {
-    let text: String = rules::triggers()
+    let text: String = triggers::all()
         .into_iter()
         .map(|(_, s)| s)
         .chain(views::views().into_iter().map(|(_, s)| s))
         .collect();
-    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let h = legacy::fnv1a(legacy::FNV_START, text.as_bytes());
     format!("{:x}-{h:x}", registry::fingerprint())
 }
 
@@ -93,7 +89,15 @@ fn stored_registry(conn: &rusqlite::Connection) -> Result<Vec<RegistryRow>, Stor
 }
 
 /// Migrates the file from `version`, then makes sure its rules are this build's.
-pub(super) fn migrate(store: &mut Store, version: usize) -> Result<(), StoreError> {
+/// How many migrations the file has had (0: not a fieldsync database).
+pub(super) fn version(conn: &rusqlite::Connection) -> Result<usize, StoreError> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map(|v| v.max(0) as usize)
+        .map_err(|e| StoreError::sqlite("reading the schema version", e))
+}
+
+pub(super) fn migrate(store: &mut Store) -> Result<(), StoreError> {
+    let version = version(store.conn())?;
     if version > MIGRATIONS.len() {
         return Err(StoreError::Schema(format!(
             "{} was written by a newer fieldsync (schema {version}, this build knows {}); upgrade fieldsync",
@@ -119,11 +123,12 @@ pub(super) fn migrate(store: &mut Store, version: usize) -> Result<(), StoreErro
         return Ok(());
     }
     let path = store.path().to_path_buf();
-    let tx = store.tx()?;
+    let migration = store.tx()?;
+    let tx = migration.conn();
     // Retired and current triggers go first: an old schema's tables are rebuilt
     // below, and their triggers must not fire during the copy.
-    rules::drop_all(&tx)?;
-    views::drop_all(&tx)?;
+    rules::drop_all(tx)?;
+    views::drop_all(tx)?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         tx.execute_batch(sql)
             .map_err(|e| StoreError::sqlite(format!("migration {}", i + 1), e))?;
@@ -137,9 +142,9 @@ pub(super) fn migrate(store: &mut Store, version: usize) -> Result<(), StoreErro
         )
         .map_err(|e| StoreError::sqlite("registry", e))?;
     }
-    rules::create_all(&tx)?;
-    views::create_all(&tx)?;
-    super::set_setting(&tx, key::SCHEMA_RULES, &fingerprint)?;
+    rules::create_all(tx)?;
+    views::create_all(tx)?;
+    super::set_setting(tx, key::SCHEMA_RULES, &fingerprint)?;
     if !problems.is_empty() {
         let detail = problems.join("; ");
         log::error!(
@@ -147,21 +152,20 @@ pub(super) fn migrate(store: &mut Store, version: usize) -> Result<(), StoreErro
              Writes made meanwhile were not checked or queued: find the program and stop it",
             path.display()
         );
-        let count = super::get_setting(&tx, RULES_REPAIRED)?
+        let count = super::get_setting(tx, key::RULES_REPAIRED)?
             .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
             .and_then(|v| v["count"].as_u64())
             .unwrap_or(0);
         let note = serde_json::json!({
             "count": count + 1,
             "detail": detail,
-            "unix": crate::field::status::now_unix(),
+            "unix": crate::clock::now_unix(),
         });
-        super::set_setting(&tx, RULES_REPAIRED, &note.to_string())?;
+        super::set_setting(tx, key::RULES_REPAIRED, &note.to_string())?;
     }
     tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
         .map_err(|e| StoreError::sqlite("user_version", e))?;
-    tx.commit()
-        .map_err(|e| StoreError::sqlite("committing migrations", e))
+    migration.commit()
 }
 
 #[cfg(test)]

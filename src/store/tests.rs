@@ -74,16 +74,10 @@ fn lines_follow_their_parent() {
 #[test]
 fn an_edit_cannot_take_over_or_give_away() {
     let mut s = initialised();
-    s.without_rules(|tx| {
-        tx.execute(
-            "INSERT INTO record (table_name, record_id, data, origin) VALUES \
-             ('transact', 'F1', '{\"ID\":\"F1\",\"store_ID\":\"S_OTHER\"}', 'sync')",
-            [],
-        )
-        .map_err(|e| StoreError::sqlite("t", e))?;
-        Ok(())
-    })
-    .unwrap();
+    let tx = s.receiving().unwrap();
+    tx.write_received("transact", "F1", r#"{"ID":"F1","store_ID":"S_OTHER"}"#)
+        .unwrap();
+    tx.commit().unwrap();
     assert!(outbox(&s).is_empty(), "sync writes are not captured");
     let e = s
         .put("transact", &json!({"ID": "F1", "store_ID": "S_KAW"}))
@@ -219,16 +213,10 @@ fn a_dispensary_keeps_its_transactions_until_the_preference_turns_on() {
                "data": {"sync_include_transactions": include}})
     };
     let receive = |s: &mut Store, t: &str, row: serde_json::Value| {
-        s.without_rules(|tx| {
-            tx.execute(
-                "INSERT INTO record (table_name, record_id, data, origin) VALUES (?1, ?2, ?3, 'sync') \
-                 ON CONFLICT DO UPDATE SET data = excluded.data",
-                params![t, row["ID"].as_str().unwrap(), row.to_string()],
-            )
-            .map_err(|e| StoreError::sqlite("t", e))?;
-            Ok(())
-        })
-        .unwrap();
+        let tx = s.receiving().unwrap();
+        tx.write_received(t, row["ID"].as_str().unwrap(), &row.to_string())
+            .unwrap();
+        tx.commit().unwrap();
     };
     receive(
         &mut s,
@@ -236,7 +224,7 @@ fn a_dispensary_keeps_its_transactions_until_the_preference_turns_on() {
         json!({"ID": "S_KAW", "store_mode": "dispensary"}),
     );
     receive(&mut s, "pref", pref(json!(false)));
-    assert_eq!(s.refresh_hold().unwrap(), Some((true, 0)));
+    assert_eq!(s.refresh_hold().unwrap(), Some(Hold::Holding));
     s.put(
         "transact",
         &json!({"ID": "P1", "store_ID": "S_KAW", "type": "ci"}),
@@ -246,18 +234,14 @@ fn a_dispensary_keeps_its_transactions_until_the_preference_turns_on() {
         .unwrap();
     s.put("Location", &json!({"ID": "LOC", "store_ID": "S_KAW"}))
         .unwrap();
+    assert_eq!(s.outbox_counts().unwrap().held, 2, "transactions kept here");
     assert_eq!(
-        outbox::held_count(s.conn()).unwrap(),
-        2,
-        "transactions kept here"
-    );
-    assert_eq!(
-        outbox::pending_count(s.conn()).unwrap(),
+        s.outbox_pending().unwrap(),
         1,
         "other store data still syncs"
     );
     receive(&mut s, "pref", pref(json!(true)));
-    assert_eq!(s.refresh_hold().unwrap(), Some((false, 2)));
+    assert_eq!(s.refresh_hold().unwrap(), Some(Hold::Released(2)));
     let mut order = vec![];
     outbox::for_each_pending(s.conn(), 10, |e| {
         order.push(e.id);

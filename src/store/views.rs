@@ -12,7 +12,7 @@
 //! or `sync`) and `data` (the whole row as JSON, fields the columns leave out
 //! included).
 
-use super::registry::{self, Owner};
+use crate::legacy::registry::{self, Owner};
 
 /// SQL type a column is read as.
 #[derive(Debug, Clone, Copy)]
@@ -346,7 +346,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(n as usize, crate::store::registry::tables().count());
+        assert_eq!(n as usize, crate::legacy::registry::tables().count());
         let marked: i64 = s
             .conn()
             .query_row(
@@ -355,7 +355,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(marked as usize, crate::store::registry::tables().count());
+        assert_eq!(marked as usize, crate::legacy::registry::tables().count());
         // An app's own report view over `record` survives a rewrite of ours.
         s.conn()
             .execute_batch(

@@ -13,20 +13,24 @@ use crate::store::outbox::{Entry, Sent};
 /// Most records in one push (§5 step 3: at most 1024).
 pub const MAX_BATCH_RECORDS: usize = 1024;
 /// Byte budget of the first push of a cycle. Defaults to 256 KiB: about 8 s at
-/// the 256 kbit/s of a 2G link, well inside the 120 s request timeout.
+/// the 256 kbit/s of a 2G link, far from the 60 s no-progress timeout (§9.3).
 pub const START_BATCH_BYTES: usize = 256 << 10;
 /// Largest push body the adaptive sizing grows to on a fast link. Defaults to
 /// 1 MiB (the record limit of 1024 usually binds first); configurable.
 pub const DEFAULT_BATCH_BYTES: usize = 1 << 20;
 /// Smallest byte budget the adaptive sizing goes down to. Defaults to 8 KiB.
 pub const MIN_BATCH_BYTES: usize = 8 << 10;
+/// Lowest compression ratio the adaptive sizing believes (wire bytes per body
+/// byte). Defaults to 0.02: repetitive rows gzip to a few percent, and a lower
+/// figure would let one batch swell to fifty times the wire budget.
+pub const MIN_COMPRESSION_RATIO: f64 = 0.02;
 /// Largest single record ever sent. Defaults to 1 MiB (the store's record limit):
 /// larger ones are set aside and reported, never block the rest.
 pub const HARD_MAX_RECORD_BYTES: usize = crate::store::MAX_RECORD_BYTES;
 
 pub struct Batch {
-    pub body: Vec<u8>,
-    pub sent: heapless::Vec<Sent, MAX_BATCH_RECORDS>,
+    body: Vec<u8>,
+    sent: heapless::Vec<Sent, MAX_BATCH_RECORDS>,
 }
 
 /// Limits of one batch.

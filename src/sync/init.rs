@@ -7,38 +7,12 @@
 //! initialised` only forward, each move in its own committed transaction.
 
 use crate::error::Class;
-use crate::store::{key, Store, StoreError};
+use crate::store::InitState;
 use crate::wire::protocol::{code, SiteInfo};
 use crate::wire::transport::Transport;
 use crate::wire::{ProtocolError, WireError};
 
 use super::{Cycle, Step, SyncError};
-
-/// Local initialisation state (§5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InitState {
-    Uninitialised,
-    Requested,
-    Initialised,
-}
-
-impl InitState {
-    pub fn load(store: &Store) -> Result<InitState, StoreError> {
-        Ok(match store.setting(key::INIT_STATE)?.as_deref() {
-            Some("initialised") => InitState::Initialised,
-            Some("requested") => InitState::Requested,
-            _ => InitState::Uninitialised,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InitState::Uninitialised => "uninitialised",
-            InitState::Requested => "requested",
-            InitState::Initialised => "initialised",
-        }
-    }
-}
 
 /// What the initialisation step does next, from local state and the central's
 /// `initialisationStatus` (§5 step 2). Pure, so it is tested by a table.
@@ -84,29 +58,22 @@ impl<T: Transport> Cycle<'_, T> {
                 "the server says it is an Open mSupply central (v6); fieldsync speaks v5: check the central URL".into(),
             ));
         }
-        let stored_uuid = self.store.setting(key::SITE_UUID)?;
-        let stored_id = self.store.setting(key::SITE_ID)?;
-        match (stored_uuid, stored_id) {
-            (Some(u), Some(i)) if u != site.id || i != site.site_id.to_string() => {
+        match self.store.identity()? {
+            Some(known) if known.uuid != site.id || known.site_id != site.site_id.to_string() => {
                 Err(SyncError::Attention(
                     Class::Site,
                     format!(
-                        "the central reports site {:?} (id {}), but this device belongs to site id {i}; \
+                        "the central reports site {:?} (id {}), but this device belongs to site id {}; \
                          local data untouched — check the central URL and site name",
-                        site.name, site.site_id
+                        site.name, site.site_id, known.site_id
                     ),
                 ))
             }
-            (Some(_), Some(_)) => Ok(site),
-            _ => {
+            Some(_) => Ok(site),
+            None => {
                 let tx = self.store.tx()?;
-                crate::store::set_setting(&tx, key::SITE_UUID, &site.id)?;
-                crate::store::set_setting(&tx, key::SITE_ID, &site.site_id.to_string())?;
-                if let Some(c) = site.m_supply_central_site_id {
-                    crate::store::set_setting(&tx, key::CENTRAL_SITE_ID, &c.to_string())?;
-                }
-                tx.commit()
-                    .map_err(|e| StoreError::sqlite("saving site identity", e))?;
+                tx.set_identity(&site.id, site.site_id, site.m_supply_central_site_id)?;
+                tx.commit()?;
                 Ok(site)
             }
         }
@@ -118,7 +85,7 @@ impl<T: Transport> Cycle<'_, T> {
         &mut self,
         site: &SiteInfo,
     ) -> Result<Option<InitState>, SyncError> {
-        let state = InitState::load(self.store)?;
+        let state = self.store.init_state()?;
         match init_action(state, &site.initialisation_status) {
             InitAction::Attention => Err(SyncError::Attention(
                 Class::Site,
@@ -140,8 +107,7 @@ impl<T: Transport> Cycle<'_, T> {
             match self.client.initialise() {
                 Ok(r) => {
                     crash_point!("initialise-answered");
-                    self.store
-                        .set_setting(key::INIT_STATE, InitState::Requested.as_str())?;
+                    self.set_init_state(InitState::Requested)?;
                     match r.queue_length {
                         Some(n) => log::info!(
                             "initialisation: the central queued {n} records for this site"
@@ -182,8 +148,7 @@ impl<T: Transport> Cycle<'_, T> {
         }
         let site = self.client.site()?;
         if site.initialisation_status == "completed" {
-            self.store
-                .set_setting(key::INIT_STATE, InitState::Requested.as_str())?;
+            self.set_init_state(InitState::Requested)?;
             Ok(())
         } else {
             Err(SyncError::still_busy(
@@ -193,10 +158,21 @@ impl<T: Transport> Cycle<'_, T> {
         }
     }
 
+    fn set_init_state(&mut self, s: InitState) -> Result<(), SyncError> {
+        let tx = self.store.tx()?;
+        tx.set_init_state(s)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// §5 step 7 after a pull: requested → initialised once everything is in and
     /// exactly one store is active on this site; an initialised site checks that
     /// its store is still active here.
-    pub(super) fn settle(&mut self, state: InitState, site: &SiteInfo) -> Result<(), SyncError> {
+    pub(super) fn after_pull(
+        &mut self,
+        state: InitState,
+        site: &SiteInfo,
+    ) -> Result<(), SyncError> {
         if state == InitState::Requested {
             self.finish_initialisation(site)
         } else {
@@ -205,9 +181,7 @@ impl<T: Transport> Cycle<'_, T> {
     }
 
     fn finish_initialisation(&mut self, site: &SiteInfo) -> Result<(), SyncError> {
-        let max = self.store.number(key::CENTRAL_MAX_CURSOR)?.unwrap_or(0);
-        let cursor = self.store.number(key::CURSOR)?.unwrap_or(0);
-        if cursor < max {
+        if self.store.cursor()? < self.store.max_cursor()? {
             return Ok(()); // gaps left for the next cycle
         }
         let stores = self.store.stores_active_on(site.site_id)?;
@@ -223,12 +197,18 @@ impl<T: Transport> Cycle<'_, T> {
             ));
         };
         let tx = self.store.tx()?;
-        crate::store::set_setting(&tx, key::ACTIVE_STORE, only)?;
-        crate::store::set_setting(&tx, key::INIT_STATE, InitState::Initialised.as_str())?;
-        tx.commit()
-            .map_err(|e| StoreError::sqlite("completing initialisation", e))?;
+        tx.set_active_store(only)?;
+        tx.set_init_state(InitState::Initialised)?;
+        tx.commit()?;
         crash_point!("init-finished");
         log::info!("initialisation complete: active store {only}");
+        Ok(())
+    }
+
+    fn set_active_store(&mut self, store: &str) -> Result<(), SyncError> {
+        let tx = self.store.tx()?;
+        tx.set_active_store(store)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -238,8 +218,8 @@ impl<T: Transport> Cycle<'_, T> {
     fn store_moved_away(&mut self) -> SyncError {
         let active = self.store.active_store().ok().flatten().unwrap_or_default();
         if !active.is_empty() {
-            if let Err(e) = self.store.set_setting(key::ACTIVE_STORE, "") {
-                return e.into();
+            if let Err(e) = self.set_active_store("") {
+                return e;
             }
         }
         let which = if active.is_empty() {
@@ -266,7 +246,7 @@ impl<T: Transport> Cycle<'_, T> {
         if active.is_empty() {
             // Assigned again after a move away: editing resumes.
             if let [only] = stores.as_slice() {
-                self.store.set_setting(key::ACTIVE_STORE, only)?;
+                self.set_active_store(only)?;
                 log::info!("store {only} is active on this site again");
             }
             return Ok(());
@@ -282,7 +262,7 @@ impl<T: Transport> Cycle<'_, T> {
         };
         if moved {
             // "" owns nothing: every store-data write is refused as another store's.
-            self.store.set_setting(key::ACTIVE_STORE, "")?;
+            self.set_active_store("")?;
             return Err(SyncError::Attention(
                 Class::Site,
                 format!("store {active} is no longer active on this site; its data here is now read-only"),

@@ -14,6 +14,7 @@
 //! [`Report`] that the log, status file and LED render.
 
 pub mod batch;
+pub mod courier;
 mod init;
 pub mod integration;
 mod pull;
@@ -26,12 +27,14 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::error::Class;
-use crate::store::{key, outbox, Store, StoreError};
-use crate::wire::client::{Client, Gzip, Traffic, Unreadable};
+use crate::store::{Store, StoreError};
+use crate::wire::client::{Client, Gzip};
+use crate::wire::page::Unreadable;
 use crate::wire::transport::Transport;
 use crate::wire::{ProtocolError, TransportError, WireError};
 
-pub use init::{init_action, InitAction, InitState};
+pub use crate::store::InitState;
+pub use init::{init_action, InitAction};
 pub use pull::incoming;
 
 /// Tunables of one cycle; `Default` gives the documented defaults.
@@ -294,16 +297,14 @@ pub fn run<T: Transport>(
     observe: &mut dyn FnMut(Progress),
 ) -> Report {
     let mut report = Report::default();
-    client.traffic = Traffic::default();
+    client.start_counting();
     // §9.1: what this central said of gzip bodies, kept between syncs (local data).
-    let gzip_before = match store.setting(key::CENTRAL_GZIP).ok().flatten().as_deref() {
+    let gzip_before = match store.central_gzip().ok().flatten().as_deref() {
         Some("advertised") => Gzip::Advertised,
         Some("refused") => Gzip::Refused,
         _ => Gzip::Unknown,
     };
-    if client.gzip == Gzip::Unknown {
-        client.gzip = gzip_before;
-    }
+    client.remember_gzip(gzip_before);
     let clock = client.clock();
     let result = Cycle {
         store,
@@ -312,7 +313,7 @@ pub fn run<T: Transport>(
         clock,
         observe,
         report: &mut report,
-        integrated: integration::Report::default(),
+        integrated: integration::Tally::default(),
     }
     .run(probe);
     if let Err(e) = result {
@@ -321,22 +322,23 @@ pub fn run<T: Transport>(
         report.condition = e.condition().map(str::to_string);
         report.error = Some(e.to_string());
     }
-    if client.gzip != gzip_before {
-        let v = match client.gzip {
+    if client.gzip() != gzip_before {
+        let v = match client.gzip() {
             Gzip::Advertised => "advertised",
             Gzip::Refused => "refused",
             Gzip::Unknown => "unknown",
         };
-        if let Err(e) = store.set_setting(key::CENTRAL_GZIP, v) {
+        if let Err(e) = store.set_central_gzip(v) {
             log::warn!("could not remember the central's gzip answer: {e}");
         }
     }
-    let traffic: Traffic = client.traffic;
+    let traffic = client.traffic();
     report.requests = traffic.requests;
     report.bytes_sent = traffic.bytes_sent;
     report.bytes_received = traffic.bytes_received;
-    report.outbox_left = outbox::pending_count(store.conn()).unwrap_or(0);
-    report.initialised = InitState::load(store)
+    report.outbox_left = store.outbox_pending().unwrap_or(0);
+    report.initialised = store
+        .init_state()
         .map(|s| s == InitState::Initialised)
         .unwrap_or(false);
     if report.class.is_none() && report.integration_failed > 0 {
@@ -365,12 +367,12 @@ struct Cycle<'a, T: Transport> {
     report: &'a mut Report,
     /// Records applied as they arrived, this cycle (added to the report by the
     /// integration step).
-    integrated: integration::Report,
+    integrated: integration::Tally,
 }
 
 impl<T: Transport> Cycle<'_, T> {
     fn step(&mut self, step: Step, done: u64, total: Option<u64>) {
-        let t = self.client.traffic;
+        let t = self.client.traffic();
         (self.observe)(Progress {
             step,
             done,
@@ -393,18 +395,18 @@ impl<T: Transport> Cycle<'_, T> {
             self.push()?;
         }
         let initialised = state == InitState::Initialised;
-        self.pull_central(initialised)?;
-        let ack_failed = self.pull_queue(initialised)?;
-        self.integrate(state == InitState::Initialised)?;
+        self.pull(pull::Source::Central, initialised)?;
+        let ack_failed = self.pull(pull::Source::Queue, initialised)?;
+        self.integrate(initialised)?;
         if let Some(e) = ack_failed {
             // §5 step 6: a failed ack ends the step; what arrived is integrated,
             // the entries come back next time and upsert harmlessly.
             return Err(e);
         }
-        self.settle(state, &site)?;
+        self.after_pull(state, &site)?;
         // The active store is known only once initialisation completes.
         self.refresh_hold()?;
-        if InitState::load(self.store)? == InitState::Initialised {
+        if self.store.init_state()? == InitState::Initialised {
             self.transfers()?;
         }
         self.step(Step::Done, 0, None);

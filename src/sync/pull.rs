@@ -1,21 +1,26 @@
 //! §5 steps 5–7: central records by cursor, the queue with acknowledgements, and
-//! integration of what arrived.
+//! integration of what arrived. Both sources go through one page loop: ask for a
+//! page, read it whole off the link ([`crate::wire::page`]), then — and only then
+//! — take the store's write lock, apply its records and move the source on.
 //!
 //! What must hold: the cursor moves in the transaction that stores the records it
 //! covers; a queue entry is acknowledged only after the transaction holding its
-//! record committed; a record that cannot be read is set aside by its ids (recorded
-//! in the buffer, the cursor moved past it or its entry acknowledged) so it never
-//! stops the pull for good. Pages adapt to the link (§9.3): the `limit` doubles
+//! record committed; a record that cannot be read is set aside by its ids
+//! (recorded in the buffer, the cursor moved past it or its entry acknowledged)
+//! so it never stops the pull for good; no write transaction is open while a
+//! request is on the link. Pages adapt to the link (§9.3): the `limit` doubles
 //! after a quick page, halves after a slow one or a timeout, and is kept for the
 //! next cycle.
 
 use std::time::Duration;
 
-use crate::store::buffer::{self, Incoming};
-use crate::store::{key, StoreError};
-use crate::wire::client::Unreadable;
+use crate::store::buffer::Incoming;
+use crate::store::{StoreError, Tx};
+use crate::wire::decode::PullHeader;
+use crate::wire::page::{Page, Unreadable};
 use crate::wire::protocol::{Action, Merge, SyncRecord};
 use crate::wire::transport::Transport;
+use crate::wire::{TransportError, WireError};
 
 use super::integration::{self, Site};
 use super::{Cycle, Progress, Step, SyncError};
@@ -29,6 +34,8 @@ pub const START_PULL_LIMIT: u32 = 100;
 /// A page quicker than this doubles the limit; slower than `SLOW_PAGE` halves it.
 pub const QUICK_PAGE: Duration = Duration::from_secs(5);
 pub const SLOW_PAGE: Duration = Duration::from_secs(20);
+/// Records between two progress reports while a page is applied.
+const PROGRESS_EVERY: u64 = 100;
 
 /// The next page size after a page that took `took` (`None`: it timed out). Pure.
 pub fn next_limit(current: u32, took: Option<Duration>, (min, max): (u32, u32)) -> u32 {
@@ -40,226 +47,261 @@ pub fn next_limit(current: u32, took: Option<Duration>, (min, max): (u32, u32)) 
     next.clamp(min, max)
 }
 
+/// Where a pull reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// The central-data change log, by cursor (§5 step 5).
+    Central,
+    /// This site's queue, acknowledged page by page (§5 step 6).
+    Queue,
+}
+
+impl Source {
+    fn step(self) -> Step {
+        match self {
+            Source::Central => Step::CentralRecords,
+            Source::Queue => Step::Queue,
+        }
+    }
+}
+
+/// One page as applied: how many records, and what moves the source on.
+#[derive(Default)]
+pub(super) struct Applied {
+    pub records: u64,
+    /// Central: the highest `ID` applied (the new cursor).
+    pub last_id: Option<u64>,
+    /// Queue: the `syncOutId`s to acknowledge.
+    pub sync_ids: Vec<String>,
+    /// Records set aside because they could not be read.
+    pub unreadable: u64,
+}
+
+/// What the loop does after a page.
+enum Next {
+    More,
+    Done,
+}
+
 impl<T: Transport> Cycle<'_, T> {
     fn pull_limit(&self) -> Result<u32, StoreError> {
         let (min, max) = self.cfg.pull_limits;
         Ok(self
             .store
-            .number(key::PULL_LIMIT)?
+            .pull_limit()?
             .map_or(START_PULL_LIMIT, |n| n.min(u64::from(u32::MAX)) as u32)
             .clamp(min, max))
     }
 
-    /// §5 step 5: central data by cursor.
-    pub(super) fn pull_central(&mut self, initialised: bool) -> Result<(), SyncError> {
-        let mut gaps = 0;
+    /// §5 steps 5 and 6: pages from `source` until it has nothing more. A failed
+    /// acknowledgement ends the queue step but is returned, not raised: what
+    /// arrived is integrated first (§5 step 6), and the entries come back next
+    /// time and upsert harmlessly.
+    pub(super) fn pull(
+        &mut self,
+        source: Source,
+        initialised: bool,
+    ) -> Result<Option<SyncError>, SyncError> {
+        let site = Site {
+            active_store: self.store.active_store()?,
+            initialised,
+        };
+        let mut gaps = 0u64;
         let mut warned_long = false;
-        let bounds = self.cfg.pull_limits;
-        let site = self.integration_site(initialised)?;
+        let mut previous: Vec<String> = Vec::new();
         loop {
-            let cursor = self.store.number(key::CURSOR)?.unwrap_or(0);
+            self.step(source.step(), self.pulled(source), None);
             let limit = self.pull_limit()?;
-            self.step(Step::CentralRecords, self.report.pulled_central, None);
-            let pulled_before = self.report.pulled_central;
-            let (sent, received_before) = (
-                self.client.traffic.bytes_sent,
-                self.client.traffic.bytes_received,
-            );
-            let live = self.client.in_flight();
-            let observe = &mut *self.observe;
-            let integrated = &mut self.integrated;
-            let tx = self.store.tx_unruled_lazily()?;
-            let (mut last, mut count) = (cursor, 0u64);
+            let cursor = self.store.cursor()?;
             let started = self.clock.now();
-            let result = {
-                let mut each = |rec: SyncRecord| -> Result<(), SyncError> {
-                    let id = rec
-                        .id
-                        .ok_or_else(|| SyncError::violation("a central record without \"ID\""))?;
-                    if id <= last {
-                        return Err(SyncError::violation(format!(
-                            "central record IDs must ascend above the cursor ({id} after {last})"
-                        )));
-                    }
-                    last = id;
-                    tx.unrule()?;
-                    integration::receive(&tx, &site, &incoming(&rec), integrated)?;
-                    count += 1;
-                    if count.is_multiple_of(100) {
-                        observe(Progress {
-                            step: Step::CentralRecords,
-                            done: pulled_before + count,
-                            total: None,
-                            sent,
-                            received: received_before + live.get(),
-                        });
-                    }
-                    Ok(())
-                };
-                self.client.central_records(cursor, limit, &mut each)
+            let fetched = match source {
+                Source::Central => self.client.central_records(cursor, limit),
+                Source::Queue => self.client.queued_records(limit),
             };
-            let took = page_time(&result, self.clock.now() - started);
-            let header = match result {
-                Ok(h) => h,
-                // A record that cannot be read: set aside by its ID, which moves the
-                // cursor past it; the next request starts after it.
-                Err(SyncError::Unreadable(u)) if u.record.id.is_some_and(|id| id > last) => {
-                    let id = u.record.id.expect("checked");
-                    set_aside_received(&tx, &u)?;
-                    save_limit(&tx, limit, took, bounds)?;
-                    crate::store::set_setting(&tx, key::CURSOR, &id.to_string())?;
-                    tx.commit()?;
-                    self.report.pulled_central += count;
-                    self.report.unreadable += 1;
+            let took = self.clock.now() - started;
+            let page = match fetched {
+                Ok(p) => p,
+                // A page over the size cap: ask again for half as many records.
+                Err(WireError::Transport(TransportError::TooLarge(_)))
+                    if next_limit(limit, None, self.cfg.pull_limits) < limit =>
+                {
+                    self.save_limit(limit, None)?;
                     continue;
                 }
                 Err(e) => {
-                    drop(tx); // this page's records come again next time
-                    save_limit(self.store.conn(), limit, took, bounds)?;
-                    return Err(e);
+                    let timed_out = e.class() == crate::error::Class::Transient;
+                    self.save_limit(limit, if timed_out { None } else { Some(took) })?;
+                    return Err(e.into());
                 }
             };
-            if count > u64::from(limit) && !warned_long {
+            self.save_limit(limit, Some(took))?;
+            let (applied, header) = self.apply_page(source, page, &site, cursor)?;
+            if applied.records > u64::from(limit) && !warned_long {
                 log::warn!(
-                    "the central sent {count} records for a limit of {limit}; accepted (§9.2)"
+                    "the central sent {} {} for a limit of {limit}; accepted (§9.2)",
+                    applied.records,
+                    match source {
+                        Source::Central => "records",
+                        Source::Queue => "queued records",
+                    }
                 );
                 warned_long = true;
             }
-            save_limit(&tx, limit, took, bounds)?;
-            if count > 0 {
-                crate::store::set_setting(&tx, key::CURSOR, &last.to_string())?;
+            self.report.unreadable += applied.unreadable;
+            let next = match source {
+                Source::Central => {
+                    self.report.pulled_central += applied.records;
+                    self.central_moved(cursor, &applied, header.max_cursor, &mut gaps)?
+                }
+                Source::Queue => {
+                    if header.queue_length.is_some_and(|q| q < header.records) {
+                        log::warn!(
+                            "central said queueLength {} but sent {} records; continuing",
+                            header.queue_length.unwrap_or(0),
+                            header.records
+                        );
+                    }
+                    self.report.pulled_queue += applied.sync_ids.len() as u64;
+                    match self.acknowledge(applied.sync_ids, &mut previous)? {
+                        Ok(next) => next,
+                        Err(ack_failed) => return Ok(Some(ack_failed)),
+                    }
+                }
+            };
+            if let Next::Done = next {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn pulled(&self, source: Source) -> u64 {
+        match source {
+            Source::Central => self.report.pulled_central,
+            Source::Queue => self.report.pulled_queue,
+        }
+    }
+
+    /// Applies one page in one write transaction (see [`apply_records`]) and,
+    /// for the change log, moves the cursor past it in the same commit.
+    fn apply_page(
+        &mut self,
+        source: Source,
+        page: Page,
+        site: &Site,
+        cursor: u64,
+    ) -> Result<(Applied, PullHeader), SyncError> {
+        let pulled_before = self.pulled(source);
+        let traffic = self.client.traffic();
+        let observe = &mut *self.observe;
+        let tx = self.store.receiving()?;
+        let mut progress = |done: u64| {
+            observe(Progress {
+                step: source.step(),
+                done: pulled_before + done,
+                total: None,
+                sent: traffic.bytes_sent,
+                received: traffic.bytes_received,
+            })
+        };
+        let (applied, header) = apply_records(
+            &tx,
+            source,
+            Carrier::Link,
+            site,
+            cursor,
+            &mut self.integrated,
+            &mut progress,
+            |each| page.decode(each),
+        )?;
+        if source == Source::Central {
+            if let Some(id) = applied.last_id {
+                tx.set_cursor(id)?;
                 crash_point!("central-page-buffered");
-                tx.commit()?;
+            }
+        } else if !applied.sync_ids.is_empty() {
+            crash_point!("queue-page-buffered");
+        }
+        tx.commit()?;
+        match source {
+            Source::Central if applied.last_id.is_some() => {
                 crash_point!("central-page-committed");
                 // The page's records were applied in that commit.
                 crash_point!("integration-committed");
-                self.report.pulled_central += count;
-            } else if header.max_cursor.is_some_and(|max| max > cursor)
-                && gaps < self.cfg.max_gap_steps
-            {
-                // Legacy gap in the change log: step over it.
-                crate::store::set_setting(&tx, key::CURSOR, &(cursor + 1).to_string())?;
-                tx.commit()?;
-                gaps += 1;
-            } else {
-                // Done. An unknown maxCursor means "where we are" (§9.2).
-                let max = header.max_cursor.unwrap_or(cursor).max(cursor);
-                crate::store::set_setting(&tx, key::CENTRAL_MAX_CURSOR, &max.to_string())?;
-                tx.commit()?;
-                return Ok(());
             }
+            Source::Queue if !applied.sync_ids.is_empty() => {
+                crash_point!("queue-page-committed");
+            }
+            _ => {}
         }
+        Ok((applied, header))
     }
 
-    /// §5 step 6: queued records, committed durably, then acknowledged. Returns
-    /// the error of a failed acknowledgement, which ends this step but not the
-    /// integration of what arrived.
-    pub(super) fn pull_queue(&mut self, initialised: bool) -> Result<Option<SyncError>, SyncError> {
-        let mut previous: Vec<String> = Vec::new();
-        let mut warned_long = false;
-        let bounds = self.cfg.pull_limits;
-        let site = self.integration_site(initialised)?;
-        loop {
-            self.step(Step::Queue, self.report.pulled_queue, None);
-            let limit = self.pull_limit()?;
-            let pulled_before = self.report.pulled_queue;
-            let (sent, received_before) = (
-                self.client.traffic.bytes_sent,
-                self.client.traffic.bytes_received,
-            );
-            let live = self.client.in_flight();
-            let observe = &mut *self.observe;
-            let integrated = &mut self.integrated;
-            let tx = self.store.tx_unruled_lazily()?;
-            let mut ids: Vec<String> = Vec::new();
-            let started = self.clock.now();
-            let result = {
-                let mut each = |rec: SyncRecord| -> Result<(), SyncError> {
-                    let sid = rec
-                        .sync_out_id
-                        .clone()
-                        .ok_or_else(|| SyncError::violation("a queued record without syncOutId"))?;
-                    tx.unrule()?;
-                    integration::receive(&tx, &site, &incoming(&rec), integrated)?;
-                    ids.push(sid);
-                    if ids.len().is_multiple_of(100) {
-                        observe(Progress {
-                            step: Step::Queue,
-                            done: pulled_before + ids.len() as u64,
-                            total: None,
-                            sent,
-                            received: received_before + live.get(),
-                        });
-                    }
-                    Ok(())
-                };
-                self.client.queued_records(limit, &mut each)
-            };
-            let took = page_time(&result, self.clock.now() - started);
-            match result {
-                Ok(h) => {
-                    if h.records > u64::from(limit) && !warned_long {
-                        log::warn!(
-                            "the central sent {} queued records for a limit of {limit}; accepted (§9.2)",
-                            h.records
-                        );
-                        warned_long = true;
-                    }
-                    if h.queue_length.is_some_and(|q| q < h.records) {
-                        log::warn!(
-                            "central said queueLength {} but sent {} records; continuing",
-                            h.queue_length.unwrap_or(0),
-                            h.records
-                        );
-                    }
-                }
-                // Set aside by its syncOutId: recorded, then acknowledged with the rest.
-                Err(SyncError::Unreadable(u)) if u.record.sync_out_id.is_some() => {
-                    set_aside_received(&tx, &u)?;
-                    ids.push(u.record.sync_out_id.clone().expect("checked"));
-                    self.report.unreadable += 1;
-                }
-                Err(e) => {
-                    drop(tx);
-                    save_limit(self.store.conn(), limit, took, bounds)?;
-                    return Err(e);
-                }
-            }
-            save_limit(&tx, limit, took, bounds)?;
-            if ids.is_empty() {
-                tx.commit()?;
-                return Ok(None);
-            }
-            if !previous.is_empty() && ids.iter().all(|i| previous.contains(i)) {
-                return Err(SyncError::violation(
-                    "the central sent acknowledged records again; the queue does not advance",
-                ));
-            }
-            crash_point!("queue-page-buffered");
+    /// After a change-log page: more pages, a legacy gap to step over, or done.
+    fn central_moved(
+        &mut self,
+        cursor: u64,
+        applied: &Applied,
+        max_cursor: Option<u64>,
+        gaps: &mut u64,
+    ) -> Result<Next, SyncError> {
+        if applied.last_id.is_some() {
+            return Ok(Next::More);
+        }
+        let tx = self.store.tx()?;
+        if max_cursor.is_some_and(|max| max > cursor) && *gaps < self.cfg.max_gap_steps {
+            // Legacy gap in the change log: step over it.
+            tx.set_cursor(cursor + 1)?;
             tx.commit()?;
-            crash_point!("queue-page-committed");
-            self.report.pulled_queue += ids.len() as u64;
-            ids.sort_unstable();
-            ids.dedup();
-            if let Err(e) = self.client.acknowledge(&ids) {
-                log::warn!(
-                    "acknowledging {} record(s) failed ({e}); they come again next time",
-                    ids.len()
-                );
-                return Ok(Some(e.into()));
-            }
-            crash_point!("ack-answered");
-            forget_bundle_acks(self.store.conn(), &ids)?;
-            previous = ids;
+            *gaps += 1;
+            return Ok(Next::More);
         }
+        // Done. An unknown maxCursor means "where we are" (§9.2).
+        tx.set_max_cursor(max_cursor.unwrap_or(cursor).max(cursor))?;
+        tx.commit()?;
+        Ok(Next::Done)
     }
 
-    /// What integration needs to know of the site, for this cycle.
-    fn integration_site(&self, initialised: bool) -> Result<Site, StoreError> {
-        Ok(Site {
-            active_store: self.store.active_store()?,
-            initialised,
-        })
+    /// After a queue page committed: acknowledge its entries (§5 step 6). `Err`
+    /// inside: the acknowledgement failed.
+    fn acknowledge(
+        &mut self,
+        mut ids: Vec<String>,
+        previous: &mut Vec<String>,
+    ) -> Result<Result<Next, SyncError>, SyncError> {
+        if ids.is_empty() {
+            return Ok(Ok(Next::Done));
+        }
+        if !previous.is_empty() && ids.iter().all(|i| previous.contains(i)) {
+            return Err(SyncError::violation(
+                "the central sent acknowledged records again; the queue does not advance",
+            ));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        if let Err(e) = self.client.acknowledge(&ids) {
+            log::warn!(
+                "acknowledging {} record(s) failed ({e}); they come again next time",
+                ids.len()
+            );
+            return Ok(Err(e.into()));
+        }
+        crash_point!("ack-answered");
+        self.store.queue_entries_acknowledged(&ids)?;
+        *previous = ids;
+        Ok(Ok(Next::More))
+    }
+
+    /// Learns from how long a page took (`None`: it timed out or was too
+    /// large); kept as local data for the next cycle.
+    fn save_limit(&mut self, limit: u32, took: Option<Duration>) -> Result<(), StoreError> {
+        let next = next_limit(limit, took, self.cfg.pull_limits);
+        if next != limit {
+            log::debug!("pull page size {limit} → {next}");
+            let tx = self.store.tx()?;
+            tx.set_pull_limit(next)?;
+            tx.commit()?;
+        }
+        Ok(())
     }
 
     /// §5 step 7 / §7.4: one integration pass over the buffer (what could not be
@@ -268,11 +310,14 @@ impl<T: Transport> Cycle<'_, T> {
         let direct = std::mem::take(&mut self.integrated);
         self.report.integrated += direct.integrated;
         self.report.ignored += direct.ignored;
-        let pending = buffer::counts(self.store.conn())?;
-        let total = pending.pending + pending.failed;
+        let waiting = self.store.buffer_counts()?;
+        let total = waiting.pending + waiting.failed;
         self.step(Step::Integrate, 0, Some(total));
-        let site = self.integration_site(initialised)?;
-        let t = self.client.traffic;
+        let site = Site {
+            active_store: self.store.active_store()?,
+            initialised,
+        };
+        let t = self.client.traffic();
         let observe = &mut *self.observe;
         let r = integration::integrate(self.store, &site, |done| {
             observe(Progress {
@@ -285,18 +330,19 @@ impl<T: Transport> Cycle<'_, T> {
         })?;
         self.report.integrated += r.integrated;
         self.report.ignored += r.ignored;
-        self.report.integration_failed = buffer::counts(self.store.conn())?.failed;
+        self.report.integration_failed = self.store.buffer_counts()?.failed;
         self.refresh_hold()
     }
 
     /// §9.7: whether the active dispensary store keeps its transactions here, from
     /// the store row and preferences as they are now.
     pub(super) fn refresh_hold(&mut self) -> Result<(), SyncError> {
+        use crate::store::Hold;
         match self.store.refresh_hold()? {
-            Some((true, _)) => log::info!(
+            Some(Hold::Holding) => log::info!(
                 "the dispensary store's transactions are kept on this site (its \"include transactions in sync\" preference is off)"
             ),
-            Some((false, n)) => log::info!(
+            Some(Hold::Released(n)) => log::info!(
                 "the dispensary store's transactions sync again: {n} held record(s) queued"
             ),
             None => {}
@@ -305,50 +351,98 @@ impl<T: Transport> Cycle<'_, T> {
     }
 }
 
-/// Queue entries applied from a USB bundle and now acknowledged over the link
-/// need not go in the next bundle (a read first: usually there are none).
-fn forget_bundle_acks(conn: &rusqlite::Connection, ids: &[String]) -> Result<(), StoreError> {
-    let err = |e| StoreError::sqlite("forgetting acknowledged bundle entries", e);
-    let any: bool = conn
-        .query_row("SELECT EXISTS (SELECT 1 FROM bundle_ack)", [], |r| r.get(0))
-        .map_err(err)?;
-    if any {
-        let tx = conn.unchecked_transaction().map_err(err)?;
-        for id in ids {
-            tx.execute("DELETE FROM bundle_ack WHERE sync_out_id = ?1", [id])
-                .map_err(err)?;
+/// How a page came: over the link, or on a USB stick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Carrier {
+    Link,
+    /// A bundle's page: change-log records this site holds already are skipped
+    /// (a bundle may start before the site's cursor), and the queue entries
+    /// applied are noted for the next bundle to acknowledge.
+    Bundle,
+}
+
+/// Applies the records `decode` hands over in `tx`: each through
+/// [`integration::receive`], the change log's IDs checked to ascend past
+/// `cursor`, a record that cannot be read set aside by its ids (in the change
+/// log by its `ID`, the cursor moving past it; in the queue by its `syncOutId`,
+/// acknowledged with the rest). The caller moves its source on and commits.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn apply_records(
+    tx: &Tx,
+    source: Source,
+    carrier: Carrier,
+    site: &Site,
+    cursor: u64,
+    tally: &mut integration::Tally,
+    progress: &mut dyn FnMut(u64),
+    decode: impl FnOnce(
+        &mut dyn FnMut(SyncRecord) -> Result<(), SyncError>,
+    ) -> Result<PullHeader, SyncError>,
+) -> Result<(Applied, PullHeader), SyncError> {
+    let mut applied = Applied::default();
+    let mut last = cursor;
+    let result = decode(&mut |rec: SyncRecord| {
+        match source {
+            Source::Central => {
+                let id = rec
+                    .id
+                    .ok_or_else(|| SyncError::violation("a central record without \"ID\""))?;
+                if id <= last {
+                    if carrier == Carrier::Bundle {
+                        return Ok(()); // held already
+                    }
+                    return Err(SyncError::violation(format!(
+                        "central record IDs must ascend above the cursor ({id} after {last})"
+                    )));
+                }
+                last = id;
+                applied.last_id = Some(id);
+            }
+            Source::Queue => {
+                let sid = rec
+                    .sync_out_id
+                    .clone()
+                    .ok_or_else(|| SyncError::violation("a queued record without syncOutId"))?;
+                if carrier == Carrier::Bundle {
+                    tx.applied_from_bundle(&sid)?;
+                }
+                applied.sync_ids.push(sid);
+            }
         }
-        tx.commit().map_err(err)?;
-    }
-    Ok(())
-}
-
-/// Learns from how long a page took (`None`: it timed out); kept as local data
-/// for the next cycle, written in the caller's transaction.
-fn save_limit(
-    conn: &rusqlite::Connection,
-    limit: u32,
-    took: Option<Duration>,
-    bounds: (u32, u32),
-) -> Result<(), StoreError> {
-    let next = next_limit(limit, took, bounds);
-    if next != limit {
-        log::debug!("pull page size {limit} → {next}");
-        crate::store::set_setting(conn, key::PULL_LIMIT, &next.to_string())?;
-    }
-    Ok(())
-}
-
-/// How long a page took, or `None` when it failed on the link (a timeout halves).
-fn page_time<R>(result: &Result<R, SyncError>, took: Duration) -> Option<Duration> {
-    match result {
-        Err(e) if e.class() == crate::error::Class::Transient => None,
-        _ => Some(took),
-    }
+        integration::receive(tx, site, &incoming(&rec), tally)?;
+        applied.records += 1;
+        if applied.records.is_multiple_of(PROGRESS_EVERY) {
+            progress(applied.records);
+        }
+        Ok(())
+    });
+    let header = match result {
+        Ok(h) => h,
+        Err(SyncError::Unreadable(u)) => {
+            let settled = match source {
+                Source::Central => u.record.id.filter(|id| *id > last).map(|id| {
+                    applied.last_id = Some(id);
+                }),
+                Source::Queue => u
+                    .record
+                    .sync_out_id
+                    .clone()
+                    .map(|sid| applied.sync_ids.push(sid)),
+            };
+            if settled.is_none() {
+                return Err(SyncError::Unreadable(u));
+            }
+            set_aside_received(tx, &u)?;
+            applied.unreadable += 1;
+            PullHeader::default()
+        }
+        Err(e) => return Err(e), // nothing of this page is kept
+    };
+    Ok((applied, header))
 }
 
 /// Records a received record that could not be read, so status shows it.
-fn set_aside_received(tx: &rusqlite::Connection, u: &Unreadable) -> Result<(), StoreError> {
+fn set_aside_received(tx: &Tx, u: &Unreadable) -> Result<(), StoreError> {
     let table = u.record.table_name.clone().unwrap_or_default();
     let id = u
         .record
@@ -366,14 +460,11 @@ fn set_aside_received(tx: &rusqlite::Connection, u: &Unreadable) -> Result<(), S
         "received {table} {id} cannot be read ({}); set aside",
         u.why
     );
-    buffer::put(
-        tx,
-        &Incoming::Invalid {
-            table: &table,
-            id: &id,
-            why: format!("set aside, cannot be read: {}", u.why),
-        },
-    )
+    tx.buffer(&Incoming::Invalid {
+        table: &table,
+        id: &id,
+        why: format!("set aside, cannot be read: {}", u.why),
+    })
 }
 
 /// What a received envelope asks for (§3): actions in any case, `insert` is an

@@ -10,7 +10,8 @@
 
 use std::time::Duration;
 
-use crate::store::{outbox, row, StoreError};
+use crate::legacy::row;
+use crate::store::outbox::Entry;
 use crate::wire::transport::Transport;
 use crate::wire::{ProtocolError, WireError};
 
@@ -32,7 +33,7 @@ impl<T: Transport> Cycle<'_, T> {
         let mut wire_budget = batch::START_BATCH_BYTES.min(self.cfg.batch_bytes);
         let mut ratio = 1.0f64;
         loop {
-            let total = outbox::pending_count(self.store.conn())?;
+            let total = self.store.outbox_pending()?;
             self.step(
                 Step::Push,
                 self.report.pushed,
@@ -64,13 +65,13 @@ impl<T: Transport> Cycle<'_, T> {
                         break;
                     }
                     let tx = self.store.tx()?;
-                    outbox::mark_sent(&tx, &sent)?;
-                    tx.commit()
-                        .map_err(|e| StoreError::sqlite("confirming pushed records", e))?;
+                    tx.mark_sent(&sent)?;
+                    tx.commit()?;
                     crash_point!("push-confirmed");
                     self.report.pushed += sent.len() as u64;
                     self.report.push_batches += 1;
-                    ratio = (wire as f64 / body.len().max(1) as f64).clamp(0.02, 1.0);
+                    ratio = (wire as f64 / body.len().max(1) as f64)
+                        .clamp(batch::MIN_COMPRESSION_RATIO, 1.0);
                     wire_budget = batch::adapt_bytes(
                         wire,
                         (self.clock.now() - started).as_secs_f64(),
@@ -86,9 +87,8 @@ impl<T: Transport> Cycle<'_, T> {
         }
         // Everything confirmed goes in one transaction (see outbox::delete_sent).
         let tx = self.store.tx()?;
-        outbox::delete_sent(&tx)?;
-        tx.commit()
-            .map_err(|e| StoreError::sqlite("clearing pushed records", e))?;
+        tx.delete_sent()?;
+        tx.commit()?;
         crash_point!("outbox-cleared");
         self.wait_integration()
     }
@@ -102,37 +102,27 @@ impl<T: Transport> Cycle<'_, T> {
             max_bytes: budget,
         };
         let mut unsendable: Vec<(String, String, String)> = Vec::new();
-        outbox::for_each_pending(
-            self.store.conn(),
+        self.store.for_each_pending(
             limits.max_records.clamp(1, batch::MAX_BATCH_RECORDS) + 1,
-            |e| {
-                let problem = match (&e.unreadable, &e.data) {
-                    (Some(why), _) => Some(format!("invalid: {why}")),
-                    (None, Some(data)) if !e.delete => row::check(data, Some(&e.id))
-                        .err()
-                        .map(|p| format!("{}: {p}", p.code())),
-                    _ => None,
-                };
-                if let Some(why) = problem {
+            |e| match offer(&mut b, &e, limits) {
+                Offered::Added => true,
+                Offered::Full => false,
+                Offered::Unsendable(why) => {
                     unsendable.push((e.table, e.id, why));
-                    return true;
-                }
-                match b.offer(&e, limits) {
-                    Offer::Added => true,
-                    Offer::Full => false,
-                    Offer::TooLarge(n) => {
-                        unsendable.push((e.table, e.id, format!("too_large: {n} bytes")));
-                        true
-                    }
+                    true
                 }
             },
         )?;
-        for (t, id, why) in &unsendable {
-            log::warn!(
-                "{t} {id} cannot be sent ({why}); set aside (see `fieldsync queue --rejected`)"
-            );
-            outbox::reject(self.store.conn(), t, id, why)?;
-            self.report.too_large += 1;
+        if !unsendable.is_empty() {
+            let tx = self.store.tx()?;
+            for (t, id, why) in &unsendable {
+                log::warn!(
+                    "{t} {id} cannot be sent ({why}); set aside (see `fieldsync queue --rejected`)"
+                );
+                tx.set_aside(t, id, why)?;
+                self.report.too_large += 1;
+            }
+            tx.commit()?;
         }
         Ok((b, unsendable.len() as u64))
     }
@@ -147,8 +137,7 @@ impl<T: Transport> Cycle<'_, T> {
         let tx = self.store.tx()?;
         let mut matched = 0;
         for r in records {
-            if outbox::reject(
-                &tx,
+            if tx.set_aside(
                 &r.table_name,
                 &r.record_id,
                 &format!("{code}: {}", r.reason),
@@ -162,8 +151,7 @@ impl<T: Transport> Cycle<'_, T> {
                 matched += 1;
             }
         }
-        tx.commit()
-            .map_err(|e| StoreError::sqlite("setting refused records aside", e))?;
+        tx.commit()?;
         if matched == 0 {
             return Err(SyncError::violation(format!(
                 "the central refused the push ({code}) but listed no record of this batch"
@@ -205,7 +193,14 @@ impl<T: Transport> Cycle<'_, T> {
             return Ok(());
         };
         self.step(Step::Transfers, 0, None);
-        let (numbered, unlinked) = transfer::number_all(self.store, &active)?;
+        let transfer::Pass {
+            numbered,
+            unlinked,
+            failed,
+        } = transfer::number_all(self.store, &active)?;
+        for f in &failed {
+            log::error!("{f}; left unnumbered");
+        }
         for n in &numbered {
             log::info!(
                 "numbered received {} {} as {} (linked to {})",
@@ -225,5 +220,36 @@ impl<T: Transport> Cycle<'_, T> {
             self.push()?;
         }
         Ok(())
+    }
+}
+
+/// What became of an outbox entry offered to a batch (a push's, or a USB
+/// bundle's: the same rule for both).
+pub(super) enum Offered {
+    Added,
+    /// The batch is full: send it, start the next one with this entry.
+    Full,
+    /// It can never be sent as it is: set it aside with this reason.
+    Unsendable(String),
+}
+
+/// Offers `e` to `b`: a row that is not a valid row (stored as a BLOB, not
+/// JSON, another `ID`…) or too large is unsendable; anything else is added if
+/// it fits `limits`.
+pub(super) fn offer(b: &mut Batch, e: &Entry, limits: Limits) -> Offered {
+    let problem = match (&e.unreadable, &e.data) {
+        (Some(why), _) => Some(format!("invalid: {why}")),
+        (None, Some(data)) if !e.delete => row::check(data, Some(&e.id))
+            .err()
+            .map(|p| format!("{}: {p}", p.code())),
+        _ => None,
+    };
+    if let Some(why) = problem {
+        return Offered::Unsendable(why);
+    }
+    match b.offer(e, limits) {
+        Offer::Added => Offered::Added,
+        Offer::Full => Offered::Full,
+        Offer::TooLarge(n) => Offered::Unsendable(format!("too_large: {n} bytes")),
     }
 }

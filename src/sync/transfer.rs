@@ -12,27 +12,25 @@
 //! (≥ 1) are never renumbered, and a re-delivered -1 copy of a numbered invoice is
 //! ignored by integration, never renumbered.
 
-use rusqlite::{params, Connection};
+use crate::store::numbering::Numbering;
+use crate::store::{Store, StoreError};
 
-use crate::store::StoreError;
-use crate::store::{self, Store};
-
-/// What gets numbered: (table, type, number field, link field, counter).
-const KINDS: &[(&str, &str, &str, &str, &str)] = &[
-    (
-        "transact",
-        "si",
-        "invoice_num",
-        "linked_transaction_id",
-        "si_number",
-    ),
-    (
-        "requisition",
-        "response",
-        "serial_number",
-        "linked_requisition_id",
-        "response_number",
-    ),
+/// What gets numbered: supplier invoices and response requisitions.
+const KINDS: &[Numbering] = &[
+    Numbering {
+        table: "transact",
+        doc_type: "si",
+        number: "invoice_num",
+        link: "linked_transaction_id",
+        counter: "si_number",
+    },
+    Numbering {
+        table: "requisition",
+        doc_type: "response",
+        number: "serial_number",
+        link: "linked_requisition_id",
+        counter: "response_number",
+    },
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -43,103 +41,42 @@ pub struct Numbered {
     pub linked: String,
 }
 
+/// What a numbering pass did.
+#[derive(Debug, Default)]
+pub struct Pass {
+    pub numbered: Vec<Numbered>,
+    /// Documents with no number and no link to an initiating one: not touched.
+    pub unlinked: Vec<String>,
+    /// Documents that could not be numbered (the store's highest number leaves
+    /// none after it): not touched, with the reason.
+    pub failed: Vec<String>,
+}
+
 /// Numbers every unnumbered, linked responding document of the active store.
-/// Unlinked ones with a number below 1 are returned in `unlinked`, not touched.
-pub fn number_all(
-    store: &mut Store,
-    active_store: &str,
-) -> Result<(Vec<Numbered>, Vec<String>), StoreError> {
-    let mut numbered = Vec::new();
-    let mut unlinked = Vec::new();
-    for &(table, doc_type, num_field, link_field, counter) in KINDS {
-        for (id, link) in candidates(
-            store.conn(),
-            table,
-            doc_type,
-            num_field,
-            link_field,
-            active_store,
-        )? {
+/// One that cannot be numbered is reported and left, never blocks the rest.
+pub fn number_all(store: &mut Store, active_store: &str) -> Result<Pass, StoreError> {
+    let mut pass = Pass::default();
+    for kind in KINDS {
+        for (id, link) in store.unnumbered(kind, active_store)? {
             if link.is_empty() {
-                unlinked.push(format!("{table} {id}"));
+                pass.unlinked.push(format!("{} {id}", kind.table));
                 continue;
             }
-            let tx = store.tx()?;
-            let next = next_number(&tx, table, doc_type, num_field, counter, active_store)?;
-            store::put_local(
-                &tx,
-                table,
-                &serde_json::json!({"ID": id, num_field: next}),
-                "transfer numbering",
-            )?;
-            tx.execute(
-                "UPDATE counter SET value = ?2 WHERE name = ?1",
-                params![counter, next],
-            )
-            .map_err(|e| StoreError::sqlite("saving the number counter", e))?;
-            tx.commit()
-                .map_err(|e| StoreError::sqlite("committing a transfer number", e))?;
-            numbered.push(Numbered {
-                table: table.into(),
-                id,
-                number: next,
-                linked: link,
-            });
+            match store.give_number(kind, &id, active_store) {
+                Ok(number) => pass.numbered.push(Numbered {
+                    table: kind.table.into(),
+                    id,
+                    number,
+                    linked: link,
+                }),
+                Err(e @ StoreError::BadRecord { .. }) => {
+                    pass.failed.push(format!("{} {id}: {e}", kind.table));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
-    Ok((numbered, unlinked))
-}
-
-fn candidates(
-    conn: &Connection,
-    table: &str,
-    doc_type: &str,
-    num_field: &str,
-    link_field: &str,
-    active: &str,
-) -> Result<Vec<(String, String)>, StoreError> {
-    let mut stmt = conn
-        .prepare(&format!(
-            "SELECT record_id, coalesce(json_extract(data, '$.{link_field}'), '') FROM record r \
-             WHERE table_name = ?1 AND json_extract(data, '$.store_ID') = ?2 \
-               AND json_extract(data, '$.type') = ?3 \
-               AND coalesce(json_extract(data, '$.{num_field}'), 0) < 1 \
-               AND NOT EXISTS (SELECT 1 FROM local_edit l \
-                               WHERE l.table_name = r.table_name AND l.record_id = r.record_id) \
-             ORDER BY record_id"
-        ))
-        .map_err(|e| StoreError::sqlite("finding transfers to number", e))?;
-    let rows = stmt
-        .query_map(params![table, active, doc_type], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .map_err(|e| StoreError::sqlite("finding transfers to number", e))?;
-    rows.collect::<Result<_, _>>()
-        .map_err(|e| StoreError::sqlite("finding transfers to number", e))
-}
-
-/// max(saved counter, highest number in the store) + 1.
-fn next_number(
-    conn: &Connection,
-    table: &str,
-    doc_type: &str,
-    num_field: &str,
-    counter: &str,
-    active: &str,
-) -> Result<i64, StoreError> {
-    let highest: i64 = conn
-        .query_row(
-            &format!(
-                "SELECT max(coalesce((SELECT value FROM counter WHERE name = ?4), 0), \
-                            coalesce((SELECT max(json_extract(data, '$.{num_field}')) FROM record \
-                                      WHERE table_name = ?1 AND json_extract(data, '$.store_ID') = ?2 \
-                                        AND json_extract(data, '$.type') = ?3), 0))"
-            ),
-            params![table, active, doc_type, counter],
-            |r| r.get(0),
-        )
-        .map_err(|e| StoreError::sqlite("reading the number counter", e))?;
-    Ok(highest + 1)
+    Ok(pass)
 }
 
 #[cfg(test)]
@@ -147,24 +84,30 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn received(s: &mut Store, rows: &[serde_json::Value]) {
+        let tx = s.receiving().unwrap();
+        for row in rows {
+            tx.write_received("transact", row["ID"].as_str().unwrap(), &row.to_string())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
     #[test]
     fn numbers_linked_supplier_invoices_once_and_queues_them() {
         let mut s = Store::open_in_memory().unwrap();
         s.set_site_identity(1, "S").unwrap();
-        s.without_rules(|tx| {
-            for (id, num, link) in [("SI1", -1, "CI1"), ("SI0", 4, "CI0"), ("SI2", -1, "")] {
-                let row = json!({"ID": id, "store_ID": "S", "type": "si", "invoice_num": num,
-                                 "linked_transaction_id": link});
-                tx.execute(
-                    "INSERT INTO record (table_name, record_id, data, origin) VALUES ('transact', ?1, ?2, 'sync')",
-                    params![id, row.to_string()],
-                )
-                .map_err(|e| StoreError::sqlite("t", e))?;
-            }
-            Ok(())
-        })
-        .unwrap();
-        let (numbered, unlinked) = number_all(&mut s, "S").unwrap();
+        let rows: Vec<_> = [("SI1", -1, "CI1"), ("SI0", 4, "CI0"), ("SI2", -1, "")]
+            .iter()
+            .map(|(id, num, link)| {
+                json!({"ID": id, "store_ID": "S", "type": "si", "invoice_num": num,
+                       "linked_transaction_id": link})
+            })
+            .collect();
+        received(&mut s, &rows);
+        let Pass {
+            numbered, unlinked, ..
+        } = number_all(&mut s, "S").unwrap();
         assert_eq!(
             numbered,
             vec![Numbered {
@@ -176,9 +119,47 @@ mod tests {
         );
         assert_eq!(unlinked, vec!["transact SI2"]);
         assert_eq!(s.get("transact", "SI1").unwrap().unwrap()["invoice_num"], 5);
-        assert_eq!(crate::store::outbox::pending_count(s.conn()).unwrap(), 1);
-        let (again, _) = number_all(&mut s, "S").unwrap();
-        assert!(again.is_empty(), "never renumbered");
+        assert_eq!(s.outbox_pending().unwrap(), 1);
+        let again = number_all(&mut s, "S").unwrap();
+        assert!(again.numbered.is_empty(), "never renumbered");
+    }
+
+    #[test]
+    fn numbers_read_leniently_and_never_wrap() {
+        let mut s = Store::open_in_memory().unwrap();
+        s.set_site_identity(1, "S").unwrap();
+        received(
+            &mut s,
+            &[
+                json!({"ID": "OLD", "store_ID": "S", "type": "si", "invoice_num": "12",
+                       "linked_transaction_id": "C0"}),
+                json!({"ID": "NEW", "store_ID": "S", "type": "si", "invoice_num": -1,
+                       "linked_transaction_id": "C1"}),
+            ],
+        );
+        let pass = number_all(&mut s, "S").unwrap();
+        assert_eq!(pass.numbered[0].number, 13, "\"12\" counts as 12");
+        received(
+            &mut s,
+            &[
+                json!({"ID": "MAX", "store_ID": "S", "type": "si", "invoice_num": i64::MAX,
+                       "linked_transaction_id": "C2"}),
+                json!({"ID": "LATE", "store_ID": "S", "type": "si", "invoice_num": -1,
+                       "linked_transaction_id": "C3"}),
+            ],
+        );
+        let pass = number_all(&mut s, "S").unwrap();
+        assert!(pass.numbered.is_empty());
+        assert_eq!(pass.failed.len(), 1, "{:?}", pass.failed);
+        assert!(
+            pass.failed[0].contains("no next number"),
+            "{:?}",
+            pass.failed
+        );
+        assert_eq!(
+            s.get("transact", "LATE").unwrap().unwrap()["invoice_num"],
+            -1
+        );
     }
 
     #[test]
@@ -193,8 +174,8 @@ mod tests {
                     "linked_requisition_id": "REQ1"}),
         )
         .unwrap();
-        let (numbered, _) = number_all(&mut s, "S").unwrap();
-        assert!(numbered.is_empty(), "{numbered:?}");
+        let pass = number_all(&mut s, "S").unwrap();
+        assert!(pass.numbered.is_empty(), "{:?}", pass.numbered);
         assert_eq!(
             s.get("requisition", "R0").unwrap().unwrap()["serial_number"],
             0

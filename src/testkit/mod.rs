@@ -5,7 +5,9 @@
 //! - [`inprocess`]: the reference central as a [`crate::wire::transport::Transport`]
 //!   in the same process, for cycle tests in virtual time;
 //! - [`crash`]: named points of the cycle where a crash test kills the agent;
-//! - [`dns`]: a tiny DNS server, so a test reaches the central by name.
+//! - [`dns`]: a tiny DNS server, so a test reaches the central by name;
+//! - [`usage`]: what a process used (peak memory, CPU, bytes written), for the
+//!   memory tests and the bench.
 
 #[cfg(feature = "central")]
 pub mod bench;
@@ -14,3 +16,4 @@ pub mod dns;
 #[cfg(feature = "central")]
 pub mod inprocess;
 pub mod linkem;
+pub mod usage;

@@ -62,7 +62,7 @@ pub enum Direction {
 
 /// What a body holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum Body {
     /// A push body (`{"queueLength":n,"data":[…]}`, §3 POST queued_records).
     Push = 1,
     /// A `central_records` page.
@@ -74,13 +74,13 @@ pub enum Kind {
     Ack = 4,
 }
 
-impl Kind {
-    fn from_byte(b: u8) -> Option<Kind> {
+impl Body {
+    fn from_byte(b: u8) -> Option<Body> {
         match b {
-            1 => Some(Kind::Push),
-            2 => Some(Kind::Central),
-            3 => Some(Kind::Queue),
-            4 => Some(Kind::Ack),
+            1 => Some(Body::Push),
+            2 => Some(Body::Central),
+            3 => Some(Body::Queue),
+            4 => Some(Body::Ack),
             _ => None,
         }
     }
@@ -267,7 +267,7 @@ impl Writer {
     }
 
     /// Adds one body (gzipped, then encrypted, here).
-    pub fn body(&mut self, kind: Kind, plain: &[u8]) -> Result<(), BundleError> {
+    pub fn body(&mut self, kind: Body, plain: &[u8]) -> Result<(), BundleError> {
         let path = self.path.clone();
         let io = |e| BundleError::Io(path.clone(), e);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -432,7 +432,7 @@ impl Reader {
     /// [`MAX_INFLATED`]), in the order written.
     pub fn bodies<E: From<BundleError>>(
         &mut self,
-        each: &mut dyn FnMut(Kind, &mut dyn Read) -> Result<(), E>,
+        each: &mut dyn FnMut(Body, &mut dyn Read) -> Result<(), E>,
     ) -> Result<(), E> {
         let path = self.path.clone();
         let broken = |why: &str| BundleError::NotABundle(path.clone(), why.to_string());
@@ -445,7 +445,7 @@ impl Reader {
             if frame[0] == 0 {
                 return Ok(());
             }
-            let kind = Kind::from_byte(frame[0]).ok_or_else(|| broken("unknown body kind"))?;
+            let kind = Body::from_byte(frame[0]).ok_or_else(|| broken("unknown body kind"))?;
             let at = self
                 .file
                 .stream_position()
@@ -493,9 +493,9 @@ mod tests {
 
     fn write(dir: &Path, digest: &Secret) -> PathBuf {
         let mut w = Writer::create(&dir.join("b.fsb"), &header(), digest).unwrap();
-        w.body(Kind::Push, br#"{"queueLength":2,"data":[]}"#)
+        w.body(Body::Push, br#"{"queueLength":2,"data":[]}"#)
             .unwrap();
-        w.body(Kind::Queue, b"second").unwrap();
+        w.body(Body::Queue, b"second").unwrap();
         w.finish().unwrap()
     }
 
@@ -527,7 +527,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(seen[1], (Kind::Queue, "second".to_string()));
+        assert_eq!(seen[1], (Body::Queue, "second".to_string()));
         let bytes = std::fs::read(&p).unwrap();
         for i in 0..bytes.len() {
             let mut b = bytes.clone();

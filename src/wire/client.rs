@@ -3,13 +3,12 @@
 //! as the network answering instead of the central (§9.4), and counters of what
 //! crossed the link for the sync report.
 //!
-//! It knows nothing of the store: pulls hand each decoded record to a callback, so
-//! the cycle decides where records go and memory holds one record at a time. The
-//! callback's error type is the caller's; every failure of the call itself becomes
-//! that type through `From<WireError>`, so errors keep their type end to end.
+//! It knows nothing of the store: a pull answer comes back as a [`Page`], read
+//! whole off the link (bounded, spilled to a temporary file when large), which
+//! the cycle then decodes record by record into the store.
 
 use std::cell::Cell;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +17,8 @@ use serde::de::DeserializeOwned;
 
 use crate::clock::Clock;
 use crate::wire::credentials::Secret;
-use crate::wire::decode::{self, Broken, Partial, PullError, PullHeader};
-use crate::wire::protocol::{self, Acknowledge, SyncRecord};
+use crate::wire::page::Page;
+use crate::wire::protocol::{self, Acknowledge};
 use crate::wire::transport::{Method, Request, Response, Timeouts, Transport};
 use crate::wire::{ProtocolError, TransportError, WireError};
 
@@ -38,26 +37,12 @@ pub const INITIALISE_TIMEOUTS: Timeouts = Timeouts {
 };
 /// Largest JSON answer decoded whole (site, status, push answers): they are tiny.
 const MAX_SMALL_BODY: u64 = 1 << 20;
-/// Bytes one record may take on the wire (escapes included) before decoding is
-/// abandoned: twice the store's record limit. Bounds memory whatever a central sends.
-pub const MAX_RECORD_BYTES_ON_WIRE: u64 = 2 * crate::store::row::MAX_ROW_BYTES as u64;
-
 /// What crossed the link, for the report and the bench.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Traffic {
     pub requests: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
-}
-
-/// A pulled record that could not be read (over the per-record limit, or not a
-/// record envelope) and that the cycle can set aside by its ids.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unreadable {
-    pub record: Partial,
-    /// Records of the page decoded before it.
-    pub before: u64,
-    pub why: String,
 }
 
 /// What this agent knows of the central's gzip request bodies (§9.1, RFC 7694).
@@ -80,12 +65,13 @@ pub struct Client<T: Transport> {
     hardware_id: String,
     retry_delays: Vec<Duration>,
     clock: Arc<dyn Clock>,
-    pub traffic: Traffic,
-    /// Bytes of the pull page being decoded, as they arrive (added to `traffic`
+    traffic: Traffic,
+    /// Bytes of the pull page being read, as they arrive (added to `traffic`
     /// when the page ends): a progress line moves during a long page.
     in_flight: Rc<Cell<u64>>,
-    /// Kept by the cycle between syncs (local data).
-    pub gzip: Gzip,
+    /// What the central said of gzip bodies; the cycle keeps it between syncs
+    /// (local data).
+    gzip: Gzip,
 }
 
 impl<T: Transport> Client<T> {
@@ -111,6 +97,27 @@ impl<T: Transport> Client<T> {
     pub fn with_retry_delays(mut self, delays: Vec<Duration>) -> Client<T> {
         self.retry_delays = delays;
         self
+    }
+
+    /// What crossed the link since [`Client::start_counting`].
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// Starts the counts of a new cycle.
+    pub fn start_counting(&mut self) {
+        self.traffic = Traffic::default();
+    }
+
+    pub fn gzip(&self) -> Gzip {
+        self.gzip
+    }
+
+    /// What an earlier cycle learned of the central's gzip bodies (§9.1).
+    pub fn remember_gzip(&mut self, g: Gzip) {
+        if self.gzip == Gzip::Unknown {
+            self.gzip = g;
+        }
     }
 
     pub fn clock(&self) -> Arc<dyn Clock> {
@@ -180,7 +187,7 @@ impl<T: Transport> Client<T> {
                     "{path}: transient failure, retry {} in {delay:?}",
                     attempt + 1
                 );
-                self.clock.sleep(delay + jitter(delay));
+                self.clock.sleep(delay + crate::clock::jitter(delay));
                 attempt += 1;
                 continue;
             }
@@ -311,112 +318,40 @@ impl<T: Transport> Client<T> {
         Ok((r.integration_started, body.len()))
     }
 
-    /// The counter of the page being decoded (see `in_flight`).
+    /// The bytes of the page being read, as they arrive (see `in_flight`).
     pub fn in_flight(&self) -> Rc<Cell<u64>> {
         self.in_flight.clone()
     }
 
-    pub fn central_records<E: From<WireError> + From<Unreadable>>(
-        &mut self,
-        cursor: u64,
-        limit: u32,
-        each: &mut dyn FnMut(SyncRecord) -> Result<(), E>,
-    ) -> Result<PullHeader, E> {
-        let path = format!("/central_records?cursor={cursor}&limit={limit}");
-        self.pull(&path, each)
+    /// One page of the central-data change log after `cursor` (§3), read whole.
+    pub fn central_records(&mut self, cursor: u64, limit: u32) -> Result<Page, WireError> {
+        self.page(&format!("/central_records?cursor={cursor}&limit={limit}"))
     }
 
-    pub fn queued_records<E: From<WireError> + From<Unreadable>>(
-        &mut self,
-        limit: u32,
-        each: &mut dyn FnMut(SyncRecord) -> Result<(), E>,
-    ) -> Result<PullHeader, E> {
-        let path = format!("/queued_records?limit={limit}");
-        self.pull(&path, each)
+    /// One page of this site's queue (§3), read whole.
+    pub fn queued_records(&mut self, limit: u32) -> Result<Page, WireError> {
+        self.page(&format!("/queued_records?limit={limit}"))
     }
 
-    fn pull<E: From<WireError> + From<Unreadable>>(
-        &mut self,
-        path: &str,
-        each: &mut dyn FnMut(SyncRecord) -> Result<(), E>,
-    ) -> Result<PullHeader, E> {
+    /// A pull answer, read off the link into a [`Page`] before anything of it
+    /// is applied (see [`crate::wire::page`]).
+    fn page(&mut self, path: &str) -> Result<Page, WireError> {
         let resp = self.request(Method::Get, path, None, Timeouts::DEFAULT)?;
         let html = is_html(&resp);
         let status = resp.status;
         if !(200..300).contains(&status) {
             let bytes = self.read_body(resp.body, MAX_SMALL_BODY)?;
-            return Err(failure(status, html || looks_like_html(&bytes), &bytes).into());
+            return Err(failure(status, html || looks_like_html(&bytes), &bytes));
         }
-        // Per-record byte budget: once one record has taken more than
-        // MAX_RECORD_BYTES_ON_WIRE without completing, the reader refuses to read
-        // on, so a single giant or endless record cannot grow memory.
-        let since = Rc::new(Cell::new(0u64));
         self.in_flight.set(0);
-        let mut counted = BufReader::new(Counting::new(
-            resp.body,
-            since.clone(),
-            self.in_flight.clone(),
-        ));
-        if html || counted.fill_buf().is_ok_and(looks_like_html) {
-            let mut start = Vec::new();
-            let _ = (&mut counted).take(4096).read_to_end(&mut start);
-            self.traffic.bytes_received += counted.get_ref().n;
-            return Err(WireError::from(intercepted_page(&start)).into());
-        }
-        let mut per_record = |rec: SyncRecord| {
-            since.set(0);
-            each(rec)
-        };
-        let result = decode::decode_pull(&mut counted, &mut per_record);
-        let reader = counted.into_inner();
-        self.traffic.bytes_received += reader.n;
+        let read = Page::read(path, resp.body, &self.in_flight);
+        self.traffic.bytes_received += self.in_flight.get();
         self.in_flight.set(0);
-        match result {
-            Ok(h) => Ok(h),
-            Err(PullError::Stopped(e)) => Err(e),
-            Err(PullError::Broken {
-                kind,
-                detail,
-                inside,
-                before,
-            }) => {
-                if reader.record_too_large {
-                    if let Some(record) = inside {
-                        return Err(Unreadable {
-                            record,
-                            before,
-                            why: format!("over {MAX_RECORD_BYTES_ON_WIRE} bytes on the wire"),
-                        }
-                        .into());
-                    }
-                }
-                Err(match (kind, inside) {
-                    // A record whose envelope has the wrong shape is that record's
-                    // problem, not the page's: it is set aside by its ids.
-                    (Broken::Data, Some(record)) => Unreadable {
-                        record,
-                        before,
-                        why: detail,
-                    }
-                    .into(),
-                    (Broken::Io, _) => WireError::from(
-                        reader
-                            .io_error
-                            .unwrap_or_else(|| TransportError::interrupted(detail)),
-                    )
-                    .into(),
-                    (Broken::Eof, _) => WireError::from(TransportError::interrupted(format!(
-                        "{path}: the answer was cut off ({detail})"
-                    )))
-                    .into(),
-                    (Broken::Syntax | Broken::Data, _) => WireError::from(ProtocolError::NotV5 {
-                        path: path.to_string(),
-                        detail,
-                    })
-                    .into(),
-                })
-            }
+        let mut page = read?;
+        if html || page.starts_with_markup() {
+            return Err(intercepted_page(&page.head()).into());
         }
+        Ok(page)
     }
 
     pub fn acknowledge(&mut self, ids: &[String]) -> Result<(), WireError> {
@@ -454,7 +389,7 @@ fn is_html(resp: &Response) -> bool {
 }
 
 /// A body whose first non-blank byte is `<`: a page, never a v5 answer.
-fn looks_like_html(body: &[u8]) -> bool {
+pub(super) fn looks_like_html(body: &[u8]) -> bool {
     body.iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|b| *b == b'<')
@@ -475,7 +410,7 @@ fn intercepted_page(body: &[u8]) -> TransportError {
 }
 
 /// A failed body read: our own transport's errors pass through; the rest is a cut link.
-fn read_error(e: std::io::Error, what: &str) -> WireError {
+pub(super) fn read_error(e: std::io::Error, what: &str) -> WireError {
     if e.get_ref().is_some_and(|i| i.is::<TransportError>()) {
         let inner = e.into_inner().expect("checked above");
         return WireError::Transport(*inner.downcast::<TransportError>().expect("checked above"));
@@ -487,57 +422,6 @@ fn read_error(e: std::io::Error, what: &str) -> WireError {
     .into()
 }
 
-/// Counts body bytes, keeps the first read failure, and enforces the per-record
-/// byte budget.
-struct Counting<R> {
-    inner: R,
-    n: u64,
-    io_error: Option<TransportError>,
-    record_too_large: bool,
-    since_record: Rc<Cell<u64>>,
-    /// The same count as `n`, seen by the progress observer.
-    seen: Rc<Cell<u64>>,
-}
-
-impl<R> Counting<R> {
-    fn new(inner: R, since_record: Rc<Cell<u64>>, seen: Rc<Cell<u64>>) -> Self {
-        Counting {
-            inner,
-            n: 0,
-            io_error: None,
-            record_too_large: false,
-            since_record,
-            seen,
-        }
-    }
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.since_record.get() > MAX_RECORD_BYTES_ON_WIRE {
-            self.record_too_large = true;
-            return Err(std::io::Error::other(format!(
-                "a single record is over {MAX_RECORD_BYTES_ON_WIRE} bytes; refusing to read on"
-            )));
-        }
-        match self.inner.read(buf) {
-            Ok(n) => {
-                self.n += n as u64;
-                self.seen.set(self.n);
-                self.since_record.set(self.since_record.get() + n as u64);
-                Ok(n)
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                if let WireError::Transport(t) = read_error(e, "reading the answer") {
-                    self.io_error.get_or_insert(t);
-                }
-                Err(std::io::Error::other(msg))
-            }
-        }
-    }
-}
-
 fn gzip(body: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut enc = flate2::write::GzEncoder::new(
@@ -547,19 +431,6 @@ fn gzip(body: &[u8]) -> Vec<u8> {
     // Writing to a Vec cannot fail.
     let _ = enc.write_all(body);
     enc.finish().unwrap_or_default()
-}
-
-/// Up to a quarter of `d`, from the OS's random source; spreads a fleet.
-pub fn jitter(d: Duration) -> Duration {
-    let r = crate::wire::credentials::random_bytes()
-        .map(|b| u64::from(b[0]) << 8 | u64::from(b[1]))
-        .unwrap_or(0);
-    let quarter = d.as_millis() as u64 / 4;
-    if quarter == 0 {
-        Duration::ZERO
-    } else {
-        Duration::from_millis(r % quarter)
-    }
 }
 
 #[cfg(test)]

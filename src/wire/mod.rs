@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod client;
 pub mod credentials;
 pub mod decode;
+pub mod page;
 pub mod protocol;
 pub mod resolve;
 pub mod transport;

@@ -74,7 +74,7 @@ impl TransportError {
             ),
             TransportError::Certificate(Certificate::Time { .. }) => Some(format!(
                 "the device clock says {}: set the time or check NTP (a Pi has no battery clock)",
-                crate::field::status::utc_date(crate::field::status::now_unix())
+                crate::clock::utc_date(crate::clock::now_unix())
             )),
             _ => None,
         }
@@ -108,7 +108,7 @@ impl fmt::Display for TransportError {
                 f,
                 "the central's TLS certificate is {} by this device's clock, which says {}",
                 if *expired { "expired" } else { "not valid yet" },
-                crate::field::status::utc_date(crate::field::status::now_unix())
+                crate::clock::utc_date(crate::clock::now_unix())
             ),
             TransportError::Intercepted(what) => {
                 write!(f, "the network answered instead of the central ({what})")

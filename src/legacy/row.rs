@@ -40,14 +40,15 @@ pub enum Problem {
 }
 
 impl Problem {
-    /// A short code for set-aside reasons and quarantined records.
+    /// The reason code, the same on both sides: what the central answers in a
+    /// 400 `invalid_sync_record` (protocol §4, and this project's `too_large`,
+    /// `too_deep`, `duplicate_key`) and what the agent shows for a row it set
+    /// aside. The Display text says more.
     pub fn code(&self) -> &'static str {
         match self {
             Problem::TooLarge(_) => "too_large",
-            Problem::NotJson(_) => "not_json",
-            Problem::NotObject => "not_object",
+            Problem::NotJson(_) | Problem::NotObject | Problem::IdNotString => "bad_type",
             Problem::NoId => "missing_key",
-            Problem::IdNotString => "bad_type",
             Problem::IdMismatch { .. } => "id_mismatch",
             Problem::DuplicateKey(_) => "duplicate_key",
             Problem::TooDeep => "too_deep",

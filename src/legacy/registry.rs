@@ -2,8 +2,8 @@
 //! and where it sits in the integration order.
 //!
 //! Both sides read it: the agent's store turns it into SQL triggers that refuse
-//! writes the site does not own, and the reference central uses it to judge pushes
-//! and route changes. The rows follow the tables of protocol §1 and the rank order
+//! writes the site does not own ([`super::triggers`]), and the reference central
+//! uses it to judge pushes ([`super::owner`]) and route changes. The rows follow the tables of protocol §1 and the rank order
 //! of §7.4; a table not listed here is unknown, kept as read-only central data when
 //! it arrives and refused for local writes.
 
@@ -278,9 +278,7 @@ pub fn is_pushable(kind: Kind) -> bool {
 /// A short fingerprint of the registry, so the store rewrites its copy of the table
 /// only when this list changes.
 pub fn fingerprint() -> u64 {
-    // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for t in tables() {
+    tables().fold(super::FNV_START, |h, t| {
         let line = format!(
             "{}|{}|{:?}|{};",
             t.name,
@@ -288,12 +286,8 @@ pub fn fingerprint() -> u64 {
             t.owner,
             t.order
         );
-        for b in line.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
+        super::fnv1a(h, line.as_bytes())
+    })
 }
 
 /// Fields through which rows refer to a record of a mergeable table; a merge of

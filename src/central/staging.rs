@@ -1,0 +1,225 @@
+//! What a site pushes, however it comes — a `POST queued_records` over HTTP or
+//! a push body of a USB bundle — goes through one entry point: judged
+//! ([`super::judge`]), staged idempotently, and, on the final push, sealed for
+//! integration ([`super::integrate`]).
+//!
+//! What must hold: a batch is judged whole before any of it is staged (403/400
+//! list every offender and stage nothing); a re-sent batch replaces its own
+//! rows; a site's push of a record drops that record's unacknowledged entries
+//! from its own queue [PC], so no stale copy overwrites the newer one; a
+//! bundle's version of a record that the central already holds a newer (or the
+//! same) push of is skipped, never staged over it; staging is bounded per site.
+
+use rusqlite::{params, Connection};
+
+use super::auth::SiteRow;
+use super::judge::{self, Pusher, Refused};
+use super::{admin, now, routing, write_tx, Central, Result};
+use crate::wire::protocol::{Action, SyncRecord};
+
+/// Rows a site may have staged and not yet sealed by a final push. Defaults to
+/// 500,000 (a large site's whole history); above it a push gets 413.
+pub const MAX_STAGED_PER_SITE: i64 = 500_000;
+/// Staging no final push sealed within a week is dropped: its site moved on.
+pub const STAGING_EXPIRES_SECS: i64 = 7 * 24 * 3600;
+
+/// How a push came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// Over the link, from the site itself.
+    Link,
+    /// In a USB bundle, imported by the administrator: late news, so a record
+    /// the central holds a newer push of is skipped.
+    Bundle,
+}
+
+/// What became of one push batch.
+#[derive(Debug)]
+pub enum Staged {
+    /// Staged: this many records, and this many skipped as older than what
+    /// the central holds (bundles only).
+    Accepted { records: u64, stale: u64 },
+    /// Nothing staged: these records are not the site's to push, or malformed.
+    Refused(Refused),
+    /// Nothing staged: the site has this many rows staged already.
+    Full { staged: i64 },
+}
+
+impl Central {
+    /// Judges and stages one push batch of `site` (not the final push).
+    pub(crate) fn stage(
+        &self,
+        conn: &mut Connection,
+        site: &SiteRow,
+        records: Vec<SyncRecord>,
+        carrier: Carrier,
+    ) -> Result<Staged> {
+        let tx = write_tx(conn)?;
+        let before = records.len();
+        let records = match carrier {
+            Carrier::Link => records,
+            Carrier::Bundle => {
+                let mut keep = Vec::with_capacity(before);
+                for rec in records {
+                    if !superseded(&tx, site.site_id, &rec)? {
+                        keep.push(rec);
+                    }
+                }
+                keep
+            }
+        };
+        let stale = (before - records.len()) as u64;
+        if records.is_empty() {
+            return Ok(Staged::Accepted { records: 0, stale });
+        }
+        // Staging no final push sealed for a week is dropped: its site moved on.
+        tx.execute(
+            "DELETE FROM staging WHERE site_id = ?1 AND staged_at < ?2 \
+             AND NOT EXISTS (SELECT 1 FROM integration WHERE site_id = ?1)",
+            params![site.site_id, now() - STAGING_EXPIRES_SECS],
+        )?;
+        let staged: i64 = tx.query_row(
+            "SELECT count(*) FROM staging WHERE site_id = ?1",
+            [site.site_id],
+            |r| r.get(0),
+        )?;
+        if staged + records.len() as i64 > MAX_STAGED_PER_SITE {
+            return Ok(Staged::Full { staged });
+        }
+        let stores = routing::active_stores(&tx, site.site_id)?;
+        let who = Pusher {
+            site: site.site_id,
+            stores: &stores,
+            primary: admin::primary_site(&tx)? == Some(site.site_id),
+        };
+        if let Err(refused) = judge::batch(&tx, &who, &records)? {
+            return Ok(Staged::Refused(refused));
+        }
+        write_staging(&tx, site.site_id, &records)?;
+        tx.commit()?;
+        Ok(Staged::Accepted {
+            records: records.len() as u64,
+            stale,
+        })
+    }
+
+    /// The final push (§5 step 3): what `site` staged is sealed and owed
+    /// integration, which starts now (or goes on, if it is still owed).
+    pub(crate) fn final_push(&self, conn: &Connection, site: u32) -> Result<()> {
+        let staged: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM staging WHERE site_id = ?1)",
+            [site],
+            |r| r.get(0),
+        )?;
+        if staged {
+            self.seal(conn, site)?;
+            // Rows a stopped bundle import left are sealed with these.
+            conn.execute(
+                "DELETE FROM meta WHERE key = ?1",
+                [super::import_lock::partial_key(site)],
+            )?;
+        }
+        if staged || self.integration_owed(conn, site)? {
+            self.start_integration(site);
+        }
+        Ok(())
+    }
+
+    /// Drops acknowledged entries from `site`'s queue (§3); unknown or already
+    /// acknowledged ids are ignored. Returns how many went.
+    pub(crate) fn acknowledge_entries(
+        &self,
+        conn: &mut Connection,
+        site: u32,
+        ids: &[String],
+    ) -> Result<u64> {
+        let tx = write_tx(conn)?;
+        let mut removed = 0u64;
+        {
+            let mut stmt =
+                tx.prepare_cached("DELETE FROM sync_out WHERE site_id = ?1 AND id = ?2")?;
+            for id in ids {
+                if let Ok(n) = id.parse::<i64>() {
+                    removed += stmt.execute(params![site, n])? as u64;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+}
+
+/// Stages an accepted batch; a site's push of a record drops that record's
+/// unacknowledged entries from its own queue [PC]. Rows are kept as pushed.
+fn write_staging(conn: &Connection, site: u32, batch: &[SyncRecord]) -> Result<()> {
+    let mut seq: i64 = conn
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM staging WHERE site_id = ?1")?
+        .query_row([site], |r| r.get(0))?;
+    let at = now();
+    for rec in batch {
+        seq += 1;
+        let (action, data) = match Action::parse(&rec.action) {
+            Some(Action::Delete) => ("delete", None),
+            _ => ("update", rec.data_text()),
+        };
+        conn.prepare_cached(
+            "INSERT INTO staging (site_id, table_name, record_id, action, data, seq, staged_at, out_seq) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (site_id, table_name, record_id) DO UPDATE SET action = excluded.action, \
+             data = excluded.data, seq = excluded.seq, staged_at = excluded.staged_at, out_seq = excluded.out_seq",
+        )?
+        .execute(params![
+            site,
+            rec.table_name,
+            rec.record_id,
+            action,
+            data,
+            seq,
+            at,
+            out_seq(rec)
+        ])?;
+        conn.prepare_cached(
+            "DELETE FROM sync_out WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3 AND is_merge = 0",
+        )?
+        .execute(params![site, rec.table_name, rec.record_id])?;
+    }
+    Ok(())
+}
+
+/// The site's outbox sequence of a pushed record (`syncOutId`, §7.2), if it is one.
+fn out_seq(rec: &SyncRecord) -> Option<i64> {
+    rec.sync_out_id
+        .as_deref()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// Whether the central holds this site's push of the same or a newer version
+/// of the record (staged, or integrated before).
+fn superseded(conn: &Connection, site: u32, rec: &SyncRecord) -> Result<bool> {
+    let Some(seq) = out_seq(rec) else {
+        return Ok(false);
+    };
+    let known: Option<i64> = conn
+        .prepare_cached(
+            "SELECT max(coalesce((SELECT out_seq FROM staging WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3), -1), \
+                        coalesce((SELECT out_seq FROM pushed WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3), -1))",
+        )?
+        .query_row(params![site, rec.table_name, rec.record_id], |r| r.get(0))?;
+    Ok(known.is_some_and(|k| k >= seq))
+}
+
+/// A push body: `{"queueLength": n, "data": [...]}` (§3).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushBody {
+    pub queue_length: u64,
+    pub data: Vec<SyncRecord>,
+}
+
+impl PushBody {
+    /// The body as JSON, or why it is not one.
+    pub fn parse(body: &[u8]) -> std::result::Result<PushBody, String> {
+        serde_json::from_slice(body)
+            .map_err(|e| format!("push body is not {{\"queueLength\":n,\"data\":[…]}}: {e}"))
+    }
+}
