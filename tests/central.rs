@@ -261,9 +261,7 @@ fn the_server_keeps_connections_and_refuses_bad_framing() {
 
 #[test]
 fn the_server_stops_after_the_requests_in_flight() {
-    let dir = std::env::temp_dir().join(format!("fs-stop-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fieldsync::testkit::tempdir::TempDir::new("stop");
     let central = fieldsync::central::Central::open(&dir.join("c.sqlite")).unwrap();
     let server = fieldsync::central::http::spawn(central, "127.0.0.1:0").unwrap();
     let addr = server.addr;
@@ -382,11 +380,11 @@ fn what_the_central_answers_is_on_disk() {
     let listen = proc.listen.clone();
     let serve = || proc.serve(None);
     let mut child = serve();
-    let proc_env = Env {
-        dir: dir.clone(),
-        central: fieldsync::central::Central::open(&db).unwrap(),
-        addr: listen.parse().unwrap(),
-    };
+    let proc_env = Env::view(
+        dir.clone(),
+        fieldsync::central::Central::open(&db).unwrap(),
+        listen.parse().unwrap(),
+    );
     init_and_drain(&proc_env, "a", "HA");
     let r = push(
         &proc_env,
@@ -646,11 +644,11 @@ fn what_the_central_answers_survives_a_power_cut() {
     // that is on disk for certain.
     {
         let mut child = serve(false);
-        let plain = Env {
-            dir: dir.clone(),
-            central: fieldsync::central::Central::open(&db).unwrap(),
-            addr: listen.parse().unwrap(),
-        };
+        let plain = Env::view(
+            dir.clone(),
+            fieldsync::central::Central::open(&db).unwrap(),
+            listen.parse().unwrap(),
+        );
         init_and_drain(&plain, "a", "HA");
         child.kill().unwrap();
         child.wait().unwrap();
@@ -802,11 +800,11 @@ fn what_the_central_answers_survives_a_power_cut() {
         let _ = std::fs::remove_file(file("-shm"));
     }
     let mut child = serve(false);
-    let after = Env {
-        dir: dir.clone(),
-        central: fieldsync::central::Central::open(&db).unwrap(),
+    let after = Env::view(
+        dir.clone(),
+        fieldsync::central::Central::open(&db).unwrap(),
         addr,
-    };
+    );
     assert!(
         final_push(&after, "a", "HA"),
         "the staged pushes integrate after the cuts"

@@ -19,7 +19,7 @@ use fieldsync::wire::TransportError;
 use serde_json::json;
 
 struct Site {
-    _dir: std::path::PathBuf,
+    _dir: fieldsync::testkit::tempdir::TempDir,
     central: Central,
     store: Store,
     client: Client<InProcess>,
@@ -27,16 +27,11 @@ struct Site {
     cfg: Config,
 }
 
-static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
 impl Site {
     /// A central with site `kaw` and its active store `S`, and an agent that has
     /// completed its first sync.
     fn new() -> Site {
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("fs-cycle-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fieldsync::testkit::tempdir::TempDir::new("cycle");
         let mut central = Central::open(&dir.join("central.sqlite")).unwrap();
         central.background_integration = false;
         central.add_site("kaw", "KAW", "pw").unwrap();

@@ -120,8 +120,7 @@ fn shell() -> bool {
 
 /// Runs `sql` on a fresh site through each engine and mode; returns the errors.
 fn attempt(sql: &str) -> Vec<(String, String, bool)> {
-    let dir = std::env::temp_dir().join(format!("fs-hostile-writer-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fieldsync::testkit::tempdir::TempDir::new("hostile-writer");
     let mut out = Vec::new();
     for recursive in [false, true] {
         for engine in ["bundled", "shell"] {
@@ -232,8 +231,7 @@ fn replace_and_upsert_cannot_take_over_rows() {
 #[test]
 fn an_unchanged_resave_of_a_received_row_is_no_change() {
     // An ORM re-saving what it read: allowed, nothing queued, still "received".
-    let dir = std::env::temp_dir().join(format!("fs-resave-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fieldsync::testkit::tempdir::TempDir::new("resave");
     let db = site(&dir, "resave");
     let before = snapshot(&db);
     let c = rusqlite::Connection::open(&db).unwrap();
@@ -302,8 +300,7 @@ fn duplicate_keys_missing_ids_and_odd_joins_are_refused() {
 #[test]
 fn a_header_deleted_before_its_lines_leaves_lines_its_writer_can_delete() {
     // Item 8: our own lines stay deletable; another store's orphan does not.
-    let dir = std::env::temp_dir().join(format!("fs-orphans-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fieldsync::testkit::tempdir::TempDir::new("orphans");
     let db = site(&dir, "orphans");
     let mut s = Store::open(&db).unwrap();
     assert!(s.delete("transact", "OWN1").unwrap());

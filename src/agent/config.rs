@@ -285,7 +285,8 @@ mod tests {
 
     #[test]
     fn passwords_lose_one_line_ending_only() {
-        let dir = std::env::temp_dir().join(format!("fs-pw-{}", std::process::id()));
+        let tmp = crate::testkit::tempdir::TempDir::new("pw");
+        let dir = tmp.join("password");
         for (text, want) in [
             ("pw\n", "pw"),
             ("pw\r\n", "pw"),

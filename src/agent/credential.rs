@@ -200,11 +200,9 @@ fn scrub(store: &mut Store) -> Result<(), Failure> {
 mod tests {
     use super::*;
 
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("fs-credential-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    /// A test's directory; removed when the test passes.
+    fn dir(name: &str) -> crate::testkit::tempdir::TempDir {
+        crate::testkit::tempdir::TempDir::new(&format!("credential-{name}"))
     }
 
     const DIGEST: &str = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";

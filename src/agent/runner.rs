@@ -36,6 +36,11 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// While offline, `run` probes this often so a sync starts soon after the link
 /// returns. Defaults to 30 s.
 pub const OFFLINE_PROBE_EVERY: Duration = Duration::from_secs(30);
+/// How often a long sync tells systemd's watchdog it is alive, at most.
+/// Defaults to 5 s, well inside any watchdog interval a unit sets.
+const WATCHDOG_PING_MAX: Duration = Duration::from_secs(5);
+/// The step `run` sleeps in between syncs, to stop promptly on a signal.
+const RUN_STEP: Duration = Duration::from_millis(250);
 /// Shortest backoff after a failed cycle. Defaults to 30 s (§5 step 9).
 pub const BACKOFF_START: Duration = Duration::from_secs(30);
 
@@ -48,11 +53,21 @@ pub const BACKOFF_START: Duration = Duration::from_secs(30);
 /// flags a site silent for a month.
 pub fn escalates(condition: &str, in_a_row: u32) -> bool {
     match condition {
-        "clock" | "certificate" => in_a_row >= 12,
-        "intercepted" | "transient" => in_a_row >= 288,
+        "clock" | "certificate" => in_a_row >= ESCALATE_FIXED_CAUSE,
+        "intercepted" | "transient" => in_a_row >= ESCALATE_PASSING_CAUSE,
         _ => false,
     }
 }
+
+/// Syncs in a row before a cause that does not fix itself by waiting (a wrong
+/// device clock, an untrusted certificate) asks for a person: 12, an hour of
+/// the timer's 5-minute syncs. Counted in syncs, never by the date; a device on
+/// another interval escalates after the same number of syncs.
+pub const ESCALATE_FIXED_CAUSE: u32 = 12;
+/// Syncs in a row before a cause that may pass by itself (the network answering
+/// instead of the central, the central failing) asks for a person: 288, a day
+/// of 5-minute syncs.
+pub const ESCALATE_PASSING_CAUSE: u32 = 288;
 
 /// Counts syncs in a row ending with the same condition (state kept in the
 /// store) and marks the report escalated when [`escalates`] says so.
@@ -225,6 +240,7 @@ pub fn sync_once<T: Transport>(
     snap.running = true;
     snap.pid = Some(std::process::id());
     let mut snapshot_written = false;
+    let mut snapshot_failed = false;
     s.leds.show(led::Pattern::Syncing);
     log::info!(
         "sync started (site {}, central {})",
@@ -249,11 +265,19 @@ pub fn sync_once<T: Transport>(
             snap.done = p.done;
             snap.total = p.total;
             snap.line = Some(line.to_string());
-            let _ = status::write_snapshot(&snap_path, &snap);
+            if let Err(e) = status::write_snapshot(&snap_path, &snap) {
+                if !snapshot_failed {
+                    log::warn!(
+                        "could not write the status file {}: {e}; `status` shows less while this sync runs",
+                        snap_path.display()
+                    );
+                    snapshot_failed = true;
+                }
+            }
             snapshot_written = true;
             last_write = now;
         }
-        if watchdog.is_some_and(|w| now - last_ping >= w.min(Duration::from_secs(5))) {
+        if watchdog.is_some_and(|w| now - last_ping >= w.min(WATCHDOG_PING_MAX)) {
             notify::notify("WATCHDOG=1");
             last_ping = now;
         }
@@ -282,7 +306,12 @@ pub fn sync_once<T: Transport>(
         snap.line = None;
         snap.led = Some(pattern);
         snap.last = Some(attempt);
-        let _ = status::write_snapshot(&snap_path, &snap);
+        if let Err(e) = status::write_snapshot(&snap_path, &snap) {
+            log::warn!(
+                "could not write the status file {}: {e}",
+                snap_path.display()
+            );
+        }
     }
     report
 }
@@ -436,7 +465,7 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
                 }
                 next_probe = clock.now() + OFFLINE_PROBE_EVERY;
             }
-            clock.sleep(Duration::from_millis(250));
+            clock.sleep(RUN_STEP);
         }
         if stop.load(Ordering::Relaxed) {
             notify::notify("STOPPING=1");

@@ -123,7 +123,7 @@ impl Central {
             if done.bodies > 0 {
                 // Rows this import staged stay staged (judged already); the
                 // next import of a bundle of this site may go ahead.
-                let _ = self.conn().and_then(|c| {
+                let marked = self.conn().and_then(|c| {
                     c.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
                         params![
@@ -133,6 +133,14 @@ impl Central {
                     )?;
                     Ok(())
                 });
+                if let Err(m) = marked {
+                    // Without the mark the next import waits for the site's
+                    // own final push to seal these rows, as after a sync.
+                    log::error!(
+                        "site {}: could not mark the import as stopped half-way: {m}",
+                        site.name
+                    );
+                }
                 return Err(CentralError::Refused(format!(
                     "{e}; {} body(ies) of it were staged and wait: import a bundle of this site again (this one, if it was not the cause) to finish",
                     done.bodies

@@ -96,7 +96,7 @@ impl Central {
                         "site {site}: integration failed (attempt {}): {e}",
                         attempt + 1
                     );
-                    let _ = self.conn().and_then(|c| {
+                    let recorded = self.conn().and_then(|c| {
                         c.execute(
                             "UPDATE integration SET state = 'failed', attempts = attempts + 1, last_error = ?2, \
                              updated = ?3 WHERE site_id = ?1",
@@ -104,6 +104,11 @@ impl Central {
                         )?;
                         Ok(())
                     });
+                    if let Err(r) = recorded {
+                        log::error!(
+                            "site {site}: the failure could not be recorded for `report` either: {r}"
+                        );
+                    }
                     match RETRIES.get(attempt) {
                         Some(d) => std::thread::sleep(*d),
                         None => log::error!(

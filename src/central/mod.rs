@@ -370,9 +370,16 @@ pub(crate) fn verify_digest(hash: &str, digest: &str) -> bool {
     }
 }
 
+/// Argon2id's memory per verification, in KiB. Defaults to 8 MiB: a digest is
+/// verified once per site and password (then cached), so a modest cost keeps a
+/// small central responsive while a stolen database still costs a guesser
+/// 8 MiB per try.
+const ARGON2_MEMORY_KIB: u32 = 8 * 1024;
+/// Argon2id's passes over that memory. Defaults to 2.
+const ARGON2_PASSES: u32 = 2;
+
 fn argon2_params() -> argon2::Argon2<'static> {
-    // 8 MiB, 2 passes: verified once per site and password (then cached), so a
-    // modest cost keeps a small central responsive.
-    let params = argon2::Params::new(8 * 1024, 2, 1, None).expect("valid Argon2 parameters");
+    let params = argon2::Params::new(ARGON2_MEMORY_KIB, ARGON2_PASSES, 1, None)
+        .expect("valid Argon2 parameters");
     argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
 }

@@ -188,7 +188,8 @@ mod tests {
 
     #[test]
     fn writes_the_led_class_files() {
-        let base = std::env::temp_dir().join(format!("fs-led-{}", std::process::id()));
+        let tmp = crate::testkit::tempdir::TempDir::new("led");
+        let base = tmp.path().to_path_buf();
         for n in ["ACT", "PWR"] {
             std::fs::create_dir_all(base.join(n)).unwrap();
         }
@@ -221,6 +222,5 @@ mod tests {
         assert_eq!(delays("ACT"), s("1", "0"));
         // A missing LED is a warning, not a failure.
         Leds::new(&base, Some("nope".into()), None).show(Pattern::Synced);
-        std::fs::remove_dir_all(base).unwrap();
     }
 }

@@ -188,8 +188,8 @@ mod tests {
 
     #[test]
     fn the_file_rotates_and_stays_bounded() {
-        let dir = std::env::temp_dir().join(format!("fs-log-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::testkit::tempdir::TempDir::new("log");
+        let dir = tmp.path();
         let path = dir.join("agent.log");
         let mut w = Rotating::new(path.clone(), 100);
         for i in 0..50 {
@@ -200,7 +200,6 @@ mod tests {
         assert!(now <= 130 && old <= 130, "{now} {old}");
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with("line 049 of the log\n"), "{text}");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

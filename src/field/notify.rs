@@ -35,8 +35,8 @@ pub fn watchdog_interval() -> Option<std::time::Duration> {
 mod tests {
     #[test]
     fn sends_to_the_socket() {
-        let dir = std::env::temp_dir().join(format!("fs-notify-{}", std::process::id()));
-        let _ = std::fs::remove_file(&dir);
+        let tmp = crate::testkit::tempdir::TempDir::new("notify");
+        let dir = tmp.join("socket");
         let server = std::os::unix::net::UnixDatagram::bind(&dir).unwrap();
         std::env::set_var("NOTIFY_SOCKET", &dir);
         super::notify("READY=1");

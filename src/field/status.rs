@@ -458,9 +458,8 @@ mod tests {
     #[test]
     fn the_snapshot_is_readable_by_all_and_replaced_whole() {
         use std::os::unix::fs::PermissionsExt;
-        let d = std::env::temp_dir().join(format!("fs-snapshot-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
+        let tmp = crate::testkit::tempdir::TempDir::new("snapshot");
+        let d = tmp.path();
         let p = snapshot_path(&d.join("f.sqlite"));
         std::fs::write(&p, "old").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -536,8 +535,8 @@ mod tests {
 
     #[test]
     fn snapshot_writes_atomically_and_reads_back() {
-        let dir = std::env::temp_dir().join(format!("fs-snap-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::testkit::tempdir::TempDir::new("snap");
+        let dir = tmp.path();
         let p = snapshot_path(&dir.join("x.sqlite"));
         let snap = Snapshot {
             running: true,
@@ -551,6 +550,5 @@ mod tests {
         let back = read_snapshot(&p).unwrap();
         assert_eq!(back.step, Some(Step::Push));
         assert_eq!(back.total, Some(9));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

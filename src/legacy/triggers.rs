@@ -17,7 +17,11 @@
 //! list, copied in), `setting` (the active store), `outbox`, `counter`,
 //! `local_edit` and `resave`.
 
-use super::registry::DISPENSARY_HELD;
+use super::registry::{DISPENSARY_HELD, UNKNOWN_ORDER};
+
+/// The push order key of a delete: above every upsert's rank (an unknown
+/// table's included), children first (§7.3): `DELETE_KEY_BASE - rank`.
+const DELETE_KEY_BASE: u16 = 2 * UNKNOWN_ORDER;
 
 /// Largest record text a local write may store: the row limit of
 /// [`super::row::MAX_ROW_BYTES`].
@@ -207,11 +211,11 @@ fn held(r: Row) -> String {
 /// sent entry goes back to pending, a rejected one stays rejected.
 fn capture(r: Row, action: &str, only_if: &str) -> String {
     let rank = format!(
-        "coalesce((SELECT rank FROM registry WHERE table_name = {}), 10000)",
+        "coalesce((SELECT rank FROM registry WHERE table_name = {}), {UNKNOWN_ORDER})",
         r.table
     );
     let push_key = if action == "Delete" {
-        format!("20000 - {rank}")
+        format!("{DELETE_KEY_BASE} - {rank}")
     } else {
         rank
     };
@@ -334,7 +338,7 @@ pub fn all() -> Vec<(&'static str, String)> {
             "CREATE TRIGGER fieldsync_insert_capture AFTER INSERT ON record\nBEGIN\n{}\
              \x20   INSERT INTO local_edit SELECT NEW.table_name, NEW.record_id WHERE {} ON CONFLICT DO NOTHING;\n\
              \x20   UPDATE outbox SET action = 'Update', push_key = coalesce((SELECT rank FROM registry \
-                     WHERE table_name = NEW.table_name), 10000)\n\
+                     WHERE table_name = NEW.table_name), {UNKNOWN_ORDER})\n\
              \x20   WHERE table_name = NEW.table_name AND record_id = NEW.record_id AND action = 'Delete' AND {};\n\
              \x20   INSERT INTO local_edit SELECT NEW.table_name, NEW.record_id WHERE EXISTS (SELECT 1 FROM resave s \
                      WHERE s.table_name = NEW.table_name AND s.record_id = NEW.record_id AND s.was_local) ON CONFLICT DO NOTHING;\n\

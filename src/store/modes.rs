@@ -98,9 +98,8 @@ mod tests {
 
     #[test]
     fn a_database_others_could_read_is_closed_with_its_wal() {
-        let d = std::env::temp_dir().join(format!("fs-modes-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
+        let tmp = crate::testkit::tempdir::TempDir::new("modes");
+        let d = tmp.path();
         let db = d.join("f.sqlite");
         guard_database(&db).unwrap();
         assert_eq!(mode(&db), SHARED);

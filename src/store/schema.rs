@@ -174,8 +174,8 @@ mod tests {
 
     #[test]
     fn a_schema_2_file_upgrades_and_sets_bad_rows_aside() {
-        let dir = std::env::temp_dir().join(format!("fs-schema-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::testkit::tempdir::TempDir::new("schema");
+        let dir = tmp.path();
         let path = dir.join("v2.sqlite");
         let _ = std::fs::remove_file(&path);
         {
@@ -230,6 +230,5 @@ mod tests {
             .collect();
         assert_eq!(local, ["T1"]);
         assert_eq!(rules::verify(s.conn()).unwrap(), Vec::<String>::new());
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::error::Class;
-use crate::store::bundle::RefusedRecord;
+use crate::store::bundle::{ExportRead, RefusedRecord};
 use crate::store::Store;
 use crate::wire::bundle::{self, Body, BundleError, Direction, Header, Reader, Writer};
 use crate::wire::credentials::Secret;
@@ -152,6 +152,42 @@ pub fn export(
         bundle::file_part(&me.site_name)
     );
     let mut writer = Writer::create(&dir.join(&name), &header, digest)?;
+    let (records, unsendable) = write_pushes(&read, &mut writer, total)?;
+    let acknowledged = write_acks(&read, &mut writer)?;
+    read.finish()?;
+    let path = writer.finish()?;
+    store.bundle_written(
+        &id,
+        &unsendable,
+        &json!({
+            "file": path.display().to_string(),
+            "id": bundle::id_hex(&id),
+            "records": records,
+            "acknowledged": acknowledged,
+            "unix": crate::clock::now_unix(),
+        })
+        .to_string(),
+    )?;
+    log::info!(
+        "bundle {} written: {records} record(s), outbox seq {first_seq}..{last_seq}, {acknowledged} queue entr(ies) acknowledged",
+        path.display()
+    );
+    Ok(Exported {
+        path,
+        records,
+        set_aside: unsendable.len() as u64,
+        acknowledged,
+    })
+}
+
+/// The outbox in push order as push bodies, through the push's batch rule:
+/// one pass, one batch in memory at a time. Returns how many records went in,
+/// and the entries that can never be sent (outbox `seq`, reason).
+fn write_pushes(
+    read: &ExportRead,
+    writer: &mut Writer,
+    total: u64,
+) -> Result<(u64, Vec<(i64, String)>), CourierError> {
     let limits = Limits {
         max_records: batch::MAX_BATCH_RECORDS,
         max_bytes: batch::DEFAULT_BATCH_BYTES,
@@ -161,7 +197,6 @@ pub fn export(
     let mut records = 0u64;
     let mut unsendable: Vec<(i64, String)> = Vec::new();
     let mut failed: Option<CourierError> = None;
-    // One pass over the outbox in push order; a batch at a time in memory.
     read.for_each_pending(|e| {
         let mut offered = offer(&mut b, &e, limits);
         if let Offered::Full = offered {
@@ -203,8 +238,12 @@ pub fn export(
         let (body, _) = b.finish();
         writer.body(Body::Push, &body)?;
     }
-    // The queue entries applied from the central's bundles, for the central to
-    // drop (bounded bodies of at most ACKS_PER_BODY ids).
+    Ok((records, unsendable))
+}
+
+/// The queue entries applied from the central's bundles, for the central to
+/// drop, in bodies of at most [`ACKS_PER_BODY`] ids. Returns how many.
+fn write_acks(read: &ExportRead, writer: &mut Writer) -> Result<u64, CourierError> {
     let mut ids: Vec<String> = Vec::new();
     let mut acknowledged = 0u64;
     let flush = |ids: &mut Vec<String>, writer: &mut Writer| -> Result<(), BundleError> {
@@ -214,45 +253,22 @@ pub fn export(
         }
         Ok(())
     };
-    let mut ack_failed = None;
+    let mut failed = None;
     read.for_each_applied_entry(|id| {
         ids.push(id);
         acknowledged += 1;
         if ids.len() >= ACKS_PER_BODY {
-            if let Err(e) = flush(&mut ids, &mut writer) {
-                ack_failed = Some(e);
+            if let Err(e) = flush(&mut ids, writer) {
+                failed = Some(e);
             }
         }
         Ok(())
     })?;
-    if let Some(e) = ack_failed {
+    if let Some(e) = failed {
         return Err(e.into());
     }
-    flush(&mut ids, &mut writer)?;
-    read.finish()?;
-    let path = writer.finish()?;
-    store.bundle_written(
-        &id,
-        &unsendable,
-        &json!({
-            "file": path.display().to_string(),
-            "id": bundle::id_hex(&id),
-            "records": records,
-            "acknowledged": acknowledged,
-            "unix": crate::clock::now_unix(),
-        })
-        .to_string(),
-    )?;
-    log::info!(
-        "bundle {} written: {records} record(s), outbox seq {first_seq}..{last_seq}, {acknowledged} queue entr(ies) acknowledged",
-        path.display()
-    );
-    Ok(Exported {
-        path,
-        records,
-        set_aside: unsendable.len() as u64,
-        acknowledged,
-    })
+    flush(&mut ids, writer)?;
+    Ok(acknowledged)
 }
 
 /// What an import applied.
@@ -274,43 +290,14 @@ pub fn import(
     me: &Me,
     digest: &Secret,
 ) -> Result<Imported, CourierError> {
-    // Which site it claims to be for, before its check: a bundle of another
-    // site fails the check too, and this says why.
-    let claimed = bundle::peek_header(file)?;
-    if claimed.direction != Direction::ToSite {
-        return Err(CourierError::Refused(format!(
-            "{} is a bundle for the central (written by `fieldsync export`); take it to the central, nothing was changed",
-            file.display()
-        )));
-    }
-    check_ours(file, &claimed, me)?;
-    let mut reader = Reader::open(file, digest)?;
-    // From here on only the checked header counts.
-    let header = reader.header.clone();
-    if header.direction != Direction::ToSite {
-        return Err(CourierError::Refused(format!(
-            "{} is not a bundle for a site; nothing was changed",
-            file.display()
-        )));
-    }
-    check_ours(file, &header, me)?;
-    let cursor = store.cursor()?;
-    if header.cursor > cursor {
-        return Err(CourierError::Refused(format!(
-            "{} starts at central data position {} but this site holds up to {cursor}: ask the central for a bundle from {cursor} \
-             (`fieldsync-central export-bundle --site {} --cursor {cursor} …`); nothing was changed",
-            file.display(),
-            header.cursor,
-            me.site_name
-        )));
-    }
+    let (mut reader, header) = open_checked(store, file, me, digest)?;
     let site = Site {
         active_store: Some(me.store.clone()),
         initialised: true,
     };
     let mut done = Imported::default();
     let mut tally = integration::Tally::default();
-    let mut last = cursor;
+    let mut last = store.cursor()?;
     let name = file.display().to_string();
     reader.bodies::<CourierError>(&mut |body, bytes| {
         let source = match body {
@@ -373,6 +360,48 @@ pub fn import(
         done.refused
     );
     Ok(done)
+}
+
+/// Opens the bundle `file` and checks it is this site's, for now: nothing of it
+/// is used before its check passed (the header is read again from the checked
+/// file) and it does not start after this site's cursor (that would leave a gap).
+fn open_checked(
+    store: &Store,
+    file: &Path,
+    me: &Me,
+    digest: &Secret,
+) -> Result<(Reader, Header), CourierError> {
+    // Which site it claims to be for, before its check: a bundle of another
+    // site fails the check too, and this says why.
+    let claimed = bundle::peek_header(file)?;
+    if claimed.direction != Direction::ToSite {
+        return Err(CourierError::Refused(format!(
+            "{} is a bundle for the central (written by `fieldsync export`); take it to the central, nothing was changed",
+            file.display()
+        )));
+    }
+    check_ours(file, &claimed, me)?;
+    let reader = Reader::open(file, digest)?;
+    // From here on only the checked header counts.
+    let header = reader.header.clone();
+    if header.direction != Direction::ToSite {
+        return Err(CourierError::Refused(format!(
+            "{} is not a bundle for a site; nothing was changed",
+            file.display()
+        )));
+    }
+    check_ours(file, &header, me)?;
+    let cursor = store.cursor()?;
+    if header.cursor > cursor {
+        return Err(CourierError::Refused(format!(
+            "{} starts at central data position {} but this site holds up to {cursor}: ask the central for a bundle from {cursor} \
+             (`fieldsync-central export-bundle --site {} --cursor {cursor} …`); nothing was changed",
+            file.display(),
+            header.cursor,
+            me.site_name
+        )));
+    }
+    Ok((reader, header))
 }
 
 /// After the bundle's pages: everything after the cursor this site may see was

@@ -6,6 +6,7 @@
 //!   in the same process, for cycle tests in virtual time;
 //! - [`crash`]: named points of the cycle where a crash test kills the agent;
 //! - [`dns`]: a tiny DNS server, so a test reaches the central by name;
+//! - [`tempdir`]: a test's temporary directory, removed when it passes;
 //! - [`usage`]: what a process used (peak memory, CPU, bytes written), for the
 //!   memory tests and the bench.
 
@@ -16,4 +17,5 @@ pub mod dns;
 #[cfg(feature = "central")]
 pub mod inprocess;
 pub mod linkem;
+pub mod tempdir;
 pub mod usage;

@@ -499,11 +499,9 @@ mod tests {
         w.finish().unwrap()
     }
 
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("fs-bundle-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    /// A test's directory; removed when the test passes.
+    fn dir(name: &str) -> crate::testkit::tempdir::TempDir {
+        crate::testkit::tempdir::TempDir::new(&format!("bundle-{name}"))
     }
 
     #[test]
@@ -546,6 +544,5 @@ mod tests {
             .unwrap();
         assert!(matches!(e, BundleError::Check(_)), "{e}");
         assert!(e.to_string().contains("nothing was changed"), "{e}");
-        std::fs::remove_dir_all(d).unwrap();
     }
 }

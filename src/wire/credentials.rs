@@ -165,7 +165,8 @@ mod tests {
 
     #[test]
     fn hardware_id_is_stable_for_a_machine_id() {
-        let dir = std::env::temp_dir().join(format!("fs-hw-{}", std::process::id()));
+        let tmp = crate::testkit::tempdir::TempDir::new("hw");
+        let dir = tmp.join("machine-id");
         std::fs::write(&dir, "abc123\n").unwrap();
         let p = dir.to_str().unwrap();
         let a = derive_hardware_id(&[p]);

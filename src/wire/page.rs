@@ -113,30 +113,30 @@ impl Page {
                 start[..n].copy_from_slice(&m[..n]);
                 n
             }
-            Held::File(f) => {
-                let n = f.read(&mut start).unwrap_or(0);
-                let _ = f.seek(SeekFrom::Start(0));
-                n
-            }
+            Held::File(f) => f.read(&mut start).unwrap_or(0),
         };
         super::client::looks_like_html(&start[..n])
     }
 
-    /// The first 4 KiB, to name an intercepting page.
+    /// The first 4 KiB, to name an intercepting page (what cannot be read
+    /// back is left out: the page is only named).
     pub fn head(&mut self) -> Vec<u8> {
         let mut start = Vec::new();
-        let _ = self.reader().take(4096).read_to_end(&mut start);
+        if let Ok(r) = self.reader() {
+            let _ = r.take(4096).read_to_end(&mut start);
+        }
         start
     }
 
-    fn reader(&mut self) -> Box<dyn Read + '_> {
-        match &mut self.held {
+    /// The page from its start.
+    fn reader(&mut self) -> std::io::Result<Box<dyn Read + '_>> {
+        Ok(match &mut self.held {
             Held::Memory(m) => Box::new(Cursor::new(m.as_slice())),
             Held::File(f) => {
-                let _ = f.seek(SeekFrom::Start(0));
+                f.seek(SeekFrom::Start(0))?;
                 Box::new(&*f)
             }
-        }
+        })
     }
 
     /// Decodes the page, handing each record to `each` (one record in memory at
@@ -148,7 +148,8 @@ impl Page {
         each: &mut dyn FnMut(SyncRecord) -> Result<(), E>,
     ) -> Result<PullHeader, E> {
         let path = std::mem::take(&mut self.path);
-        decode_records(&path, self.reader(), each)
+        let reader = self.reader().map_err(spill_error)?;
+        decode_records(&path, reader, each)
     }
 }
 

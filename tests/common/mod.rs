@@ -18,6 +18,19 @@ pub struct Env {
     pub dir: PathBuf,
     pub central: Central,
     pub addr: SocketAddr,
+    /// Whether dropping this removes `dir` (a view of another test's
+    /// directory does not).
+    owns_dir: bool,
+}
+
+impl Drop for Env {
+    /// A passing test leaves nothing behind; a failing one keeps its files for
+    /// a look (the path is in its messages).
+    fn drop(&mut self) {
+        if self.owns_dir && !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -33,7 +46,23 @@ impl Env {
         let addr = fieldsync::central::http::spawn(central.clone(), "127.0.0.1:0")
             .unwrap()
             .addr;
-        Env { dir, central, addr }
+        Env {
+            dir,
+            central,
+            addr,
+            owns_dir: true,
+        }
+    }
+
+    /// Another view of a test's directory and central (served elsewhere, at
+    /// `addr`); dropping it removes nothing.
+    pub fn view(dir: PathBuf, central: Central, addr: SocketAddr) -> Env {
+        Env {
+            dir,
+            central,
+            addr,
+            owns_dir: false,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -119,6 +148,26 @@ impl Env {
             report,
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Syncs until one ends 0, at most `tries` times; every run's (exit code,
+    /// report, stderr), first to last. A sync may end 11 while the central still
+    /// integrates (a slow or loaded machine); the next one goes on. Panics if
+    /// they do not settle.
+    pub fn sync_until_settled(&self, db: &Path, tries: usize) -> Vec<(i32, Value, String)> {
+        let mut runs = Vec::new();
+        for _ in 0..tries {
+            let run = self.sync(db);
+            let done = run.0 == 0;
+            let stuck = run.0 != 11;
+            runs.push(run);
+            if done {
+                return runs;
+            }
+            assert!(!stuck, "a sync failed: {:?}", runs.last());
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        panic!("the syncs did not settle: {:?}", runs.last());
     }
 
     pub fn auth(&self, name: &str) -> String {
