@@ -271,15 +271,7 @@ fn a_bundle_applied_twice_changes_nothing() {
     let out = env.agent(&db, &["import-bundle", c.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let site_once = agent_records(&env, &db);
-    let cursor = |db: &Path| -> String {
-        sql(db)
-            .query_row(
-                "SELECT value FROM setting WHERE key = 'central_cursor'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap()
-    };
+    let cursor = |db: &Path| -> String { common::state_value(db, "central_cursor").unwrap() };
     let cursor_once = cursor(&db);
     let out = env.agent(&db, &["import-bundle", c.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
@@ -555,7 +547,7 @@ fn queue_entries_applied_by_stick_are_acknowledged_by_the_next_bundle() {
     let c2 = central_export(&env, "kaw", &stick(&env, "back2"));
     let out = env.agent(&db, &["import-bundle", c2.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
-    let left: i64 = sql(&db)
+    let left: i64 = common::state(&db)
         .query_row("SELECT count(*) FROM bundle_ack", [], |r| r.get(0))
         .unwrap();
     assert_eq!(left, 0);

@@ -285,7 +285,7 @@ fn a_page_longer_than_its_limit_is_accepted_whole() {
 #[test]
 fn a_stalled_page_halves_the_limit_and_the_next_cycle_goes_on() {
     let mut s = Site::new();
-    let before = s.store.number("pull_limit").unwrap().unwrap_or(100);
+    let before = s.store.pull_limit().unwrap().unwrap_or(100);
     s.hook(|ex| {
         if ex.endpoint() == "/central_records" {
             Fate::Fail(TransportError::interrupted("no progress for 60 s"))
@@ -295,7 +295,7 @@ fn a_stalled_page_halves_the_limit_and_the_next_cycle_goes_on() {
     });
     let r = s.sync();
     assert_eq!(r.class, Some(Class::Transient), "{r:?}");
-    let after = s.store.number("pull_limit").unwrap().unwrap();
+    let after = s.store.pull_limit().unwrap().unwrap();
     assert_eq!(
         after,
         (before / 2).max(20),

@@ -44,14 +44,7 @@ impl Rng {
 }
 
 fn is_initialised(db: &Path) -> bool {
-    sql(db)
-        .query_row(
-            "SELECT value FROM setting WHERE key = 'init_state'",
-            [],
-            |r| r.get::<_, String>(0),
-        )
-        .map(|s| s == "initialised")
-        .unwrap_or(false)
+    common::state_value(db, "init_state").as_deref() == Some("initialised")
 }
 
 /// Exit codes a sync may end with under faults; anything else (a panic's 101, a
@@ -100,7 +93,7 @@ fn assert_converged(env: &Env, db: &Path, expected_local: &BTreeMap<String, Valu
     let outbox: i64 = c
         .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
         .unwrap();
-    let buffer: i64 = c
+    let buffer: i64 = common::state(db)
         .query_row("SELECT count(*) FROM buffer", [], |r| r.get(0))
         .unwrap();
     assert_eq!(

@@ -151,15 +151,15 @@ fn local_change_survives(db: &Path) {
 }
 
 fn setting(db: &Path, key: &str) -> Option<String> {
-    sql(db)
-        .query_row("SELECT value FROM setting WHERE key = ?1", [key], |r| {
+    common::state(db)
+        .query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
             r.get(0)
         })
         .ok()
 }
 
 fn buffer_error(db: &Path, id: &str) -> String {
-    sql(db)
+    common::state(db)
         .query_row(
             "SELECT coalesce(error, '') FROM buffer WHERE record_id = ?1",
             [id],
@@ -293,16 +293,9 @@ fn cursor_going_backwards_is_refused_and_nothing_is_stored() {
     let (code, err, _) = sync_rss(&db);
     assert_eq!(code, 15, "{err}");
     assert!(err.contains("must ascend"), "{err}");
-    let c = sql(&db);
-    let cursor: String = c
-        .query_row(
-            "SELECT value FROM setting WHERE key='central_cursor'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let cursor = setting(&db, "central_cursor").unwrap();
     assert_eq!(cursor, "10", "the good page committed, the bad one not");
-    let u2: i64 = c
+    let u2: i64 = common::state(&db)
         .query_row(
             "SELECT count(*) FROM buffer WHERE record_id IN ('U2','U3')",
             [],

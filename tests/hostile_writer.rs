@@ -20,7 +20,7 @@ fn site(dir: &Path, name: &str) -> PathBuf {
     let db = dir.join(format!("{name}-{n}.sqlite"));
     let _ = std::fs::remove_file(&db);
     let mut s = Store::open(&db).unwrap();
-    s.set_site_identity(2, "S").unwrap();
+    s.set_site_identity(2, "S", None).unwrap();
     let tx = s.receiving().unwrap();
     {
         for (t, row) in [

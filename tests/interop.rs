@@ -251,13 +251,7 @@ fn c37_a_slow_gprs_link_still_delivers_within_a_quarter_of_its_limit() {
     let limit = up / 5_000.0 + down / 5_000.0 + trips * 1.0;
     eprintln!("c37: {n} records of ~1 KB at 40 kbit/s: {secs:.1} s against a physical limit of {limit:.1} s ({:.2}×)", secs / limit);
     assert!(secs <= 1.25 * limit, "{secs:.1} s > 1.25 × {limit:.1} s");
-    let page = sql(&db)
-        .query_row(
-            "SELECT value FROM setting WHERE key = 'pull_limit'",
-            [],
-            |r| r.get::<_, String>(0),
-        )
-        .unwrap();
+    let page = common::state_value(&db, "pull_limit").unwrap();
     assert_ne!(page, "100", "the page size moved with the link");
 }
 
@@ -406,7 +400,8 @@ fn c39_check_says_which_step_fails() {
         (
             c.query_row("SELECT count(*) FROM record", [], |r| r.get(0))
                 .unwrap(),
-            c.query_row("SELECT count(*) FROM setting", [], |r| r.get(0))
+            common::state(db)
+                .query_row("SELECT count(*) FROM state", [], |r| r.get(0))
                 .unwrap(),
         )
     };

@@ -15,7 +15,7 @@ thread_local! {
     // rules) costs more than the input itself.
     static STORE: std::cell::RefCell<Store> = std::cell::RefCell::new({
         let mut s = Store::open_in_memory().expect("memory store");
-        s.set_site_identity(2, "S_KAW").expect("identity");
+        s.set_site_identity(2, "S_KAW", None).expect("identity");
         s
     });
 }

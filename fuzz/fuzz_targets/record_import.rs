@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut s = Store::open_in_memory().expect("memory store");
-    s.set_site_identity(2, "S_KAW").expect("identity");
+    s.set_site_identity(2, "S_KAW", None).expect("identity");
     let (table, row) = match (
         value.get("table").and_then(|t| t.as_str()),
         value.get("record"),

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::Class;
-use crate::store::{key, Store};
+use crate::store::Store;
 use crate::wire::protocol::code;
 use crate::wire::resolve;
 use crate::wire::transport::Certificate;
@@ -131,8 +131,11 @@ pub fn check(db: &Path, json: bool) -> CmdResult {
         }
     }
     if run.failed.is_none() {
-        let stored_uuid = store.setting(key::SITE_UUID)?;
-        let stored_id = store.setting(key::SITE_ID)?;
+        let known = store.identity()?;
+        let (stored_uuid, stored_id) = (
+            known.as_ref().map(|k| k.uuid.clone()),
+            known.map(|k| k.site_id),
+        );
         let tls = if origin.https {
             "certificate trusted"
         } else {

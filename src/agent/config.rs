@@ -5,12 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::Class;
-use crate::store::{key, InitState, Store};
+use crate::store::{InitState, Store};
 use crate::wire::credentials;
 use crate::wire::transport::Origin;
 
+use super::conf::Conf;
 use super::credential;
-use super::settings::{effective, lookup, Key, SetBy, Source, KEYS};
+use super::settings::{effective, key, lookup, Key, SetBy, Source, KEYS};
 use super::{CmdResult, Failure};
 
 /// Where a password comes from; never the command line (`ps` would show it).
@@ -102,58 +103,59 @@ pub fn init(db: &Path, o: &InitOptions) -> CmdResult {
         ));
     }
     let mut store = Store::open(db)?;
+    let mut conf = Conf::open(db, &mut store)?;
     // Changing the site of an initialised store would mix two sites' data in
     // one file: refused before anything is written (a refused init changes
     // nothing, the credential included).
-    if let (Some(old_url), Some(old_site)) = (
-        store.setting(key::CENTRAL_URL)?,
-        store.setting(key::SITE_NAME)?,
-    ) {
-        let initialised = store.init_state()? != InitState::Uninitialised;
-        if initialised && !old_site.eq_ignore_ascii_case(&o.site) {
+    if let Some(old_site) = conf.get(key::SITE_NAME) {
+        let known = store.init_state()? != InitState::Uninitialised || store.identity()?.is_some();
+        if known && !old_site.eq_ignore_ascii_case(&o.site) {
             return Err(Failure::new(
                 Class::Input,
-                format!("this database belongs to site {old_site} ({old_url}); use a new --db for site {}", o.site),
+                format!(
+                    "this database belongs to site {old_site} ({}); use a new --db for site {}; nothing was changed",
+                    conf.get(key::CENTRAL_URL).unwrap_or("?"),
+                    o.site
+                ),
             ));
         }
     }
     // The credential before the settings, apart from the database (see
-    // `credential`): a kill before the settings commit leaves a re-runnable
+    // `credential`): a kill before the settings are saved leaves a re-runnable
     // init, never a site without one.
     let configured = std::env::var("FIELDSYNC_CREDENTIAL_FILE")
         .ok()
-        .or(store.setting(key::CREDENTIAL_FILE)?)
+        .or(conf.get(key::CREDENTIAL_FILE).map(str::to_string))
         .map(PathBuf::from);
     let places = credential::Places::from_env(db, configured);
     credential::write(&places.file, &credentials::password_digest(&o.password))?;
-    let tx = store.tx()?;
-    if tx.setting(key::CENTRAL_URL)?.as_deref() != Some(o.url.as_str()) {
+    if conf.get(key::CENTRAL_URL) != Some(o.url.as_str()) {
         // Another central: what the old one said of gzip bodies no longer holds.
-        tx.unset(key::CENTRAL_GZIP)?;
+        store.set_central_gzip(None)?;
     }
-    tx.set(key::CENTRAL_URL, &o.url)?;
-    tx.set(key::SITE_NAME, &o.site)?;
-    tx.set(
+    conf.set(key::CENTRAL_URL, &o.url);
+    conf.set(key::SITE_NAME, &o.site);
+    conf.set(
         key::ALLOW_HTTP,
         if o.allow_insecure_http { "1" } else { "0" },
-    )?;
-    if tx.setting(key::HARDWARE_ID)?.is_none() {
-        tx.set(
+    );
+    if conf.get(key::HARDWARE_ID).is_none() {
+        conf.set(
             key::HARDWARE_ID,
             &credentials::derive_hardware_id(credentials::MACHINE_ID_PATHS),
-        )?;
+        );
     }
     if let Some(l) = &o.led {
-        tx.set(key::LED, l)?;
+        conf.set(key::LED, l);
     }
     if let Some(l) = &o.attention_led {
-        tx.set(key::ATTENTION_LED, l)?;
+        conf.set(key::ATTENTION_LED, l);
     }
-    tx.commit()?;
+    conf.save()?;
     // A digest an older fieldsync kept in the database goes (the file now holds
     // the new one).
     credential::migrate(&mut store, &places.file)?;
-    let hw = store.setting(key::HARDWARE_ID)?.unwrap_or_default();
+    let hw = conf.get(key::HARDWARE_ID).unwrap_or_default();
     println!(
         "configured site {} at {} (hardware id {hw}); the site credential is in {}; run `fieldsync sync`",
         o.site,
@@ -171,16 +173,15 @@ pub fn init(db: &Path, o: &InitOptions) -> CmdResult {
 
 /// `fieldsync config`: every setting with its effective value and where it came from.
 pub fn list(db: &Path, json: bool) -> CmdResult {
-    let store = Store::open_configured(db)?;
-    let rows = store.settings()?;
-    let stored = |k: &str| rows.get(k).cloned();
+    let conf = configured(db)?;
+    let stored = |k: &str| conf.get(k).map(str::to_string);
     let env = |v: &str| std::env::var(v).ok();
     let mut out = Vec::new();
     for k in KEYS {
         let (value, source) = effective(k, &stored, &env);
         let source = match source {
             Source::Environment => format!("environment {}", k.env.unwrap_or("")),
-            Source::Stored => "stored".into(),
+            Source::Stored => "configuration file".into(),
             Source::Default => "default".into(),
         };
         out.push((k, value.unwrap_or_default(), source));
@@ -210,9 +211,8 @@ pub fn get(db: &Path, name: &str) -> CmdResult {
             format!("no setting {name:?}; `fieldsync config` lists them"),
         )
     })?;
-    let store = Store::open_configured(db)?;
-    let rows = store.settings()?;
-    let (value, _) = effective(k, &|n: &str| rows.get(n).cloned(), &|v: &str| {
+    let conf = configured(db)?;
+    let (value, _) = effective(k, &|n: &str| conf.get(n).map(str::to_string), &|v: &str| {
         std::env::var(v).ok()
     });
     println!("{}", value.unwrap_or_default());
@@ -223,10 +223,12 @@ pub fn get(db: &Path, name: &str) -> CmdResult {
 pub fn set(db: &Path, name: &str, value: &str) -> CmdResult {
     let k = settable(name)?;
     k.check(value).map_err(|m| Failure::new(Class::Input, m))?;
-    let store = Store::open_configured(db)?;
-    store.set_setting(k.name, value)?;
+    let mut store = Store::open_configured(db)?;
+    let mut conf = Conf::open(db, &mut store)?;
+    conf.set(k.name, value);
+    conf.save()?;
     if k.name == key::CENTRAL_URL {
-        store.unset_setting(key::CENTRAL_GZIP)?;
+        store.set_central_gzip(None)?;
     }
     if let Some(var) = k.env.filter(|v| std::env::var_os(v).is_some()) {
         println!(
@@ -251,10 +253,20 @@ pub fn unset(db: &Path, name: &str) -> CmdResult {
             ),
         ));
     }
-    let store = Store::open_configured(db)?;
-    store.unset_setting(k.name)?;
+    let mut store = Store::open_configured(db)?;
+    let mut conf = Conf::open(db, &mut store)?;
+    if conf.unset(k.name) {
+        conf.save()?;
+    }
     println!("{} back to its default ({})", k.name, k.default);
     Ok(())
+}
+
+/// The configuration of a database that exists (moved out of an older
+/// database the first time).
+fn configured(db: &Path) -> Result<Conf, Failure> {
+    let mut store = Store::open_configured(db)?;
+    Conf::open(db, &mut store)
 }
 
 fn settable(name: &str) -> Result<&'static Key, Failure> {

@@ -9,6 +9,7 @@ use crate::store::{InitState, Store};
 use crate::sync::courier::{self, CourierError, Me};
 use crate::wire::credentials::Secret;
 
+use super::conf::Conf;
 use super::settings::Settings;
 use super::{credential, runner, CmdResult, Failure};
 
@@ -21,7 +22,8 @@ impl From<CourierError> for Failure {
 /// This site as the bundles name it, and the bundles' key (the site's password
 /// digest).
 fn me(store: &mut Store) -> Result<(Me, Secret), Failure> {
-    let settings = Settings::load(store)?;
+    let db = store.path().to_path_buf();
+    let settings = Settings::from_conf(&Conf::open(&db, store)?)?;
     let site_id = store
         .identity()?
         .and_then(|i| i.site_id.parse::<u32>().ok());

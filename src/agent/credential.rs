@@ -157,7 +157,7 @@ pub fn write(path: &Path, digest: &Secret) -> Result<(), Failure> {
 /// deletes it there and scrubs it from the file's free space and WAL. Returns
 /// whether there was one. Safe to repeat: a run cut short finishes next time.
 pub fn migrate(store: &mut Store, file: &Path) -> Result<bool, Failure> {
-    let Some(old) = store.setting(key::PASSWORD_DIGEST)? else {
+    let Some(old) = store.legacy_settings()?.remove(key::PASSWORD_DIGEST) else {
         if store.scrub_pending()? {
             scrub(store)?;
         }

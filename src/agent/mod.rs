@@ -4,6 +4,7 @@
 //!
 //! - [`settings`]: every setting in one table, resolved from stored rows and the
 //!   environment by one pure function;
+//! - [`conf`]: the configuration file, which only the agent's user writes;
 //! - [`config`]: `init`, `config`, password reading;
 //! - [`credential`]: where the site's password digest lives (never the database);
 //! - [`runner`]: one sync with its status file, LED and log lines; `run`'s loop;
@@ -15,6 +16,7 @@
 //! - [`demo`]: the whole job on an embedded default.
 
 pub mod check;
+pub mod conf;
 pub mod config;
 pub mod courier;
 pub mod credential;
@@ -102,7 +104,7 @@ pub fn status(db: &Path, json: bool) -> CmdResult {
         }
         Err(e) => return Err(e.into()),
     };
-    let v = status::view(&store, snap.as_ref())?;
+    let v = status::view(&store, snap.as_ref(), configured(db, &store))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
@@ -117,6 +119,20 @@ pub fn status(db: &Path, json: bool) -> CmdResult {
     Ok(())
 }
 
+/// The site and central as the configuration names them, for `status`.
+fn configured(db: &Path, store: &Store) -> status::Configured {
+    match conf::Conf::peek(db, store) {
+        Ok(c) => status::Configured {
+            site: c.get(settings::key::SITE_NAME).map(str::to_string),
+            central_url: c.get(settings::key::CENTRAL_URL).map(str::to_string),
+        },
+        Err(e) => {
+            log::warn!("{}", e.message);
+            status::Configured::default()
+        }
+    }
+}
+
 /// `fieldsync status --watch`: the status every second while a sync runs (for a
 /// second SSH session or a helper's screen), then once more when it has ended.
 /// On a terminal each view replaces the last; otherwise they follow each other
@@ -127,7 +143,7 @@ pub fn watch(db: &Path, json: bool) -> CmdResult {
     loop {
         let snap = status::read_snapshot(&status::snapshot_path(db));
         let store = Store::open_existing(db)?;
-        let v = status::view(&store, snap.as_ref())?;
+        let v = status::view(&store, snap.as_ref(), configured(db, &store))?;
         drop(store);
         if json {
             println!("{}", serde_json::to_string(&v).unwrap_or_default());

@@ -44,13 +44,13 @@ pub fn put(db: &Path, table: &str, json_text: &str) -> CmdResult {
         ));
     }
     let row = parse_record(json_text, "record")?;
-    let mut store = Store::open_configured(db)?;
+    let mut store = Store::open_for_records(db)?;
     store.put(table, &row)?;
     Ok(())
 }
 
 pub fn get(db: &Path, table: &str, id: &str) -> CmdResult {
-    let store = Store::open_configured(db)?;
+    let store = Store::open_for_records(db)?;
     match store.get(table, id)? {
         Some(v) => {
             println!("{v}");
@@ -64,7 +64,7 @@ pub fn get(db: &Path, table: &str, id: &str) -> CmdResult {
 }
 
 pub fn delete(db: &Path, table: &str, id: &str) -> CmdResult {
-    let mut store = Store::open_configured(db)?;
+    let mut store = Store::open_for_records(db)?;
     if store.delete(table, id)? {
         Ok(())
     } else {
@@ -76,7 +76,7 @@ pub fn delete(db: &Path, table: &str, id: &str) -> CmdResult {
 }
 
 pub fn list(db: &Path, table: Option<&str>) -> CmdResult {
-    let store = Store::open_configured(db)?;
+    let store = Store::open_for_records(db)?;
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
     store.for_each_record(table, |t, d| {
@@ -100,7 +100,7 @@ pub fn import(db: &Path, path: &str, table: Option<&str>) -> Result<u64, Failure
         )
     };
     let mut reader = std::io::BufReader::with_capacity(64 << 10, file);
-    let mut store = Store::open_configured(db)?;
+    let mut store = Store::open_for_records(db)?;
     let tx = store.tx()?;
     let mut line = Vec::with_capacity(4096);
     let mut n = 0u64;
@@ -158,7 +158,7 @@ pub fn import(db: &Path, path: &str, table: Option<&str>) -> Result<u64, Failure
 const QUEUE_LISTED: u64 = 10_000;
 
 pub fn queue(db: &Path, json: bool, list_all: bool, rejected: bool) -> CmdResult {
-    let store = Store::open_configured(db)?;
+    let store = Store::open_for_records(db)?;
     let counts = store.outbox_counts()?;
     let (pending, set_aside, held) = (counts.pending, counts.rejected, counts.held);
     let rows = if list_all || rejected {
@@ -195,7 +195,7 @@ pub fn queue(db: &Path, json: bool, list_all: bool, rejected: bool) -> CmdResult
 }
 
 pub fn queue_retry(db: &Path, only: Option<(&str, &str)>) -> CmdResult {
-    let store = Store::open_configured(db)?;
+    let store = Store::open_for_records(db)?;
     let n = store.outbox_retry(only)?;
     println!("{n} record(s) back in the queue");
     Ok(())

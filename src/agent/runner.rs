@@ -26,6 +26,7 @@ use crate::wire::resolve::{self, Dns};
 use crate::wire::transport::{HttpTransport, Origin, Transport};
 use crate::wire::TransportError;
 
+use super::conf::Conf;
 use super::credential;
 use super::settings::Settings;
 use super::{CmdResult, Failure};
@@ -168,11 +169,11 @@ impl<T: Transport> Setup<T> {
 /// system clock. Writes nothing (`check` uses it): a digest an older fieldsync
 /// left in the database is used where it is until [`prepare`] moves it.
 pub fn setup(store: &Store) -> Result<Setup<HttpTransport>, Failure> {
-    let settings = Settings::load(store)?;
+    let settings = Settings::from_conf(&Conf::peek(store.path(), store)?)?;
     let places = credential::Places::from_env(store.path(), settings.credential_file.clone());
     let digest = match places.read() {
         Ok(d) => d,
-        Err(e) => match store.setting(key::PASSWORD_DIGEST)? {
+        Err(e) => match store.legacy_settings()?.remove(key::PASSWORD_DIGEST) {
             Some(old) => Secret::new(old),
             None => return Err(e),
         },
@@ -190,7 +191,8 @@ pub fn setup(store: &Store) -> Result<Setup<HttpTransport>, Failure> {
 /// [`setup`] for the commands that sync: first moves a digest an older
 /// fieldsync kept in the database out into the credential file.
 pub fn prepare(store: &mut Store) -> Result<Setup<HttpTransport>, Failure> {
-    let settings = Settings::load(store)?;
+    let db = store.path().to_path_buf();
+    let settings = Settings::from_conf(&Conf::open(&db, store)?)?;
     let places = credential::Places::from_env(store.path(), settings.credential_file.clone());
     credential::migrate(store, &places.file)?;
     setup(store)
@@ -319,17 +321,17 @@ pub fn sync_once<T: Transport>(
 /// The fleet metrics again after something other than a sync changed the
 /// counts (a USB bundle written or read), if the deployer asked for them.
 pub fn refresh_metrics(store: &Store) {
-    let Ok(settings) = super::settings::Settings::load(store) else {
+    let Ok(settings) = Conf::peek(store.path(), store).and_then(|c| Settings::from_conf(&c)) else {
         return;
     };
     let Some(path) = settings.metrics_file else {
         return;
     };
     let last = store
-        .setting(key::LAST_ATTEMPT)
+        .last_attempt()
         .ok()
         .flatten()
-        .and_then(|t| serde_json::from_str::<Attempt>(&t).ok());
+        .and_then(|t| serde_json::from_value::<Attempt>(t).ok());
     if let Err(e) = write_metrics(&path, store, &settings.site, last) {
         log::warn!("could not write the metrics file {}: {e}", path.display());
     }
@@ -344,12 +346,11 @@ fn write_metrics(
 ) -> Result<(), String> {
     let counts = store.buffer_counts().map_err(|e| e.to_string())?;
     let outbox = store.outbox_counts().map_err(|e| e.to_string())?;
-    let number = |k: &str| store.number(k).ok().flatten();
     let sample = metrics::Sample {
         site: site.to_string(),
         last: attempt,
-        last_success_unix: number(key::LAST_SUCCESS),
-        attempts_since_success: number(key::ATTEMPTS_SINCE_SUCCESS).unwrap_or(0),
+        last_success_unix: store.last_success().map_err(|e| e.to_string())?,
+        attempts_since_success: store.attempts_since_success().map_err(|e| e.to_string())?,
         outbox_pending: outbox.pending,
         outbox_rejected: outbox.rejected,
         outbox_held: outbox.held,

@@ -16,13 +16,35 @@ use std::time::Duration;
 
 use crate::error::Class;
 use crate::field::led;
-use crate::store::{key, Store};
 use crate::sync::batch;
 use crate::sync::Config;
 use crate::wire::resolve::{self, Dns};
 use crate::wire::transport::{Network, Origin, Tls};
 
+use super::conf::Conf;
 use super::Failure;
+
+/// The settings' names, as the configuration file and `fieldsync config` spell them.
+pub mod key {
+    pub const CENTRAL_URL: &str = "central_url";
+    pub const SITE_NAME: &str = "site_name";
+    pub const HARDWARE_ID: &str = "hardware_id";
+    pub const ALLOW_HTTP: &str = "allow_insecure_http";
+    pub const CA_FILE: &str = "ca_file";
+    pub const DNS: &str = "dns";
+    pub const CREDENTIAL_FILE: &str = "credential_file";
+    pub const LED: &str = "led";
+    pub const ATTENTION_LED: &str = "attention_led";
+    pub const PROGRESS_SECS: &str = "progress_secs";
+    pub const METRICS_FILE: &str = "metrics_file";
+    pub const LED_DIR: &str = "led_dir";
+    pub const BATCH_RECORDS: &str = "batch_records";
+    pub const BATCH_BYTES: &str = "batch_bytes";
+    pub const INTEGRATION_WAIT: &str = "integration_wait_secs";
+    pub const INIT_POLL: &str = "init_poll_secs";
+    pub const RETRY_BASE: &str = "retry_base_ms";
+    pub const BUSY_TIMEOUT: &str = "busy_timeout_ms";
+}
 
 /// Who sets a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +94,15 @@ impl Key {
 
 fn any(_: &str) -> Result<(), String> {
     Ok(())
+}
+/// An LED's name under the LED directory: one path component, never a way out
+/// of that directory.
+fn led_name(v: &str) -> Result<(), String> {
+    if v.contains('/') || v == ".." || v == "." || v.contains('\0') {
+        Err("an LED's name under /sys/class/leds (such as ACT), not a path".into())
+    } else {
+        Ok(())
+    }
 }
 fn url(v: &str) -> Result<(), String> {
     Origin::parse(v, true)
@@ -208,7 +239,7 @@ pub const KEYS: &[Key] = &[
         unit: "LED name",
         set_by: SetBy::Init,
         doc: "the status LED under /sys/class/leds (`ACT` on a Pi); empty or `none`: no LED",
-        check: any,
+        check: led_name,
     },
     Key {
         name: key::ATTENTION_LED,
@@ -217,7 +248,7 @@ pub const KEYS: &[Key] = &[
         unit: "LED name",
         set_by: SetBy::Init,
         doc: "a second LED lit only when a person must act (`PWR` on a Pi)",
-        check: any,
+        check: led_name,
     },
     Key {
         name: key::PROGRESS_SECS,
@@ -238,7 +269,7 @@ pub const KEYS: &[Key] = &[
         check: any,
     },
     Key {
-        name: "led_dir",
+        name: key::LED_DIR,
         env: Some("FIELDSYNC_LED_DIR"),
         default: led::SYS_LEDS,
         unit: "path",
@@ -292,7 +323,7 @@ pub const KEYS: &[Key] = &[
         check: millis,
     },
     Key {
-        name: "busy_timeout_ms",
+        name: key::BUSY_TIMEOUT,
         env: Some("FIELDSYNC_BUSY_TIMEOUT_MS"),
         default: "30000",
         unit: "milliseconds",
@@ -349,7 +380,8 @@ pub fn effective(
     if let Some(v) = k.env.and_then(env) {
         return (Some(v), Source::Environment);
     }
-    if let Some(v) = stored(k.name) {
+    // An environment-only setting is never read from a file.
+    if let Some(v) = stored(k.name).filter(|_| k.set_by != SetBy::Environment) {
         return (Some(v), Source::Stored);
     }
     let d = (!k.default.is_empty() && !DESCRIBED_DEFAULTS.contains(&k.name))
@@ -418,7 +450,7 @@ impl Settings {
                 dns: Dns::configured(get(key::DNS)?.as_deref())
                     .map_err(|m| Failure::new(Class::Input, m))?,
             },
-            led_dir: PathBuf::from(get("led_dir")?.unwrap_or_else(|| led::SYS_LEDS.into())),
+            led_dir: PathBuf::from(get(key::LED_DIR)?.unwrap_or_else(|| led::SYS_LEDS.into())),
             led: led_name(key::LED)?,
             attention_led: led_name(key::ATTENTION_LED)?,
             sync,
@@ -430,10 +462,9 @@ impl Settings {
         })
     }
 
-    /// The settings of the store at hand, with the process's environment.
-    pub fn load(store: &Store) -> Result<Settings, Failure> {
-        let rows = store.settings()?;
-        let stored = |k: &str| rows.get(k).cloned();
+    /// The settings of a configuration file, with the process's environment.
+    pub fn from_conf(conf: &Conf) -> Result<Settings, Failure> {
+        let stored = |k: &str| conf.get(k).map(str::to_string);
         Settings::resolve(&stored, &|v: &str| std::env::var(v).ok())
     }
 }

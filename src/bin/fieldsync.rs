@@ -397,10 +397,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 return Err(input(format!("unknown dev command {:?}", d.action)));
             }
             let mut store = fieldsync::store::Store::open(&db)?;
-            store.set_site_identity(d.site_id, &d.store)?;
-            if let Some(uuid) = d.site_uuid {
-                store.set_setting(fieldsync::store::key::SITE_UUID, &uuid)?;
-            }
+            store.set_site_identity(d.site_id, &d.store, d.site_uuid.as_deref())?;
             Ok(())
         }
         Command::Demo(d) => demo(d.dir),

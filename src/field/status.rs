@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Class;
 use crate::field::led::Pattern;
-use crate::store::{key, modes, InitState, Store, StoreError};
+use crate::store::{modes, InitState, Store, StoreError};
 use crate::sync::{Outcome, Report, Step};
 
 /// The single-sync lock beside the database (held, `flock`, by a running sync).
@@ -216,7 +216,19 @@ impl View {
 }
 
 /// Reads the view with plain SELECTs (WAL readers never wait for a writer).
-pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> {
+/// What the configuration says of the site, for the view (the configuration is
+/// the agent's; this layer only shows it).
+#[derive(Debug, Clone, Default)]
+pub struct Configured {
+    pub site: Option<String>,
+    pub central_url: Option<String>,
+}
+
+pub fn view(
+    store: &Store,
+    snap: Option<&Snapshot>,
+    configured: Configured,
+) -> Result<View, StoreError> {
     let counts = store.buffer_counts()?;
     let errors = store
         .buffer_errors(5)?
@@ -231,9 +243,10 @@ pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> 
     let running = sync_running(store.path(), snap);
     let outbox = store.outbox_counts()?;
     let pending = outbox.pending;
+    let (bundle_out, bundle_in) = store.bundles()?;
     let mut v = View {
-        site: store.setting(key::SITE_NAME)?,
-        central_url: store.setting(key::CENTRAL_URL)?,
+        site: configured.site,
+        central_url: configured.central_url,
         active_store: store.active_store()?.filter(|s| !s.is_empty()),
         initialised: store.init_state()? == InitState::Initialised,
         outbox_pending: pending,
@@ -241,9 +254,7 @@ pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> 
         integration_pending: counts.pending,
         integration_failed: counts.failed,
         integration_errors: errors,
-        last_success_unix: store
-            .setting(key::LAST_SUCCESS)?
-            .and_then(|t| t.parse().ok()),
+        last_success_unix: store.last_success()?,
         running,
         step: if running {
             snap.and_then(|s| s.step)
@@ -265,12 +276,8 @@ pub fn view(store: &Store, snap: Option<&Snapshot>) -> Result<View, StoreError> 
         class: None,
         rules: rules_note(store, now_unix())?,
         quarantined: store.quarantined()?,
-        bundle_out: store
-            .setting(key::BUNDLE_OUT)?
-            .and_then(|t| serde_json::from_str(&t).ok()),
-        bundle_in: store
-            .setting(key::BUNDLE_IN)?
-            .and_then(|t| serde_json::from_str(&t).ok()),
+        bundle_out,
+        bundle_in,
     };
     if v.site.is_none() {
         v.class = Some(Class::NotConfigured);
@@ -298,17 +305,14 @@ fn rules_note(store: &Store, now: u64) -> Result<Option<String>, StoreError> {
             problems.join("; ")
         )));
     }
-    Ok(store
-        .setting(key::RULES_REPAIRED)?
-        .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
-        .map(|v| {
-            format!(
-                "restored {} ({}; {} time(s) in all): writes made meanwhile were not checked or queued",
-                ago(v["unix"].as_u64().unwrap_or(0), now),
-                v["detail"].as_str().unwrap_or("?"),
-                v["count"]
-            )
-        }))
+    Ok(store.rules_repaired()?.map(|v| {
+        format!(
+            "restored {} ({}; {} time(s) in all): writes made meanwhile were not checked or queued",
+            ago(v["unix"].as_u64().unwrap_or(0), now),
+            v["detail"].as_str().unwrap_or("?"),
+            v["count"]
+        )
+    }))
 }
 
 fn process_alive(pid: u32) -> bool {

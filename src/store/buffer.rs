@@ -2,10 +2,14 @@
 //! arrived (a line before its header) or cannot be read, waiting for the next
 //! integration pass (protocol §5 steps 5–6, §7.4).
 //!
+//! It lives in the agent's own state file: a row another program put here would
+//! be applied with the rules off (issue 26).
+//!
 //! What must hold: a record is written here in the same transaction that moves
-//! the central cursor past it, or before its queue entry is acknowledged. Keys make
-//! re-delivery harmless: a newer receipt of a record replaces the older one and
-//! resets it to `pending`; a merge is keyed by both ids and never replaces an upsert.
+//! the central cursor past it (the state file commits after the shared one), or
+//! before its queue entry is acknowledged. Keys make re-delivery harmless: a
+//! newer receipt of a record replaces the older one and resets it to `pending`;
+//! a merge is keyed by both ids and never replaces an upsert.
 
 use rusqlite::{params, Connection};
 
@@ -176,7 +180,7 @@ pub struct Failed {
 
 impl Store {
     pub fn buffer_counts(&self) -> Result<Counts, StoreError> {
-        self.conn()
+        self.agent()
             .query_row(
                 "SELECT coalesce(sum(state = 'pending'), 0), coalesce(sum(state = 'failed'), 0) FROM buffer",
                 [],
@@ -189,7 +193,7 @@ impl Store {
     pub fn buffer_errors(&self, n: u32) -> Result<Vec<Failed>, StoreError> {
         let err = |e| StoreError::sqlite("reading integration errors", e);
         let mut stmt = self
-            .conn()
+            .agent()
             .prepare(
                 "SELECT table_name, record_id, coalesce(error, ''), attempts FROM buffer \
                  WHERE state = 'failed' ORDER BY received LIMIT ?1",
@@ -213,7 +217,7 @@ impl Store {
     pub fn buffered(&self, after: Position, n: usize) -> Result<Vec<Buffered>, StoreError> {
         let err = |e| StoreError::sqlite("reading the sync buffer", e);
         let mut stmt = self
-            .conn()
+            .agent()
             .prepare_cached(
                 "SELECT table_name, record_id, merge_drop, action, data, phase, rank_key, received FROM ( \
                    SELECT *, CASE action WHEN 'upsert' THEN 0 WHEN 'delete' THEN 1 ELSE 2 END AS phase, \
@@ -254,12 +258,12 @@ impl Buffered {
 impl Tx<'_> {
     /// Keeps a received record in the buffer (see [`put`]).
     pub fn buffer(&self, rec: &Incoming<'_>) -> Result<(), StoreError> {
-        put(self.conn(), rec)
+        put(self.agent(), rec)
     }
 
     /// The record was applied (or ignored): any receipt of it waiting is stale.
     pub fn buffer_done(&self, b: &Buffered) -> Result<(), StoreError> {
-        self.conn()
+        self.agent()
             .prepare_cached(
                 "DELETE FROM buffer WHERE table_name = ?1 AND record_id = ?2 AND merge_drop = ?3",
             )
@@ -271,7 +275,7 @@ impl Tx<'_> {
     /// The record could not be applied this time: kept with the reason, tried
     /// again next pass.
     pub fn buffer_failed(&self, b: &Buffered, why: &str) -> Result<(), StoreError> {
-        self.conn()
+        self.agent()
             .execute(
                 "UPDATE buffer SET state = 'failed', error = ?4, attempts = attempts + 1 \
                  WHERE table_name = ?1 AND record_id = ?2 AND merge_drop = ?3",
@@ -294,10 +298,10 @@ mod tests {
             id: "A1",
             data,
         };
-        put(s.conn(), &up(r#"{"ID":"A1","v":1}"#)).unwrap();
-        put(s.conn(), &up(r#"{"ID":"A1","v":2}"#)).unwrap();
+        put(s.agent(), &up(r#"{"ID":"A1","v":1}"#)).unwrap();
+        put(s.agent(), &up(r#"{"ID":"A1","v":2}"#)).unwrap();
         put(
-            s.conn(),
+            s.agent(),
             &Incoming::Merge {
                 table: "item",
                 keep: "A1".into(),
@@ -306,12 +310,12 @@ mod tests {
         )
         .unwrap();
         let n: i64 = s
-            .conn()
+            .agent()
             .query_row("SELECT count(*) FROM buffer", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 2);
         let data: String = s
-            .conn()
+            .agent()
             .query_row("SELECT data FROM buffer WHERE action = 'upsert'", [], |r| {
                 r.get(0)
             })
@@ -329,7 +333,7 @@ mod tests {
         ];
         for data in bad {
             put(
-                s.conn(),
+                s.agent(),
                 &Incoming::Upsert {
                     table: "item",
                     id: "A2",
@@ -347,7 +351,7 @@ mod tests {
             );
         }
         put(
-            s.conn(),
+            s.agent(),
             &Incoming::Invalid {
                 table: "item",
                 id: "A1",
@@ -359,7 +363,7 @@ mod tests {
         assert!(errs[0].error.contains("must be a JSON object"), "{errs:?}");
         assert!(errs[1].error.contains("unknown action"), "{errs:?}");
         let data: Option<String> = s
-            .conn()
+            .agent()
             .query_row("SELECT data FROM buffer WHERE record_id = 'A2'", [], |r| {
                 r.get(0)
             })

@@ -1,15 +1,16 @@
 //! The store's side of sync by USB stick: which outbox entry versions went into
 //! which bundle (`bundle_sent`), so the central's confirmation removes exactly
 //! those; and which queue entries were applied from the central's bundles
-//! (`bundle_ack`), so the next bundle to the central acknowledges them. What a
-//! bundle holds and when it is written is `sync::courier`'s.
+//! (`bundle_ack`), so the next bundle to the central acknowledges them. Both
+//! are the agent's bookkeeping, in its state file. What a bundle holds and when
+//! it is written is `sync::courier`'s.
 //!
 //! What must hold: an export reads the outbox in a snapshot (the clinic's app
 //! keeps writing meanwhile) and records what it carried only once the file is
 //! complete ([`Store::bundle_written`]); an entry edited since keeps its new
 //! version in the outbox.
 
-use rusqlite::{params, Transaction};
+use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::outbox::{self, Entry};
 use super::{Store, StoreError, Tx};
@@ -18,6 +19,7 @@ use super::{Store, StoreError, Tx};
 /// it takes noted in temporary tables (this connection only, never the file).
 pub struct ExportRead<'a> {
     snapshot: Transaction<'a>,
+    agent: &'a rusqlite::Connection,
 }
 
 /// A record the central refused from a bundle it confirmed.
@@ -50,7 +52,10 @@ impl Store {
             )
             .map_err(err("noting the bundle"))?;
         let snapshot = self.conn.transaction().map_err(err("reading the outbox"))?;
-        Ok(ExportRead { snapshot })
+        Ok(ExportRead {
+            snapshot,
+            agent: &self.agent,
+        })
     }
 
     /// The file of bundle `id` is complete: in one short write transaction, what
@@ -64,31 +69,8 @@ impl Store {
         summary: &str,
     ) -> Result<(), StoreError> {
         let tx = self.tx()?;
-        let c = tx.conn();
-        c.execute(
-            "DELETE FROM bundle_sent WHERE seq NOT IN (SELECT seq FROM outbox)",
-            [],
-        )
-        .map_err(err("tidying the bundle records"))?;
-        c.execute(
-            "INSERT OR IGNORE INTO bundle_sent (bundle, seq) \
-             SELECT ?1, seq FROM temp.bundle_out WHERE seq IN (SELECT seq FROM outbox)",
-            [id],
-        )
-        .map_err(err("recording the bundle"))?;
-        c.execute(
-            "UPDATE bundle_ack SET bundle = ?1 WHERE sync_out_id IN (SELECT id FROM temp.bundle_ack_out)",
-            [id],
-        )
-        .map_err(err("recording the bundle"))?;
-        for (seq, why) in unsendable {
-            c.execute(
-                "UPDATE outbox SET state = 'rejected', reason = ?2 WHERE seq = ?1 AND state = 'pending'",
-                params![seq, why],
-            )
-            .map_err(err("setting a record aside"))?;
-        }
-        tx.set(super::key::BUNDLE_OUT, summary)?;
+        record_carried(&tx, id, unsendable)?;
+        tx.set_state(super::key::BUNDLE_OUT, summary)?;
         tx.commit()?;
         let _ = self
             .conn
@@ -100,20 +82,65 @@ impl Store {
     /// (a read first: usually there are none).
     pub fn queue_entries_acknowledged(&mut self, ids: &[String]) -> Result<(), StoreError> {
         let any: bool = self
-            .conn
+            .agent
             .query_row("SELECT EXISTS (SELECT 1 FROM bundle_ack)", [], |r| r.get(0))
             .map_err(err("forgetting acknowledged bundle entries"))?;
         if any {
-            let tx = self.tx()?;
+            let tx = self
+                .agent
+                .transaction()
+                .map_err(err("forgetting acknowledged bundle entries"))?;
             for id in ids {
-                tx.conn()
-                    .execute("DELETE FROM bundle_ack WHERE sync_out_id = ?1", [id])
+                tx.execute("DELETE FROM bundle_ack WHERE sync_out_id = ?1", [id])
                     .map_err(err("forgetting acknowledged bundle entries"))?;
             }
-            tx.commit()?;
+            tx.commit()
+                .map_err(err("forgetting acknowledged bundle entries"))?;
         }
         Ok(())
     }
+}
+
+/// What a written bundle carried, recorded in the state file: the versions
+/// still in the outbox (read from this connection's notes), the queue entries
+/// it acknowledges; and the entries that cannot be sent, set aside.
+fn record_carried(tx: &Tx, id: &[u8], unsendable: &[(i64, String)]) -> Result<(), StoreError> {
+    let e = err("recording the bundle");
+    let (c, a) = (tx.conn(), tx.agent());
+    {
+        let mut still = c
+            .prepare("SELECT seq FROM temp.bundle_out WHERE seq IN (SELECT seq FROM outbox)")
+            .map_err(&e)?;
+        let mut note = a
+            .prepare("INSERT OR IGNORE INTO bundle_sent (bundle, seq) VALUES (?1, ?2)")
+            .map_err(&e)?;
+        let mut rows = still.query([]).map_err(&e)?;
+        while let Some(r) = rows.next().map_err(&e)? {
+            let seq: i64 = r.get(0).map_err(&e)?;
+            note.execute(params![id, seq]).map_err(&e)?;
+        }
+    }
+    {
+        let mut acked = c
+            .prepare("SELECT id FROM temp.bundle_ack_out")
+            .map_err(&e)?;
+        let mut mark = a
+            .prepare("UPDATE bundle_ack SET bundle = ?1 WHERE sync_out_id = ?2")
+            .map_err(&e)?;
+        let mut rows = acked.query([]).map_err(&e)?;
+        while let Some(r) = rows.next().map_err(&e)? {
+            let sid: String = r.get(0).map_err(&e)?;
+            mark.execute(params![id, sid]).map_err(&e)?;
+        }
+    }
+    for (seq, why) in unsendable {
+        c.execute(
+            "UPDATE outbox SET state = 'rejected', reason = ?2 WHERE seq = ?1 AND state = 'pending'",
+            params![seq, why],
+        )
+        .map_err(err("setting a record aside"))?;
+    }
+    Ok(())
 }
 
 impl ExportRead<'_> {
@@ -156,7 +183,7 @@ impl ExportRead<'_> {
     ) -> Result<(), StoreError> {
         let e = err("reading the applied queue entries");
         let mut stmt = self
-            .snapshot
+            .agent
             .prepare("SELECT sync_out_id FROM bundle_ack ORDER BY sync_out_id")
             .map_err(&e)?;
         let mut note = self
@@ -182,7 +209,7 @@ impl Tx<'_> {
     /// A queue entry applied from a central's bundle: acknowledged by the next
     /// bundle to the central, with this page's records already committed.
     pub fn applied_from_bundle(&self, sync_out_id: &str) -> Result<(), StoreError> {
-        self.conn()
+        self.agent()
             .prepare_cached("INSERT OR IGNORE INTO bundle_ack (sync_out_id) VALUES (?1)")
             .and_then(|mut st| st.execute([sync_out_id]))
             .map(drop)
@@ -197,28 +224,54 @@ impl Tx<'_> {
         bundle: &[u8],
         refused: &[RefusedRecord<'_>],
     ) -> Result<Confirmed, StoreError> {
-        let c = self.conn();
+        let (c, a) = (self.conn(), self.agent());
         let e = err("removing confirmed records");
-        let mut done = Confirmed::default();
-        for r in refused {
-            done.refused += c
-                .execute(
-                    "UPDATE outbox SET state = 'rejected', reason = ?3 WHERE table_name = ?1 AND record_id = ?2 \
-                     AND seq IN (SELECT seq FROM bundle_sent WHERE bundle = ?4)",
-                    params![r.table, r.id, r.reason, bundle],
-                )
-                .map_err(err("setting refused records aside"))? as u64;
-        }
-        done.removed = c
-            .execute(
-                "DELETE FROM outbox WHERE state IN ('pending', 'sent') \
-                 AND seq IN (SELECT seq FROM bundle_sent WHERE bundle = ?1)",
-                [bundle],
-            )
-            .map_err(&e)? as u64;
-        c.execute("DELETE FROM bundle_sent WHERE bundle = ?1", [bundle])
+        let seqs: Vec<i64> = a
+            .prepare("SELECT seq FROM bundle_sent WHERE bundle = ?1")
+            .and_then(|mut s| s.query_map([bundle], |r| r.get(0))?.collect())
             .map_err(&e)?;
-        c.execute("DELETE FROM bundle_ack WHERE bundle = ?1", [bundle])
+        let mut done = Confirmed::default();
+        for seq in seqs {
+            let entry: Option<(String, String, bool)> = c
+                .query_row(
+                    "SELECT table_name, record_id, action = 'Delete' FROM outbox WHERE seq = ?1 \
+                     AND state IN ('pending', 'sent')",
+                    [seq],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(&e)?;
+            let Some((table, id, delete)) = entry else {
+                continue;
+            };
+            if let Some(r) = refused.iter().find(|r| r.table == table && r.id == id) {
+                done.refused +=
+                    c.execute(
+                        "UPDATE outbox SET state = 'rejected', reason = ?2 WHERE seq = ?1",
+                        params![seq, r.reason],
+                    )
+                    .map_err(err("setting refused records aside"))? as u64;
+                continue;
+            }
+            done.removed += c
+                .execute("DELETE FROM outbox WHERE seq = ?1", [seq])
+                .map_err(&e)? as u64;
+            let current: Option<String> = c
+                .query_row(
+                    "SELECT data FROM record WHERE table_name = ?1 AND record_id = ?2",
+                    params![table, id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(&e)?;
+            match (delete, current) {
+                (false, Some(text)) => self.mark_synced(&table, &id, &text, true)?,
+                _ => self.forget_synced(&table, &id)?,
+            }
+        }
+        a.execute("DELETE FROM bundle_sent WHERE bundle = ?1", [bundle])
+            .map_err(&e)?;
+        a.execute("DELETE FROM bundle_ack WHERE bundle = ?1", [bundle])
             .map_err(&e)?;
         Ok(done)
     }

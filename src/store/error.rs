@@ -34,6 +34,9 @@ pub enum StoreError {
     Schema(String),
     /// No database at this path: `fieldsync init` has not been run (or `--db` is wrong).
     Missing(std::path::PathBuf),
+    /// A file only the agent may write is not the agent's (another user's, or
+    /// writable by others): another program may have put it there.
+    Untrusted(std::path::PathBuf, super::modes::Untrusted),
     Sqlite(String, rusqlite::Error),
     Io(String, std::io::Error),
 }
@@ -118,6 +121,17 @@ impl fmt::Display for StoreError {
             StoreError::Missing(p) => write!(
                 f,
                 "no database at {}: run `fieldsync init` first (or pass --db)",
+                p.display()
+            ),
+            StoreError::Untrusted(p, super::modes::Untrusted::Owner { owner, me }) => write!(
+                f,
+                "{} belongs to user {owner}, not to this user ({me}): another program may have put it there; \
+                 move it away and run fieldsync as the user that owns the database",
+                p.display()
+            ),
+            StoreError::Untrusted(p, super::modes::Untrusted::Writable { mode }) => write!(
+                f,
+                "{} may be changed by other users (mode {mode:o}); `chmod 600` it as its owner",
                 p.display()
             ),
             StoreError::Sqlite(ctx, e) => write!(f, "{ctx}: {e}"),

@@ -1,14 +1,25 @@
-//! The local store: one SQLite file holding this site's records, outbox and
-//! sync bookkeeping (schema in `schema*.sql`, migrated by [`schema`]).
+//! The local store: the SQLite file this site shares with the clinic's app
+//! (records, outbox, the rules; schema in `schema*.sql`, migrated by
+//! [`schema`]), and beside it the agent's own state file, which only the
+//! agent's user may write (`<database>.state`: cursors, initialisation, the
+//! buffer, counters; `schema_agent.sql`).
 //!
 //! What must hold: every local write is checked and captured by SQLite triggers
 //! (generated in [`crate::legacy::triggers`], installed and verified by
 //! [`rules`]), so the clinic's app writing the file directly obeys the same
 //! rules as our CLI; the sync's own writes of received data go through
 //! [`Store::receiving`], a transaction whose connection alone runs without the
-//! triggers. The file is shared: WAL mode lets readers (the `status` command,
-//! the app) run beside a writer, and a busy timeout makes writers wait their
-//! turn instead of failing.
+//! triggers. Nothing that steers the sync is read from the shared file: what an
+//! app could write there (a cursor, an initialisation state, a forged buffer
+//! row) lives in the state file; what passed the rules behind their back is
+//! found by [`check`]. The shared file is in WAL mode so readers (the `status`
+//! command, the app) run beside a writer, and a busy timeout makes writers wait
+//! their turn instead of failing.
+//!
+//! Two files, two transactions: a [`Tx`] commits the shared file first and the
+//! state file second, so a power cut between them leaves work to repeat (a page
+//! pulled and applied again, harmlessly), never a cursor past records that are
+//! not on the card.
 //!
 //! Nothing outside this module touches SQL: the layers above get typed
 //! operations on [`Store`] and on its transactions ([`Tx`]), each kept beside the
@@ -17,6 +28,7 @@
 
 pub mod buffer;
 pub mod bundle;
+pub mod check;
 mod error;
 mod local;
 pub mod modes;
@@ -59,8 +71,20 @@ pub fn busy_timeout() -> Duration {
 pub const MAX_RECORD_BYTES: usize = crate::legacy::row::MAX_ROW_BYTES;
 
 pub struct Store {
+    /// The shared file.
     conn: Connection,
+    /// The agent's own state file.
+    agent: Connection,
     path: PathBuf,
+    /// The key of the record checks (see [`check`]), from the state file.
+    check_key: check::Key,
+}
+
+/// The agent's own state file beside the database.
+pub fn state_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".state");
+    PathBuf::from(p)
 }
 
 /// Where the database lives when `--db` is not given: systemd's state directory
@@ -82,13 +106,57 @@ pub fn default_path() -> PathBuf {
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the store at `path`.
+    /// Opens (creating if needed) and migrates the store at `path`, with its
+    /// state file.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         modes::guard_database(path)
             .map_err(|e| StoreError::Io(format!("creating {}", path.display()), e))?;
         let conn = Connection::open(path)
             .map_err(|e| StoreError::sqlite(format!("opening {}", path.display()), e))?;
-        Store::setup(conn, path.to_path_buf())
+        let agent = open_state_file(&state_path(path))?;
+        Store::setup(conn, agent, path.to_path_buf())
+    }
+
+    /// Opens the shared file at `path` as the clinic's app does, without the
+    /// agent's state file: for `put`, `get`, `delete`, `list` and `import` run
+    /// by a user other than the agent's (a member of the app's group), who may
+    /// write records through the rules like any app but may not read or steer
+    /// the agent's state. The agent's own user gets the whole store. The
+    /// shared file must be at this build's schema (the agent migrates it).
+    pub fn open_for_records(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        let state = state_path(path);
+        let theirs = match modes::check_private(&state) {
+            Ok(Err(modes::Untrusted::Owner { .. })) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
+            _ => false,
+        };
+        if !theirs {
+            return Store::open(path);
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::sqlite(format!("opening {}", path.display()), e))?;
+        conn.busy_timeout(busy_timeout())
+            .map_err(|e| StoreError::sqlite("busy timeout", e))?;
+        if !schema::is_current(&conn)? {
+            return Err(StoreError::Schema(format!(
+                "{} has not been upgraded for this fieldsync yet: run a sync as the agent's user first",
+                path.display()
+            )));
+        }
+        let agent =
+            Connection::open_in_memory().map_err(|e| StoreError::sqlite("opening memory db", e))?;
+        agent
+            .execute_batch(include_str!("schema_agent.sql"))
+            .map_err(|e| StoreError::sqlite("setting up", e))?;
+        Ok(Store {
+            conn,
+            agent,
+            path: path.to_path_buf(),
+            check_key: check::Key::none(),
+        })
     }
 
     /// Opens (and migrates) the store at `path`, which must exist: every command
@@ -110,38 +178,74 @@ impl Store {
             .map_err(|e| StoreError::sqlite(format!("opening {}", path.display()), e))?;
         conn.busy_timeout(busy_timeout())
             .map_err(|e| StoreError::sqlite("busy timeout", e))?;
-        let store = Store {
-            conn,
-            path: path.to_path_buf(),
-        };
-        if schema::version(&store.conn)? == 0 {
+        if !schema::is_fieldsync(&conn)? {
             return Err(StoreError::Schema(format!(
                 "{} is not a fieldsync database",
                 path.display()
             )));
         }
-        Ok(store)
+        let state = state_path(path);
+        let agent = if state.exists() {
+            if let Err(why) = modes::check_private(&state)
+                .map_err(|e| StoreError::Io(format!("checking {}", state.display()), e))?
+            {
+                return Err(StoreError::Untrusted(state, why));
+            }
+            Connection::open_with_flags(&state, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+                .map_err(|e| StoreError::sqlite(format!("opening {}", state.display()), e))?
+        } else {
+            // Not migrated by this build yet: an empty state reads as "nothing known".
+            Connection::open_in_memory().map_err(|e| StoreError::sqlite("opening memory db", e))?
+        };
+        agent
+            .busy_timeout(busy_timeout())
+            .map_err(|e| StoreError::sqlite("busy timeout", e))?;
+        agent
+            .execute_batch(include_str!("schema_agent.sql"))
+            .or_else(|e| match e {
+                // A state file this user may only read: its tables are there.
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ReadOnly => {
+                    Ok(())
+                }
+                e => Err(e),
+            })
+            .map_err(|e| StoreError::sqlite(format!("reading {}", state.display()), e))?;
+        Ok(Store {
+            conn,
+            agent,
+            path: path.to_path_buf(),
+            check_key: check::Key::none(),
+        })
     }
 
     pub fn open_in_memory() -> Result<Store, StoreError> {
-        let conn =
-            Connection::open_in_memory().map_err(|e| StoreError::sqlite("opening memory db", e))?;
-        Store::setup(conn, PathBuf::from(":memory:"))
+        let memory =
+            || Connection::open_in_memory().map_err(|e| StoreError::sqlite("opening memory db", e));
+        Store::setup(memory()?, memory()?, PathBuf::from(":memory:"))
     }
 
-    fn setup(conn: Connection, path: PathBuf) -> Result<Store, StoreError> {
-        conn.busy_timeout(busy_timeout())
-            .map_err(|e| StoreError::sqlite("busy timeout", e))?;
-        // WAL: the clinic's app and `status` read while a sync writes. FULL: a
-        // commit is on the card before we tell the central anything (ack, cursor).
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| StoreError::sqlite(format!("setting WAL on {}", path.display()), e))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| StoreError::sqlite("synchronous", e))?;
+    fn setup(conn: Connection, agent: Connection, path: PathBuf) -> Result<Store, StoreError> {
+        for (c, name) in [(&conn, path.clone()), (&agent, state_path(&path))] {
+            c.busy_timeout(busy_timeout())
+                .map_err(|e| StoreError::sqlite("busy timeout", e))?;
+            // WAL: the clinic's app and `status` read while a sync writes. FULL: a
+            // commit is on the card before we tell the central anything (ack, cursor).
+            c.pragma_update(None, "journal_mode", "WAL")
+                .map_err(|e| StoreError::sqlite(format!("setting WAL on {}", name.display()), e))?;
+            c.pragma_update(None, "synchronous", "FULL")
+                .map_err(|e| StoreError::sqlite("synchronous", e))?;
+        }
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(|e| StoreError::sqlite("foreign_keys", e))?;
-        let mut store = Store { conn, path };
+        let mut store = Store {
+            conn,
+            agent,
+            path,
+            check_key: check::Key::none(),
+        };
         schema::migrate(&mut store)?;
+        store.check_key = check::Key::load(&store.agent)?;
+        schema::restore_trigger_inputs(&mut store)?;
         Ok(store)
     }
 
@@ -149,18 +253,34 @@ impl Store {
         &self.path
     }
 
-    /// The connection, for this module's own files only.
+    /// The shared file's connection, for this module's own files only.
     pub(in crate::store) fn conn(&self) -> &Connection {
         &self.conn
     }
 
+    /// The state file's connection, likewise.
+    pub(in crate::store) fn agent(&self) -> &Connection {
+        &self.agent
+    }
+
     /// A write transaction with the rules on: what it writes is judged and
-    /// captured as an app's write would be. It takes the write lock at once
-    /// (BEGIN IMMEDIATE: no upgrade deadlock against the clinic's app).
+    /// captured as an app's write would be. It takes the shared file's write
+    /// lock at once (BEGIN IMMEDIATE: no upgrade deadlock against the clinic's
+    /// app); the state file's, which only this agent writes, at its first write.
     pub fn tx(&mut self) -> Result<Tx<'_>, StoreError> {
+        let main = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::sqlite("starting a transaction", e))?;
+        let agent = self
+            .agent
+            .transaction()
+            .map_err(|e| StoreError::sqlite("starting a transaction on the state file", e))?;
         Ok(Tx {
-            tx: Some(self.begin()?),
+            tx: Some(main),
+            agent: Some(agent),
             rules_off: Cell::new(false),
+            check_key: &self.check_key,
         })
     }
 
@@ -173,31 +293,12 @@ impl Store {
         self.tx()
     }
 
-    fn begin(&mut self) -> Result<Transaction<'_>, StoreError> {
-        self.conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| StoreError::sqlite("starting a transaction", e))
-    }
+    // ---- settings an older fieldsync kept here -----------------------------------
 
-    // ---- settings -------------------------------------------------------------
-
-    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        get_setting(&self.conn, key)
-    }
-
-    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        set_setting(&self.conn, key, value)
-    }
-
-    pub fn unset_setting(&self, key: &str) -> Result<bool, StoreError> {
-        self.conn
-            .execute("DELETE FROM setting WHERE key = ?1", [key])
-            .map(|n| n > 0)
-            .map_err(|e| StoreError::sqlite(format!("removing setting {key}"), e))
-    }
-
-    /// Every stored setting row.
-    pub fn settings(&self) -> Result<std::collections::HashMap<String, String>, StoreError> {
+    /// Every row of the shared file's `setting` table. Configuration and the
+    /// agent's state lived there before issue 26; this is read only to move
+    /// them out (`agent::conf`, `agent::credential`), never trusted after.
+    pub fn legacy_settings(&self) -> Result<std::collections::HashMap<String, String>, StoreError> {
         let err = |e| StoreError::sqlite("reading settings", e);
         let mut stmt = self
             .conn
@@ -209,14 +310,15 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(err)
     }
 
-    /// A setting that holds a whole number (cursors, counters); absent is `None`.
-    pub fn number(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        match self.setting(key)? {
-            None => Ok(None),
-            Some(v) => v.trim().parse().map(Some).map_err(|_| {
-                StoreError::Schema(format!("setting {key} holds {v:?}, not a whole number"))
-            }),
+    /// Deletes those rows once they have been moved out.
+    pub fn forget_legacy_settings(&mut self, keys: &[&str]) -> Result<(), StoreError> {
+        let tx = self.tx()?;
+        for k in keys {
+            tx.conn()
+                .execute("DELETE FROM setting WHERE key = ?1", [k])
+                .map_err(|e| StoreError::sqlite(format!("removing setting {k}"), e))?;
         }
+        tx.commit()
     }
 
     /// §9.7: a dispensary store whose "include transactions in sync" preference
@@ -243,16 +345,11 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(err)?;
-        let was = self.setting(key::HOLD_TRANSACTIONS)?.as_deref() == Some("1");
-        if hold == was {
+        if hold == self.hold()? {
             return Ok(None);
         }
         let tx = self.tx()?;
-        set_setting(
-            tx.conn(),
-            key::HOLD_TRANSACTIONS,
-            if hold { "1" } else { "0" },
-        )?;
+        tx.set_hold(hold)?;
         let released = if hold {
             0
         } else {
@@ -294,11 +391,15 @@ impl Store {
         &mut self,
         site_id: u32,
         active_store: &str,
+        site_uuid: Option<&str>,
     ) -> Result<(), StoreError> {
         let tx = self.tx()?;
-        tx.set(key::SITE_ID, &site_id.to_string())?;
-        tx.set(key::ACTIVE_STORE, active_store)?;
-        tx.set(key::INIT_STATE, InitState::Initialised.as_str())?;
+        tx.set_state(key::SITE_ID, &site_id.to_string())?;
+        if let Some(uuid) = site_uuid {
+            tx.set_state(key::SITE_UUID, uuid)?;
+        }
+        tx.set_active_store(active_store)?;
+        tx.set_init_state(InitState::Initialised)?;
         tx.commit()
     }
 
@@ -432,15 +533,28 @@ pub enum Hold {
 
 /// A write transaction on the store: [`Store::tx`] (rules on) or
 /// [`Store::receiving`] (rules off for this connection from its first write of
-/// received data). Rolled back when dropped uncommitted (an error, a cut link).
+/// received data). It spans both files: the shared one's part commits first,
+/// the state file's second. Rolled back when dropped uncommitted (an error, a
+/// cut link).
 pub struct Tx<'a> {
     tx: Option<Transaction<'a>>,
+    agent: Option<Transaction<'a>>,
     rules_off: Cell<bool>,
+    check_key: &'a check::Key,
 }
 
 impl Tx<'_> {
     pub(in crate::store) fn conn(&self) -> &Connection {
         self.tx.as_ref().expect("not yet committed")
+    }
+
+    /// The state file's part of the transaction.
+    pub(in crate::store) fn agent(&self) -> &Connection {
+        self.agent.as_ref().expect("not yet committed")
+    }
+
+    pub(in crate::store) fn check_key(&self) -> &check::Key {
+        self.check_key
     }
 
     /// Switches the rules off for this connection, once, before the first write
@@ -453,30 +567,21 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Commits the shared file, then the state file: what the state file
+    /// says (a cursor moved, a row buffered) is never ahead of the records it
+    /// describes.
     pub fn commit(mut self) -> Result<(), StoreError> {
         let tx = self.tx.take().expect("committed once");
         if self.rules_off.replace(false) {
             rules::set_enabled(&tx, true)?;
         }
         tx.commit()
-            .map_err(|e| StoreError::sqlite("committing to the database", e))
-    }
-
-    /// A setting, as this transaction sees it.
-    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        get_setting(self.conn(), key)
-    }
-
-    /// Saves a setting in this transaction.
-    pub fn set(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        set_setting(self.conn(), key, value)
-    }
-
-    pub fn unset(&self, key: &str) -> Result<(), StoreError> {
-        self.conn()
-            .execute("DELETE FROM setting WHERE key = ?1", [key])
-            .map(drop)
-            .map_err(|e| StoreError::sqlite(format!("removing setting {key}"), e))
+            .map_err(|e| StoreError::sqlite("committing to the database", e))?;
+        self.agent
+            .take()
+            .expect("committed once")
+            .commit()
+            .map_err(|e| StoreError::sqlite("committing to the state file", e))
     }
 
     pub fn get(&self, table: &str, id: &str) -> Result<Option<Value>, StoreError> {
@@ -529,15 +634,24 @@ impl Drop for Tx<'_> {
     }
 }
 
-pub(in crate::store) fn get_setting(
-    conn: &Connection,
-    key: &str,
-) -> Result<Option<String>, StoreError> {
-    conn.query_row("SELECT value FROM setting WHERE key = ?1", [key], |r| {
-        r.get(0)
-    })
-    .optional()
-    .map_err(|e| StoreError::sqlite(format!("reading setting {key}"), e))
+/// Opens the agent's own state file, creating it for this user alone (`0600`)
+/// when missing; one that belongs to another user or that others may write is
+/// refused.
+fn open_state_file(path: &Path) -> Result<Connection, StoreError> {
+    if !path.exists() {
+        match modes::open_exact(path, modes::PRIVATE, true) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::Io(format!("creating {}", path.display()), e))
+            }
+            _ => {}
+        }
+    }
+    if let Err(why) = modes::check_private(path)
+        .map_err(|e| StoreError::Io(format!("checking {}", path.display()), e))?
+    {
+        return Err(StoreError::Untrusted(path.to_path_buf(), why));
+    }
+    Connection::open(path).map_err(|e| StoreError::sqlite(format!("opening {}", path.display()), e))
 }
 
 /// Saves a setting; an unchanged value writes nothing (the SD card is the budget:

@@ -5,7 +5,13 @@
 //! - the database and its `-wal`/`-shm`: [`SHARED`] (`0660`): the agent's user and
 //!   the clinic app's group (the package's `fieldsync` group), never anyone else;
 //! - the status snapshot: [`PUBLIC`] (`0644`): it holds no secret;
-//! - the lock file and the site credential: [`PRIVATE`] (`0600`).
+//! - the lock file, the site credential and the agent's own state file:
+//!   [`PRIVATE`] (`0600`).
+//!
+//! A file only the agent may write is also checked when it is opened: it must
+//! belong to the user the agent runs as (or root) and be writable by nobody
+//! else ([`check_private`]); the clinic's app shares the directory, so it could
+//! otherwise put a file of its own in that file's place.
 //!
 //! SQLite gives the `-wal` and `-shm` it creates the database file's mode, so
 //! creating the database with the right mode is enough for all three.
@@ -85,6 +91,57 @@ pub fn guard_database(path: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The user this process runs as, from the owner of `/proc/self` (Linux and
+/// Android; no unsafe call needed). `None` where that cannot be read.
+pub fn effective_uid() -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Why a file only the agent may write cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Untrusted {
+    /// It belongs to another user (not this one, not root).
+    Owner { owner: u32, me: u32 },
+    /// Others may write it, and this user cannot change that.
+    Writable { mode: u32 },
+}
+
+/// Checks a file only the agent may write: it must belong to this process's
+/// user or root; group or other write bits are taken away when this user owns
+/// it, and refuse it otherwise.
+pub fn check_private(path: &Path) -> std::io::Result<Result<(), Untrusted>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let m = std::fs::metadata(path)?;
+        let Some(me) = effective_uid() else {
+            return Ok(Ok(()));
+        };
+        if m.uid() != me && m.uid() != 0 {
+            return Ok(Err(Untrusted::Owner { owner: m.uid(), me }));
+        }
+        let mode = m.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            if m.uid() != me {
+                return Ok(Err(Untrusted::Writable { mode }));
+            }
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o022))?;
+        }
+        Ok(Ok(()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(Ok(()))
+    }
 }
 
 #[cfg(all(test, unix))]

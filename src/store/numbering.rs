@@ -63,16 +63,28 @@ impl Store {
         id: &str,
         store: &str,
     ) -> Result<i64, StoreError> {
+        let saved: i64 = self
+            .agent()
+            .query_row(
+                "SELECT coalesce((SELECT value FROM counter WHERE name = ?1), 0)",
+                [kind.counter],
+                |r| r.get(0),
+            )
+            .map_err(|e| StoreError::sqlite("reading the number counter", e))?;
         let tx = self.tx()?;
-        let next = next_number(tx.conn(), kind, store)?;
+        let next = next_number(tx.conn(), kind, store, saved)?;
         tx.put_local(
             kind.table,
             &json!({"ID": id, kind.number: next}),
             "transfer numbering",
         )?;
-        tx.conn()
+        // The counter is the state file's, committed after the number: a cut
+        // between them leaves the number in the store, where the next one is
+        // counted from too.
+        tx.agent()
             .execute(
-                "UPDATE counter SET value = ?2 WHERE name = ?1",
+                "INSERT INTO counter (name, value) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 params![kind.counter, next],
             )
             .map_err(|e| StoreError::sqlite("saving the number counter", e))?;
@@ -84,17 +96,21 @@ impl Store {
 /// max(saved counter, highest number in the store) + 1. Numbers are read as
 /// integers whatever their JSON type (an app may store `"12"`); a store whose
 /// highest number leaves none after it is an error, never a wrap-around.
-fn next_number(conn: &Connection, kind: &Numbering, store: &str) -> Result<i64, StoreError> {
+fn next_number(
+    conn: &Connection,
+    kind: &Numbering,
+    store: &str,
+    saved: i64,
+) -> Result<i64, StoreError> {
     let highest: i64 = conn
         .query_row(
             &format!(
-                "SELECT max(coalesce((SELECT value FROM counter WHERE name = ?4), 0), \
-                            coalesce((SELECT max(CAST(json_extract(data, '$.{}') AS INTEGER)) FROM record \
+                "SELECT max(?4, coalesce((SELECT max(CAST(json_extract(data, '$.{}') AS INTEGER)) FROM record \
                                       WHERE table_name = ?1 AND json_extract(data, '$.store_ID') = ?2 \
                                         AND json_extract(data, '$.type') = ?3), 0))",
                 kind.number
             ),
-            params![kind.table, store, kind.doc_type, kind.counter],
+            params![kind.table, store, kind.doc_type, saved],
             |r| r.get(0),
         )
         .map_err(|e| StoreError::sqlite("reading the number counter", e))?;

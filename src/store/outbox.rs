@@ -136,17 +136,40 @@ pub(super) fn for_each_pending(
 }
 
 /// Marks confirmed entries that were not edited since they were read (their
-/// `seq` is unchanged) as sent. Called in the transaction after the central
-/// confirmed the batch; [`delete_sent`] removes them at the end of the push.
-pub(super) fn mark_sent(conn: &Connection, sent: &[Sent]) -> Result<u64, StoreError> {
-    let mut stmt = conn
-        .prepare_cached("UPDATE outbox SET state = 'sent' WHERE seq = ?1 AND version = ?2 AND state = 'pending'")
-        .map_err(|e| StoreError::sqlite("confirming pushed records", e))?;
+/// `seq` is unchanged) as sent, and notes each record's version as the one the
+/// site last synced ([`super::check`]). Called in the transaction after the
+/// central confirmed the batch; [`delete_sent`] removes them at the end of the
+/// push.
+fn mark_sent(tx: &Tx, sent: &[Sent]) -> Result<u64, StoreError> {
+    let err = |e| StoreError::sqlite("confirming pushed records", e);
     let mut n = 0;
     for s in sent {
-        n += stmt
-            .execute(params![s.seq, s.version])
-            .map_err(|e| StoreError::sqlite("confirming pushed records", e))? as u64;
+        let marked: Option<(String, String, bool)> = tx
+            .conn()
+            .prepare_cached(
+                "UPDATE outbox SET state = 'sent' WHERE seq = ?1 AND version = ?2 AND state = 'pending' \
+                 RETURNING table_name, record_id, action = 'Delete'",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![s.seq, s.version], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+            })
+            .map_err(err)?;
+        let Some((table, id, delete)) = marked else {
+            continue;
+        };
+        n += 1;
+        let current: Option<String> = tx
+            .conn()
+            .prepare_cached("SELECT data FROM record WHERE table_name = ?1 AND record_id = ?2")
+            .and_then(|mut st| st.query_row(params![table, id], |r| r.get(0)).optional())
+            .map_err(err)?;
+        match (delete, current) {
+            (false, Some(text)) => tx.mark_synced(&table, &id, &text, true)?,
+            _ => tx.forget_synced(&table, &id)?,
+        }
     }
     Ok(n)
 }
@@ -279,7 +302,7 @@ impl Store {
 impl Tx<'_> {
     /// Marks confirmed entries sent; see [`mark_sent`].
     pub fn mark_sent(&self, sent: &[Sent]) -> Result<u64, StoreError> {
-        mark_sent(self.conn(), sent)
+        mark_sent(self, sent)
     }
 
     /// Deletes every sent entry; see [`delete_sent`].
@@ -314,7 +337,7 @@ mod tests {
     #[test]
     fn push_order_is_rank_then_seq_with_deletes_children_first() {
         let mut s = Store::open_in_memory().unwrap();
-        s.set_site_identity(1, "S").unwrap();
+        s.set_site_identity(1, "S", None).unwrap();
         s.put("transact", &json!({"ID": "T1", "store_ID": "S"}))
             .unwrap();
         s.put("trans_line", &json!({"ID": "L1", "transaction_ID": "T1"}))
@@ -339,7 +362,7 @@ mod tests {
     #[test]
     fn an_entry_edited_after_sending_stays() {
         let mut s = Store::open_in_memory().unwrap();
-        s.set_site_identity(1, "S").unwrap();
+        s.set_site_identity(1, "S", None).unwrap();
         s.put("transact", &json!({"ID": "T1", "store_ID": "S"}))
             .unwrap();
         let sent = all_pending(&s);
@@ -348,7 +371,9 @@ mod tests {
             &json!({"ID": "T1", "comment": "edited during push"}),
         )
         .unwrap();
-        assert_eq!(mark_sent(s.conn(), &sent).unwrap(), 0);
+        let tx = s.tx().unwrap();
+        assert_eq!(tx.mark_sent(&sent).unwrap(), 0);
+        tx.commit().unwrap();
         assert_eq!(pending_count(s.conn()).unwrap(), 1);
         assert!(reject(s.conn(), "transact", "T1", "other_store").unwrap());
         assert_eq!(pending_count(s.conn()).unwrap(), 0);
@@ -363,13 +388,15 @@ mod tests {
     #[test]
     fn sent_entries_leave_at_the_end_and_an_edit_brings_them_back() {
         let mut s = Store::open_in_memory().unwrap();
-        s.set_site_identity(1, "S").unwrap();
+        s.set_site_identity(1, "S", None).unwrap();
         for id in ["A", "B"] {
             s.put("transact", &json!({"ID": id, "store_ID": "S"}))
                 .unwrap();
         }
         let sent = all_pending(&s);
-        assert_eq!(mark_sent(s.conn(), &sent).unwrap(), 2);
+        let tx = s.tx().unwrap();
+        assert_eq!(tx.mark_sent(&sent).unwrap(), 2);
+        tx.commit().unwrap();
         assert_eq!(
             pending_count(s.conn()).unwrap(),
             0,

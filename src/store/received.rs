@@ -13,7 +13,8 @@ use crate::legacy::registry;
 impl Tx<'_> {
     /// Stores a received row (the exact text received) as the central's copy:
     /// it replaces any local edit of the record (transfer numbering takes only
-    /// received documents, §7.5 rev 2).
+    /// received documents, §7.5 rev 2), and is noted as the synced version
+    /// ([`super::check`]).
     pub fn write_received(&self, table: &str, id: &str, text: &str) -> Result<(), StoreError> {
         self.unrule()?;
         let conn = self.conn();
@@ -25,8 +26,8 @@ impl Tx<'_> {
         .map_err(|e| StoreError::sqlite(format!("writing received {table} {id}"), e))?;
         conn.prepare_cached("DELETE FROM local_edit WHERE table_name = ?1 AND record_id = ?2")
             .and_then(|mut s| s.execute(params![table, id]))
-            .map(drop)
-            .map_err(|e| StoreError::sqlite("writing a received record", e))
+            .map_err(|e| StoreError::sqlite("writing a received record", e))?;
+        self.mark_synced(table, id, text, false)
     }
 
     /// Deletes a record on the central's word.
@@ -35,8 +36,8 @@ impl Tx<'_> {
         self.conn()
             .prepare_cached("DELETE FROM record WHERE table_name = ?1 AND record_id = ?2")
             .and_then(|mut s| s.execute(params![table, id]))
-            .map(drop)
-            .map_err(|e| StoreError::sqlite(format!("deleting received {table} {id}"), e))
+            .map_err(|e| StoreError::sqlite(format!("deleting received {table} {id}"), e))?;
+        self.forget_synced(table, id)
     }
 
     /// Merge `drop` into `keep` (§7.4): every reference is repointed, joins that
@@ -64,18 +65,30 @@ impl Tx<'_> {
                 )
                 .map_err(err)?;
             }
-            conn.execute(
-                "UPDATE record SET data = json_set(data, ?1, ?2) WHERE json_extract(data, ?1) = ?3",
-                params![path, keep, drop],
-            )
-            .map_err(err)?;
+            let repointed: Vec<(String, String, String)> = conn
+                .prepare(
+                    "UPDATE record SET data = json_set(data, ?1, ?2) WHERE json_extract(data, ?1) = ?3 \
+                     RETURNING table_name, record_id, data",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![path, keep, drop], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect()
+                })
+                .map_err(err)?;
+            for (t, id, data) in repointed {
+                // Repointed on the central's word: the central's copy says the same.
+                let created_here = self.created_by_writer(&t, &id)? == Some(true);
+                self.mark_synced(&t, &id, &data, created_here)?;
+            }
         }
         conn.execute(
             "DELETE FROM record WHERE table_name = ?1 AND record_id = ?2",
             params![table, drop],
         )
-        .map(|_| ())
-        .map_err(err)
+        .map_err(err)?;
+        self.forget_synced(table, drop)
     }
 }
 

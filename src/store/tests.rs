@@ -5,7 +5,7 @@ use serde_json::json;
 
 fn initialised() -> Store {
     let mut s = Store::open_in_memory().unwrap();
-    s.set_site_identity(12, "S_KAW").unwrap();
+    s.set_site_identity(12, "S_KAW", None).unwrap();
     s
 }
 

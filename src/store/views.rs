@@ -258,16 +258,29 @@ pub fn views() -> Vec<(String, String)> {
 const MARK: &str = "/* made by fieldsync from its table registry */";
 
 /// Drops the views fieldsync made, this build's and older ones (of tables a
-/// newer registry may no longer have).
+/// newer registry may no longer have), and any view under one of this build's
+/// view names (another program's replacement: the name is fieldsync's).
 pub fn drop_all(conn: &rusqlite::Connection) -> Result<(), super::StoreError> {
     let err = |e| super::StoreError::sqlite("dropping the views", e);
-    let names: Vec<String> = conn
+    let mut names: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'view' AND instr(sql, ?1) > 0")
         .and_then(|mut s| {
             s.query_map([MARK], |r| r.get(0))?
                 .collect::<Result<Vec<String>, _>>()
         })
         .map_err(err)?;
+    for (name, _) in views() {
+        let is_view: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?1)",
+                [&name],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        if is_view && !names.contains(&name) {
+            names.push(name);
+        }
+    }
     for n in names {
         conn.execute_batch(&format!("DROP VIEW IF EXISTS {};", quote(&n)))
             .map_err(err)?;
@@ -275,8 +288,42 @@ pub fn drop_all(conn: &rusqlite::Connection) -> Result<(), super::StoreError> {
     Ok(())
 }
 
-/// Creates the views; a name an app already uses for its own table or view is
-/// left to the app (with a warning), never a reason the store cannot open.
+/// What differs from this build's views: one missing, or replaced by another
+/// program (its text is not this build's). A name an app uses for a table of
+/// its own is left to the app.
+pub fn verify(conn: &rusqlite::Connection) -> Result<Vec<String>, super::StoreError> {
+    let err = |e| super::StoreError::sqlite("checking the views", e);
+    let mut problems = Vec::new();
+    for (name, want) in views() {
+        let have: Option<(String, Option<String>)> = conn
+            .query_row(
+                "SELECT type, sql FROM sqlite_master WHERE lower(name) = lower(?1)",
+                [&name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .map_err(err)?;
+        match have {
+            None => problems.push(format!("view {name} was missing")),
+            Some((t, sql))
+                if t == "view"
+                    && sql.as_deref().map(|s| s.trim().trim_end_matches(';'))
+                        != Some(want.trim().trim_end_matches(';')) =>
+            {
+                problems.push(format!("view {name} was replaced"))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(problems)
+}
+
+/// Creates the views; a name an app already uses for its own table is left to
+/// the app (with a warning), never a reason the store cannot open.
 pub fn create_all(conn: &rusqlite::Connection) -> Result<(), super::StoreError> {
     for (name, sql) in views() {
         let taken: bool = conn
@@ -304,7 +351,7 @@ mod tests {
     #[test]
     fn views_type_the_common_fields_and_refuse_writes() {
         let mut s = Store::open_in_memory().unwrap();
-        s.set_site_identity(1, "S").unwrap();
+        s.set_site_identity(1, "S", None).unwrap();
         s.put(
             "transact",
             &json!({"ID": "T1", "store_ID": "S", "invoice_num": 7, "type": "si", "hold": false}),

@@ -144,6 +144,19 @@ fn apply_one(
 }
 
 fn apply(tx: &Tx, site: &Site, row: &Buffered) -> Result<Applied, RowError> {
+    // A change this site made and has not pushed yet wins, whatever the kind of
+    // record: it goes to the central next, and a received copy written now
+    // would be pushed back as if it were the site's (issue 26). A delete stays
+    // a delete.
+    if row.action != Action::Merge {
+        if let Some(delete) = tx.waiting_change(&row.table, &row.id)? {
+            return Ok(Applied::Ignored(if delete {
+                "this site deleted it and the delete waits to be pushed".into()
+            } else {
+                "this site's own change waits to be pushed, and wins".into()
+            }));
+        }
+    }
     match row.action {
         Action::Upsert => {
             let text = row.data.as_deref().unwrap_or("");
@@ -250,7 +263,7 @@ mod tests {
     #[test]
     fn a_line_waits_for_its_parent_and_the_rest_goes_on() {
         let mut s = Store::open_in_memory().unwrap();
-        s.set_site_identity(1, "S").unwrap();
+        s.set_site_identity(1, "S", None).unwrap();
         let t = receive_all(
             &mut s,
             &site(),
@@ -287,7 +300,7 @@ mod tests {
     #[test]
     fn own_records_are_not_overwritten_after_initialisation() {
         let mut s = Store::open_in_memory().unwrap();
-        s.set_site_identity(1, "S").unwrap();
+        s.set_site_identity(1, "S", None).unwrap();
         s.put(
             "transact",
             &json!({"ID": "T1", "store_ID": "S", "comment": "local"}),
@@ -315,7 +328,7 @@ mod tests {
     #[test]
     fn merge_repoints_and_is_idempotent() {
         let mut s = Store::open_in_memory().unwrap();
-        s.set_site_identity(1, "S").unwrap();
+        s.set_site_identity(1, "S", None).unwrap();
         let fresh = Site {
             active_store: Some("S".into()),
             initialised: false,

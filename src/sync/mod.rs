@@ -328,7 +328,7 @@ pub fn run<T: Transport>(
             Gzip::Refused => "refused",
             Gzip::Unknown => "unknown",
         };
-        if let Err(e) = store.set_central_gzip(v) {
+        if let Err(e) = store.set_central_gzip(Some(v)) {
             log::warn!("could not remember the central's gzip answer: {e}");
         }
     }

@@ -96,7 +96,7 @@ mod tests {
     #[test]
     fn numbers_linked_supplier_invoices_once_and_queues_them() {
         let mut s = Store::open_in_memory().unwrap();
-        s.set_site_identity(1, "S").unwrap();
+        s.set_site_identity(1, "S", None).unwrap();
         let rows: Vec<_> = [("SI1", -1, "CI1"), ("SI0", 4, "CI0"), ("SI2", -1, "")]
             .iter()
             .map(|(id, num, link)| {
@@ -127,7 +127,7 @@ mod tests {
     #[test]
     fn numbers_read_leniently_and_never_wrap() {
         let mut s = Store::open_in_memory().unwrap();
-        s.set_site_identity(1, "S").unwrap();
+        s.set_site_identity(1, "S", None).unwrap();
         received(
             &mut s,
             &[
@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn documents_written_here_keep_their_number() {
         let mut s = Store::open_in_memory().unwrap();
-        s.set_site_identity(1, "S").unwrap();
+        s.set_site_identity(1, "S", None).unwrap();
         // Case 40: a response requisition written locally with serial 0 is pushed
         // with 0, never renumbered.
         s.put(

@@ -214,6 +214,23 @@ pub fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The agent's own state file beside a database, read as the agent's user
+/// (cursors, initialisation state, the buffer).
+pub fn state(db: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(fieldsync::store::state_path(db)).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    c
+}
+
+/// One value of the agent's state (`central_cursor`, `init_state`, …).
+pub fn state_value(db: &Path, key: &str) -> Option<String> {
+    state(db)
+        .query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .ok()
+}
+
 /// Local SQL on an agent database, as the clinic's app would do it.
 pub fn sql(db: &Path) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(db).unwrap();
