@@ -56,8 +56,9 @@ if [ "$1" = configure ]; then
   if ! getent passwd fieldsync >/dev/null; then
     adduser --system --group --home /var/lib/fieldsync --no-create-home fieldsync >/dev/null
   fi
-  # 2770 setgid: the clinic app's users join the fieldsync group (README, "Security").
-  install -d -o fieldsync -g fieldsync -m 2770 /var/lib/fieldsync
+  # 3770: the clinic app's users join the fieldsync group (setgid keeps their files
+  # in it); sticky: they cannot remove or rename the agent's files (README, "Security").
+  install -d -o fieldsync -g fieldsync -m 3770 /var/lib/fieldsync
   if command -v udevadm >/dev/null && [ -d /sys/class/leds ]; then
     udevadm control --reload-rules 2>/dev/null || true
     udevadm trigger --subsystem-match=leds --action=change 2>/dev/null || true

@@ -47,7 +47,7 @@ if [ "$(id -u)" = 0 ] && [ "$arch" = "$(dpkg --print-architecture)" ]; then
   /usr/bin/fieldsync version
   getent passwd fieldsync >/dev/null
   [ -d /var/lib/fieldsync ]
-  [ "$(stat -c %a:%G /var/lib/fieldsync)" = "2770:fieldsync" ] || { echo "/var/lib/fieldsync is $(stat -c %a:%G /var/lib/fieldsync), want 2770:fieldsync" >&2; exit 1; }
+  [ "$(stat -c %a:%G /var/lib/fieldsync)" = "3770:fieldsync" ] || { echo "/var/lib/fieldsync is $(stat -c %a:%G /var/lib/fieldsync), want 3770:fieldsync" >&2; exit 1; }
   [ -e /etc/systemd/system/timers.target.wants/fieldsync-sync.timer ] || [ -d /run/systemd/system ]
   dpkg --purge fieldsync >/dev/null
   for p in /usr/bin/fieldsync /usr/lib/systemd/system/fieldsync-sync.timer /etc/default/fieldsync /var/lib/fieldsync \

@@ -195,7 +195,7 @@ for family in om(text):
     assert family.type == "gauge", family
     for s in family.samples:
         labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-        print(f"{s.name}{{{labels}}} {s.value:g}")
+        print(f"{s.name}{{{labels}}} {s.value!r}")
 "#;
 
 fn python_metrics(python: &str, file: &Path) -> std::collections::HashMap<String, f64> {

@@ -322,17 +322,8 @@ fn c38_networks_that_answer_instead_of_the_central_are_offline_not_support_calls
     let ca_file = env.dir.join("ca.pem");
     std::fs::write(&ca_file, ca).unwrap();
     let central = env.central.clone();
-    let handler: fake::Handler = Arc::new(move |req: &fake::Request| {
-        let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
-        let r = central.handle(&fieldsync::central::api::Request {
-            method: req.method.clone(),
-            path: path.to_string(),
-            query: query.to_string(),
-            headers: req.headers.clone(),
-            body: req.body.clone(),
-        });
-        Reply::raw(r.status, r.body).with("Content-Type", "application/json")
-    });
+    let handler: fake::Handler =
+        Arc::new(move |req: &fake::Request| fake::forward(&central, req, req.body.clone()));
     let tls = fake::serve_tls(handler.clone(), chain, key);
     let db = env.db("tls");
     init_at(

@@ -172,12 +172,7 @@ fn a_database_from_before_is_migrated_on_its_first_sync() {
     let d = digest("kaw");
     let cred = with_suffix(&db, ".credential");
     std::fs::remove_file(&cred).unwrap();
-    sql(&db)
-        .execute(
-            "INSERT INTO setting (key, value) VALUES ('password_digest', ?1)",
-            [&d],
-        )
-        .unwrap();
+    common::as_older_fieldsync(&db, &[("password_digest", &d)]);
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     // `check` works with it where it is, and writes nothing.

@@ -55,14 +55,7 @@ impl Seed {
         self.env.agent(db, &["put", table, &row.to_string()])
     }
     fn has(&self, db: &Path, table: &str, id: &str) -> Option<Value> {
-        sql(db)
-            .query_row(
-                "SELECT data FROM record WHERE table_name = ?1 AND record_id = ?2",
-                [table, id],
-                |r| r.get::<_, String>(0),
-            )
-            .ok()
-            .map(|t| serde_json::from_str(&t).unwrap())
+        common::record(db, table, id)
     }
 }
 

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::Class;
-use crate::store::{key, modes, Store};
+use crate::store::{modes, Store};
 use crate::wire::credentials::Secret;
 
 use super::Failure;
@@ -157,7 +157,7 @@ pub fn write(path: &Path, digest: &Secret) -> Result<(), Failure> {
 /// deletes it there and scrubs it from the file's free space and WAL. Returns
 /// whether there was one. Safe to repeat: a run cut short finishes next time.
 pub fn migrate(store: &mut Store, file: &Path) -> Result<bool, Failure> {
-    let Some(old) = store.legacy_settings()?.remove(key::PASSWORD_DIGEST) else {
+    let Some(old) = store.digest_to_move()? else {
         if store.scrub_pending()? {
             scrub(store)?;
         }

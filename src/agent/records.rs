@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::error::Class;
 use crate::legacy::{registry, row};
+use crate::store::check::Dropped;
 use crate::store::{self, Store, StoreError};
 
 use super::{CmdResult, Failure};
@@ -198,6 +199,49 @@ pub fn queue_retry(db: &Path, only: Option<(&str, &str)>) -> CmdResult {
     let store = Store::open_for_records(db)?;
     let n = store.outbox_retry(only)?;
     println!("{n} record(s) back in the queue");
+    Ok(())
+}
+
+/// Discards a set-aside change for good, after a person confirmed it: the
+/// record goes back to the central's copy (asked for at the next sync) or, if
+/// the central never had it, is removed. The agent's own user runs it (the
+/// restore list is in its state file).
+pub fn queue_drop(db: &Path, table: &str, id: &str, yes: bool) -> CmdResult {
+    let mut store = Store::open_configured(db)?;
+    let listed = store
+        .outbox_list(true, QUEUE_LISTED)?
+        .into_iter()
+        .find(|r| r.table == table && r.id == id);
+    let Some(entry) = listed else {
+        return Err(Failure::new(
+            Class::Input,
+            format!(
+                "{table} {id} has no set-aside change to drop (`fieldsync queue --rejected` lists them; a waiting one is still being sent)"
+            ),
+        ));
+    };
+    if !yes {
+        return Err(Failure::new(
+            Class::Input,
+            format!(
+                "this drops the {} of {table} {id} for good ({}): the central will never get it. Run again with --yes to drop it",
+                entry.action,
+                entry.reason.as_deref().unwrap_or("set aside")
+            ),
+        ));
+    }
+    let dropped = store.drop_set_aside(table, id)?;
+    let what = match dropped {
+        Some(Dropped::Restore) => "the central's copy is fetched at the next sync",
+        Some(Dropped::Deleted) => "the central never had it, so it is removed here",
+        Some(Dropped::Nothing) | None => "nothing else to undo",
+    };
+    log::warn!(
+        "a person dropped the set-aside {} of {table} {id} ({}); {what}",
+        entry.action,
+        entry.reason.as_deref().unwrap_or("set aside")
+    );
+    println!("dropped {table} {id}: {what}");
     Ok(())
 }
 

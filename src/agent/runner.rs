@@ -18,7 +18,7 @@ use crate::field::metrics;
 use crate::field::notify;
 use crate::field::progress;
 use crate::field::status::{self, Attempt};
-use crate::store::{key, modes, Store};
+use crate::store::{modes, Store};
 use crate::sync::{self, Outcome, Progress, Report};
 use crate::wire::client::Client;
 use crate::wire::credentials::{self, Secret};
@@ -173,7 +173,7 @@ pub fn setup(store: &Store) -> Result<Setup<HttpTransport>, Failure> {
     let places = credential::Places::from_env(store.path(), settings.credential_file.clone());
     let digest = match places.read() {
         Ok(d) => d,
-        Err(e) => match store.legacy_settings()?.remove(key::PASSWORD_DIGEST) {
+        Err(e) => match store.digest_to_move()? {
             Some(old) => Secret::new(old),
             None => return Err(e),
         },
@@ -403,6 +403,50 @@ pub fn sync(db: &Path, json: bool) -> CmdResult {
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
+    }
+    match report.class {
+        None => Ok(()),
+        Some(c) => Err(Failure::new(
+            c,
+            report.error.unwrap_or_else(|| c.hint().into()),
+        )),
+    }
+}
+
+/// `fieldsync verify [--json]`: a sync whose check of this device's records
+/// against what was last synced runs whatever the count, then what it found.
+pub fn verify(db: &Path, json: bool) -> CmdResult {
+    let _lock = lock(db)?;
+    let mut store = Store::open_configured(db)?;
+    let mut s = prepare(&mut store)?;
+    s.settings.sync.check_now = true;
+    let (origin, dns) = (s.settings.origin.clone(), s.settings.net.dns.clone());
+    let report = sync_once(db, &mut store, &mut s, || probe(&origin, &dns));
+    let checked = report.checked.clone().unwrap_or_default();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"checked": checked, "restored": report.restored,
+                               "restore_waiting": report.restore_waiting, "sync": report})
+        );
+    } else {
+        println!(
+            "checked {} record(s): {} changed behind the rules and queued for the central, {} restored from the central's copy{}",
+            checked.records,
+            checked.queued,
+            checked.restore,
+            if report.restore_waiting > 0 {
+                format!(
+                    " ({} wait: this central cannot send them again; re-initialise the site to restore them)",
+                    report.restore_waiting
+                )
+            } else {
+                String::new()
+            }
+        );
+        for f in &checked.findings {
+            println!("  {} {}: {:?}, {:?}", f.table, f.id, f.change, f.repair);
+        }
     }
     match report.class {
         None => Ok(()),

@@ -44,6 +44,7 @@ pub mod key {
     pub const INIT_POLL: &str = "init_poll_secs";
     pub const RETRY_BASE: &str = "retry_base_ms";
     pub const BUSY_TIMEOUT: &str = "busy_timeout_ms";
+    pub const CHECK_EVERY: &str = "check_every_syncs";
 }
 
 /// Who sets a key.
@@ -137,6 +138,9 @@ fn dns_servers(v: &str) -> Result<(), String> {
     resolve::parse_servers(v)
         .map(|_| ())
         .map_err(|e| format!("a list of DNS server addresses ({e})"))
+}
+fn check_every(v: &str) -> Result<(), String> {
+    whole(v, 0, 100_000)
 }
 fn progress_secs(v: &str) -> Result<(), String> {
     whole(v, 1, 3600)
@@ -323,6 +327,15 @@ pub const KEYS: &[Key] = &[
         check: millis,
     },
     Key {
+        name: key::CHECK_EVERY,
+        env: None,
+        default: "1",
+        unit: "syncs",
+        set_by: SetBy::Deployer,
+        doc: "check this device's records against what was last synced every this many syncs, to find changes made behind the rules (0: only with `fieldsync verify`)",
+        check: check_every,
+    },
+    Key {
         name: key::BUSY_TIMEOUT,
         env: Some("FIELDSYNC_BUSY_TIMEOUT_MS"),
         default: "30000",
@@ -434,6 +447,7 @@ impl Settings {
             batch_bytes: number(key::BATCH_BYTES)? as usize,
             integration_wait: Duration::from_secs(number(key::INTEGRATION_WAIT)?),
             init_poll: Duration::from_secs(number(key::INIT_POLL)?),
+            check_every: number(key::CHECK_EVERY)? as u32,
             ..Config::default()
         };
         let base = number(key::RETRY_BASE)?;

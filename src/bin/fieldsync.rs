@@ -38,6 +38,7 @@ enum Command {
     Demo(Demo),
     Init(Init),
     Sync(Sync),
+    Verify(Verify),
     Run(Run),
     Status(Status),
     Check(Check),
@@ -100,6 +101,15 @@ struct Init {
 #[argh(subcommand, name = "sync")]
 struct Sync {
     /// print the cycle's report as JSON on stdout
+    #[argh(switch)]
+    json: bool,
+}
+
+/// a sync that checks every record of this device against what was last synced
+#[derive(FromArgs)]
+#[argh(subcommand, name = "verify")]
+struct Verify {
+    /// print what was found as JSON on stdout
     #[argh(switch)]
     json: bool,
 }
@@ -203,7 +213,7 @@ struct Import {
     table: Option<String>,
 }
 
-/// records waiting to be pushed; `queue retry [TABLE ID]` puts set-aside records back
+/// records waiting to be pushed; `queue retry [TABLE ID]` puts set-aside records back; `queue drop TABLE ID --yes` discards one
 #[derive(FromArgs)]
 #[argh(subcommand, name = "queue")]
 struct Queue {
@@ -216,7 +226,11 @@ struct Queue {
     /// as JSON
     #[argh(switch)]
     json: bool,
-    /// retry [TABLE ID]: put set-aside records back in the queue
+    /// with drop: confirm that the change is discarded for good
+    #[argh(switch)]
+    yes: bool,
+    /// retry [TABLE ID]: put set-aside records back in the queue; drop TABLE
+    /// ID: discard a set-aside change (the record returns to the central's copy)
     #[argh(positional, greedy)]
     args: Vec<String>,
 }
@@ -324,6 +338,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             )
         }
         Command::Sync(s) => runner::sync(&db, s.json),
+        Command::Verify(v) => runner::verify(&db, v.json),
         Command::Run(r) => runner::run(&db, Duration::from_secs(r.interval)),
         Command::Status(s) if s.watch => agent::watch(&db, s.json),
         Command::Status(s) => agent::status(&db, s.json),
@@ -371,18 +386,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             println!("imported {n} record(s)");
             Ok(())
         }
+        // The greedy positionals take a switch written after them too.
         Command::Queue(q) => match q
             .args
             .iter()
             .map(String::as_str)
+            .filter(|a| *a != "--yes")
             .collect::<Vec<_>>()
             .as_slice()
         {
             [] => records::queue(&db, q.json, q.list, q.rejected),
             ["retry"] => records::queue_retry(&db, None),
             ["retry", table, id] => records::queue_retry(&db, Some((table, id))),
+            ["drop", table, id] => {
+                records::queue_drop(&db, table, id, q.yes || q.args.iter().any(|a| a == "--yes"))
+            }
             _ => Err(input(
-                "queue takes: [--list|--rejected] [--json] | retry [TABLE ID]",
+                "queue takes: [--list|--rejected] [--json] | retry [TABLE ID] | drop TABLE ID --yes",
             )),
         },
         Command::Export(e) => agent::courier::export(&db, &e.dir),

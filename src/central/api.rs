@@ -135,6 +135,21 @@ impl Central {
             ("GET", "queued_records") => self.pull_queue(&conn, site, req),
             ("GET", "central_records") => self.central_records(&conn, site, req),
             ("POST", "acknowledged_records") => self.acknowledge(&mut conn, site, req),
+            ("POST", "fieldsync/requeue") => match serde_json::from_slice(&req.body) {
+                Ok(ask) => {
+                    let answer = self.requeue(&mut conn, site, ask)?;
+                    Ok(Reply::json(
+                        200,
+                        serde_json::to_value(answer).unwrap_or(Value::Null),
+                    ))
+                }
+                Err(e) => Ok(Reply::error(
+                    400,
+                    "invalid_body",
+                    &format!("expected {{\"records\":[{{\"tableName\":…,\"recordId\":…}}]}}: {e}"),
+                    Value::Null,
+                )),
+            },
             _ => Ok(Reply::error(
                 404,
                 "not_found",

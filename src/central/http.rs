@@ -420,6 +420,12 @@ fn write_reply(
         // RFC 7694: this server accepts gzip request bodies (§9.1).
         head.push_str("Accept-Encoding: gzip\r\n");
     }
+    // This project's verification extension [PC] (central::verify).
+    head.push_str(&format!(
+        "{}: {}\r\n",
+        super::verify::HEADER,
+        super::verify::EXTENSIONS
+    ));
     head.push_str(if keep_alive {
         "Connection: keep-alive\r\n\r\n"
     } else {

@@ -32,6 +32,7 @@ pub mod pages;
 pub mod routing;
 pub mod staging;
 pub mod transfers;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -157,6 +157,7 @@ pub fn line(
             "initialisation: the central is preparing this site's records".into(),
             duration(secs),
         ],
+        Step::Check => vec!["checking this device's records against what was synced".into()],
         Step::Push => [
             Some(count("push")),
             Some(format!("{} sent", size(sent))),

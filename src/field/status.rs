@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Class;
 use crate::field::led::Pattern;
+use crate::store::check::Checked;
 use crate::store::{modes, InitState, Store, StoreError};
 use crate::sync::{Outcome, Report, Step};
 
@@ -170,6 +171,12 @@ pub struct View {
     /// Another program changed fieldsync's rules in the database: what was found
     /// now, or when they were last restored (issue 18).
     pub rules: Option<String>,
+    /// What the last check of the records against what was last synced found
+    /// (changes made behind the rules; issue 26).
+    pub check: Option<Checked>,
+    /// Records changed behind the rules that the central was not yet asked to
+    /// send again.
+    pub restore_waiting: u64,
     /// Stored rows set aside by a schema upgrade (not valid rows).
     pub quarantined: u64,
     /// The class of the current condition (exit-code meaning), if any.
@@ -208,6 +215,8 @@ impl View {
             )),
             class: Some(Class::NotConfigured),
             rules: None,
+            check: None,
+            restore_waiting: 0,
             quarantined: 0,
             bundle_out: None,
             bundle_in: None,
@@ -275,6 +284,8 @@ pub fn view(
         what_to_do: None,
         class: None,
         rules: rules_note(store, now_unix())?,
+        check: store.last_check()?,
+        restore_waiting: store.restore_waiting()?,
         quarantined: store.quarantined()?,
         bundle_out,
         bundle_in,
@@ -398,6 +409,33 @@ pub fn render(v: &View, now: u64) -> String {
     if let Some(r) = &v.rules {
         line(&mut out, "store rules", r.clone());
     }
+    if let Some(c) = v
+        .check
+        .as_ref()
+        .filter(|c| c.queued + c.restore + c.set_aside > 0)
+    {
+        line(
+            &mut out,
+            "changed behind rules",
+            format!(
+                "last check of {} record(s): {} sent to the central, {} restored from it, {} set aside for a person (`fieldsync queue --rejected`)",
+                c.records, c.queued, c.restore, c.set_aside
+            ),
+        );
+        for f in c.findings.iter().take(3) {
+            out.push_str(&format!("{:<20} {} {}\n", "", f.table, f.id));
+        }
+    }
+    if v.restore_waiting > 0 {
+        line(
+            &mut out,
+            "restore waiting",
+            format!(
+                "{} record(s) to ask the central for again at the next sync",
+                v.restore_waiting
+            ),
+        );
+    }
     if v.quarantined > 0 {
         line(
             &mut out,
@@ -520,6 +558,8 @@ mod tests {
                 what_to_do: Some(class.hint().to_string()),
                 class: Some(class),
                 rules: None,
+                check: None,
+                restore_waiting: 0,
                 quarantined: 0,
                 bundle_out: None,
                 bundle_in: None,

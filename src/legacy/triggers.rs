@@ -23,6 +23,11 @@ use super::registry::{DISPENSARY_HELD, UNKNOWN_ORDER};
 /// table's included), children first (§7.3): `DELETE_KEY_BASE - rank`.
 const DELETE_KEY_BASE: u16 = 2 * UNKNOWN_ORDER;
 
+/// A sequence counter above this (2^62) was not counted there: another program
+/// set it, and the next change counts on from the outbox itself instead of
+/// overflowing into a value SQLite stores as a float.
+const SEQ_CEILING: i64 = 1 << 62;
+
 /// Largest record text a local write may store: the row limit of
 /// [`super::row::MAX_ROW_BYTES`].
 const MAX_BYTES: usize = super::row::MAX_ROW_BYTES;
@@ -208,7 +213,10 @@ fn held(r: Row) -> String {
 
 /// The outbox upsert of a change: one entry per record; each change moves it to
 /// the back (new seq), bumps its version and sets its place in the push order; a
-/// sent entry goes back to pending, a rejected one stays rejected.
+/// sent entry goes back to pending, a rejected one stays rejected. The sequence
+/// is past every entry whatever another program did to its counter (reset it,
+/// deleted it, stored text in it): an app's `UPDATE counter SET value = 0`
+/// must not make every later write fail on the outbox's unique `seq` (issue 26).
 fn capture(r: Row, action: &str, only_if: &str) -> String {
     let rank = format!(
         "coalesce((SELECT rank FROM registry WHERE table_name = {}), {UNKNOWN_ORDER})",
@@ -221,7 +229,11 @@ fn capture(r: Row, action: &str, only_if: &str) -> String {
     };
     let h = held(r);
     format!(
-        "    UPDATE counter SET value = value + 1 WHERE name = 'outbox_seq' AND {only_if};\n\
+        "    INSERT INTO counter (name, value) SELECT 'outbox_seq', coalesce((SELECT max(seq) FROM outbox), 0) + 1 \
+                 WHERE {only_if}\n\
+         \x20   ON CONFLICT (name) DO UPDATE SET value = max(CASE WHEN typeof(counter.value) = 'integer' \
+                 AND counter.value < {SEQ_CEILING} THEN counter.value ELSE 0 END, \
+                 coalesce((SELECT max(seq) FROM outbox), 0)) + 1;\n\
          \x20   INSERT INTO outbox (table_name, record_id, seq, action, version, push_key, state)\n\
          \x20   SELECT {t}, {i}, (SELECT value FROM counter WHERE name = 'outbox_seq'), '{action}', 1, {push_key},\n\
          \x20          CASE WHEN {h} THEN 'held' ELSE 'pending' END\n\

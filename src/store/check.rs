@@ -220,6 +220,42 @@ fn is_local(table: &str) -> bool {
     registry::lookup(table).is_some_and(|t| t.kind == Kind::Local)
 }
 
+impl Store {
+    /// What the last check found (for `status`).
+    pub fn last_check(&self) -> Result<Option<Checked>, StoreError> {
+        Ok(state::get(self.agent(), state::key::LAST_CHECK)?
+            .and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// Records found changed behind the rules that the central has not yet
+    /// been asked to send again (it cannot be asked, or the link was down).
+    pub fn restore_waiting(&self) -> Result<u64, StoreError> {
+        Ok(state::get(self.agent(), state::key::RESTORE)?
+            .and_then(|t| serde_json::from_str::<Vec<(String, String)>>(&t).ok())
+            .map_or(0, |l| l.len() as u64))
+    }
+}
+
+/// Whether the site ever synced a version of the record.
+fn was_synced(conn: &Connection, table: &str, id: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM record_check WHERE table_name = ?1 AND record_id = ?2)",
+        params![table, id],
+        |r| r.get(0),
+    )
+}
+
+/// What became of a record whose set-aside change a person dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// The central's copy is asked for at the next sync.
+    Restore,
+    /// Only ever written here: removed.
+    Deleted,
+    /// Nothing left to undo (a refused delete of a record never synced).
+    Nothing,
+}
+
 /// What changed behind the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -243,7 +279,17 @@ pub enum Repair {
     Queued,
     /// It may not: set aside, and the central's copy asked for.
     Restore,
+    /// A record written here that the site may not write and the central never
+    /// had: set aside for a person (`fieldsync queue --rejected`).
+    SetAside,
 }
+
+/// The reasons a check sets an outbox entry aside with.
+const RESTORED: &str =
+    "changed behind fieldsync's rules and not this site's to change; the central's copy is asked for";
+const HELD_FOR_A_PERSON: &str =
+    "written behind fieldsync's rules and not this site's to write; nothing of it is sent \
+     (`fieldsync queue drop TABLE ID --yes` discards it)";
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Finding {
@@ -259,6 +305,8 @@ pub struct Checked {
     pub records: u64,
     pub queued: u64,
     pub restore: u64,
+    /// Written behind the rules, not the site's, never synced: for a person.
+    pub set_aside: u64,
     /// Outbox entries another program marked sent or held, back to pending.
     pub outbox_repaired: u64,
     /// The first [`LISTED`] findings.
@@ -270,6 +318,7 @@ impl Checked {
         match f.repair {
             Repair::Queued => self.queued += 1,
             Repair::Restore => self.restore += 1,
+            Repair::SetAside => self.set_aside += 1,
         }
         log::warn!(
             "{} {} was {} behind fieldsync's rules; {}",
@@ -285,6 +334,8 @@ impl Checked {
                 Repair::Queued => "the site may make that change: queued for the central",
                 Repair::Restore =>
                     "the site may not: set aside, and the central's copy is asked for",
+                Repair::SetAside =>
+                    "the site may not write it: set aside for a person (`fieldsync queue --rejected`)",
             }
         );
         if self.findings.len() < LISTED {
@@ -293,7 +344,7 @@ impl Checked {
     }
 
     pub fn clean(&self) -> bool {
-        self.queued + self.restore + self.outbox_repaired == 0
+        self.queued + self.restore + self.set_aside + self.outbox_repaired == 0
     }
 }
 
@@ -423,6 +474,54 @@ impl Store {
         Ok(n)
     }
 
+    /// A person discards a set-aside change (`fieldsync queue drop`): its
+    /// outbox entry goes, and the record goes back to what the central holds
+    /// — asked for again when it was ever synced, removed when it was only
+    /// ever written here. Nothing is sent for it. `None` when `table`/`id` has
+    /// no set-aside entry (a pending one is still on its way and is not
+    /// dropped).
+    pub fn drop_set_aside(&mut self, table: &str, id: &str) -> Result<Option<Dropped>, StoreError> {
+        let err = |e| StoreError::sqlite("dropping a set-aside change", e);
+        let (exists, synced) = {
+            let tx = self.tx()?;
+            let exists: bool = tx
+                .conn()
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM outbox WHERE table_name = ?1 AND record_id = ?2 AND state = 'rejected')",
+                    params![table, id],
+                    |r| r.get(0),
+                )
+                .map_err(err)?;
+            (exists, was_synced(tx.conn(), table, id).map_err(err)?)
+        };
+        if !exists {
+            return Ok(None);
+        }
+        // The central's copy is asked for before the entry goes: a power cut
+        // between the two asks for it while the entry is still set aside
+        // (harmless), never drops the entry without the ask.
+        if synced {
+            self.note_restore(vec![(table.to_string(), id.to_string())])?;
+        }
+        let tx = self.tx()?;
+        tx.conn()
+            .execute(
+                "DELETE FROM outbox WHERE table_name = ?1 AND record_id = ?2 AND state = 'rejected'",
+                params![table, id],
+            )
+            .map_err(err)?;
+        let dropped = if synced {
+            Dropped::Restore
+        } else if tx.get(table, id)?.is_some() {
+            tx.delete_received(table, id)?;
+            Dropped::Deleted
+        } else {
+            Dropped::Nothing
+        };
+        tx.commit()?;
+        Ok(Some(dropped))
+    }
+
     fn note_restore(&mut self, found: Vec<(String, String)>) -> Result<(), StoreError> {
         let mut list: Vec<(String, String)> = state::get(self.agent(), state::key::RESTORE)?
             .and_then(|t| serde_json::from_str(&t).ok())
@@ -460,12 +559,7 @@ impl Store {
         self.note_restore(left)
     }
 
-    /// What the last check found (for `status`), and saves a new one.
-    pub fn last_check(&self) -> Result<Option<Checked>, StoreError> {
-        Ok(state::get(self.agent(), state::key::LAST_CHECK)?
-            .and_then(|t| serde_json::from_str(&t).ok()))
-    }
-
+    /// Saves what a check found (for `status`).
     pub fn save_check(&self, c: &Checked) -> Result<(), StoreError> {
         state::set(
             self.agent(),
@@ -521,56 +615,66 @@ impl Tx<'_> {
         let row: Option<Value> = std::str::from_utf8(&seen.data)
             .ok()
             .and_then(|t| serde_json::from_str(t).ok());
-        let may = was_mine != Some(false)
-            && match &row {
-                Some(r) => self.may_edit(&seen.table, r, was_mine.unwrap_or(true))?,
-                None => false,
-            };
         let finding = |change, repair| Finding {
             table: seen.table.clone(),
             id: seen.id.clone(),
             change,
             repair,
         };
-        match (&seen.outbox, may) {
+        let synced = seen.check.is_some();
+        let may = match (was_mine, &row) {
+            (Some(false), _) => false,
+            // Not a row at all: the push sets it aside with its reason.
+            (_, None) => true,
+            (_, Some(r)) => self.may_edit(&seen.table, r, was_mine.unwrap_or(true))?,
+        };
+        Ok(match (&seen.outbox, may, synced) {
             // Captured by the triggers, and the site may make it: it waits to go.
-            (Some(_), true) => Ok(None),
-            (None, true) => {
+            (Some(_), true, _) => None,
+            (None, true, _) => {
                 self.enqueue(&seen.table, &seen.id, false)?;
-                Ok(Some(finding(
-                    if seen.check.is_some() {
+                Some(finding(
+                    if synced {
                         Change::Edited
                     } else {
                         Change::Created
                     },
                     Repair::Queued,
-                )))
+                ))
             }
-            (entry, false) => {
-                self.set_aside_behind(&seen.table, &seen.id)?;
-                Ok(Some(finding(
-                    match (entry, seen.check.is_some()) {
-                        (Some(_), _) => Change::NotOurs,
-                        (None, true) => Change::Edited,
-                        (None, false) => Change::Created,
+            // A synced record the site may not change: set aside, and the
+            // central's copy asked for.
+            (entry, false, true) => {
+                self.set_aside_behind(&seen.table, &seen.id, RESTORED)?;
+                Some(finding(
+                    if entry.is_some() {
+                        Change::NotOurs
+                    } else {
+                        Change::Edited
                     },
                     Repair::Restore,
-                )))
+                ))
             }
-        }
+            // Written here behind the rules, never synced, and not the site's
+            // to write: nothing of it goes, and nothing is deleted by a check;
+            // it waits in `queue --rejected` for a person.
+            (entry, false, false) => {
+                if entry.is_none() {
+                    self.enqueue(&seen.table, &seen.id, false)?;
+                }
+                self.set_aside_behind(&seen.table, &seen.id, HELD_FOR_A_PERSON)?;
+                Some(finding(Change::Created, Repair::SetAside))
+            }
+        })
     }
 
     /// A change the site may not make: its outbox entry, if any, is set aside
     /// with the reason (nothing of it goes to the central).
-    fn set_aside_behind(&self, table: &str, id: &str) -> Result<(), StoreError> {
+    fn set_aside_behind(&self, table: &str, id: &str, why: &str) -> Result<(), StoreError> {
         self.conn()
             .execute(
                 "UPDATE outbox SET state = 'rejected', reason = ?3 WHERE table_name = ?1 AND record_id = ?2",
-                params![
-                    table,
-                    id,
-                    "changed behind fieldsync's rules and not this site's to change; the central's copy is asked for"
-                ],
+                params![table, id, why],
             )
             .map(drop)
             .map_err(|e| StoreError::sqlite("setting a change aside", e))

@@ -134,6 +134,12 @@ impl fmt::Display for StoreError {
                 "{} may be changed by other users (mode {mode:o}); `chmod 600` it as its owner",
                 p.display()
             ),
+            StoreError::Untrusted(p, super::modes::Untrusted::NotAFile) => write!(
+                f,
+                "{} is a symbolic link or not a plain file: another program may have put it there; \
+                 move it away (fieldsync makes its own)",
+                p.display()
+            ),
             StoreError::Sqlite(ctx, e) => write!(f, "{ctx}: {e}"),
             StoreError::Io(ctx, e) => write!(f, "{ctx}: {e}"),
         }

@@ -109,6 +109,13 @@ impl Store {
     /// Opens (creating if needed) and migrates the store at `path`, with its
     /// state file.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Err(e) = modes::guard_dir(path) {
+            log::warn!(
+                "the directory of {} is shared with other users and fieldsync cannot set its sticky bit ({e}); \
+                 `chmod +t` it as its owner, so no other user can replace fieldsync's files",
+                path.display()
+            );
+        }
         modes::guard_database(path)
             .map_err(|e| StoreError::Io(format!("creating {}", path.display()), e))?;
         let conn = Connection::open(path)

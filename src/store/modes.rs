@@ -15,6 +15,13 @@
 //!
 //! SQLite gives the `-wal` and `-shm` it creates the database file's mode, so
 //! creating the database with the right mode is enough for all three.
+//!
+//! The directory is shared with the app's group, which may create files in
+//! it: a name the agent opens could be a symbolic link the app planted. So no
+//! file is opened through a link ([`open_exact`] refuses one, [`check_private`]
+//! too), new files are made with `O_EXCL` and renamed into place, and the
+//! directory gets the sticky bit ([`guard_dir`]), so the group can neither
+//! remove nor rename a file the agent made.
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
@@ -24,7 +31,8 @@ pub const PUBLIC: u32 = 0o644;
 pub const PRIVATE: u32 = 0o600;
 
 /// Opens `path` for writing (created if missing, never truncated) with exactly
-/// `mode`.
+/// `mode`; never through a symbolic link (`O_NOFOLLOW`: another program may
+/// have put one at that name).
 pub fn open_exact(path: &Path, mode: u32, create_new: bool) -> std::io::Result<File> {
     let mut o = OpenOptions::new();
     o.write(true);
@@ -34,7 +42,10 @@ pub fn open_exact(path: &Path, mode: u32, create_new: bool) -> std::io::Result<F
         o.create(true).truncate(false);
     }
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, mode);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(mode).custom_flags(libc::O_NOFOLLOW);
+    }
     let f = o.open(path)?;
     set_exact(&f, mode)?;
     Ok(f)
@@ -75,10 +86,10 @@ pub fn guard_database(path: &Path) -> std::io::Result<()> {
             let mut p = path.as_os_str().to_owned();
             p.push(suffix);
             let p = std::path::PathBuf::from(p);
-            let Ok(m) = std::fs::metadata(&p) else {
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
                 continue;
             };
-            if m.permissions().mode() & 0o007 == 0 {
+            if !m.is_file() || m.permissions().mode() & 0o007 == 0 {
                 continue;
             }
             if let Err(e) = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(SHARED)) {
@@ -90,6 +101,30 @@ pub fn guard_database(path: &Path) -> std::io::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The sticky bit on the database's directory when this user owns it and
+/// others may write it (the package's `/var/lib/fieldsync`, `2770` before this
+/// build): the app's group keeps creating its own files there, but can no
+/// longer remove or rename the agent's (its state, configuration, credential,
+/// lock) to put its own in their place.
+pub fn guard_dir(db: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = match db.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let m = std::fs::metadata(dir)?;
+        let mode = m.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 && Some(m.uid()) == effective_uid() {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o1000))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = db;
     Ok(())
 }
 
@@ -112,6 +147,8 @@ pub enum Untrusted {
     Owner { owner: u32, me: u32 },
     /// Others may write it, and this user cannot change that.
     Writable { mode: u32 },
+    /// A symbolic link or something else than a plain file.
+    NotAFile,
 }
 
 /// Checks a file only the agent may write: it must belong to this process's
@@ -121,7 +158,10 @@ pub fn check_private(path: &Path) -> std::io::Result<Result<(), Untrusted>> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let m = std::fs::metadata(path)?;
+        let m = std::fs::symlink_metadata(path)?;
+        if !m.file_type().is_file() {
+            return Ok(Err(Untrusted::NotAFile));
+        }
         let Some(me) = effective_uid() else {
             return Ok(Ok(()));
         };
@@ -170,5 +210,28 @@ mod tests {
         std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
         guard_database(&db).unwrap();
         assert_eq!(mode(&db), 0o600);
+    }
+
+    #[test]
+    fn no_private_file_is_opened_through_a_link_and_the_shared_directory_gets_the_sticky_bit() {
+        let tmp = crate::testkit::tempdir::TempDir::new("modes-link");
+        let d = tmp.path();
+        let target = d.join("target");
+        std::fs::write(&target, "keep").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let link = d.join("f.sqlite.lock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(
+            open_exact(&link, PRIVATE, false).is_err(),
+            "opened through a link"
+        );
+        assert_eq!(mode(&target), 0o644, "the link's target was changed");
+        assert_eq!(check_private(&link).unwrap(), Err(Untrusted::NotAFile));
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        guard_dir(&d.join("f.sqlite")).unwrap();
+        assert_eq!(mode(d), 0o3770);
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        guard_dir(&d.join("f.sqlite")).unwrap();
+        assert_eq!(mode(d), 0o755, "a private directory is left as it is");
     }
 }

@@ -277,6 +277,13 @@ fn move_state_out(store: &mut Store) -> Result<(), StoreError> {
     let (buffer, bundles) = (main_has("buffer")?, main_has("bundle_sent")?);
     let agent = store.agent();
     let tx = agent.unchecked_transaction().map_err(err)?;
+    if rows.contains_key(key::PASSWORD_DIGEST) {
+        tx.execute(
+            "INSERT OR IGNORE INTO state (key, value) VALUES (?1, '1')",
+            [key::DIGEST_TO_MOVE],
+        )
+        .map_err(err)?;
+    }
     for k in key::MOVED_TO_STATE {
         if let Some(v) = rows.get(*k) {
             tx.execute(

@@ -56,7 +56,12 @@ pub mod key {
     /// Set while an old digest's bytes may still be in the database file (the
     /// truncating checkpoint was refused because a reader held the WAL).
     pub const SCRUB_PENDING: &str = "credential_scrub_pending";
-    /// The secret key of the record checks (hex).
+    /// Set by the upgrade that moved the state out while the shared file held a
+    /// password digest from an older fieldsync: that one digest is moved to the
+    /// credential file, once. A digest row another program writes later is
+    /// never read.
+    pub const DIGEST_TO_MOVE: &str = "digest_to_move";
+    /// The secret key of the record checks (base64).
     pub const CHECK_KEY: &str = "check_key";
     /// What the last check of the shared file found (JSON), for `status`.
     pub const LAST_CHECK: &str = "last_check";
@@ -300,6 +305,18 @@ impl Store {
             .and_then(|t| serde_json::from_str(&t).ok()))
     }
 
+    /// The password digest an older fieldsync kept in the shared file, while
+    /// the upgrade's one move of it is due (never a row written since).
+    pub fn digest_to_move(&self) -> Result<Option<String>, StoreError> {
+        // A file no build with the state file has opened yet (`check` reads
+        // one without upgrading it) still has it where it was.
+        let upgraded = super::schema::is_current(self.conn())?;
+        if upgraded && self.state(key::DIGEST_TO_MOVE)?.is_none() {
+            return Ok(None);
+        }
+        Ok(self.legacy_settings()?.remove(key::PASSWORD_DIGEST))
+    }
+
     /// Deletes the password digest an older fieldsync kept in the shared file,
     /// overwriting its bytes in the page (secure_delete), and notes that the
     /// file's free pages and WAL still need a scrub ([`Store::scrub_credential`]).
@@ -312,6 +329,7 @@ impl Store {
             .execute("DELETE FROM setting WHERE key = ?1", [key::PASSWORD_DIGEST])
             .map_err(|e| StoreError::sqlite("moving the credential out", e))?;
         tx.set_state(key::SCRUB_PENDING, "1")?;
+        unset(tx.agent(), key::DIGEST_TO_MOVE)?;
         tx.commit()
     }
 

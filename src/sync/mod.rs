@@ -20,6 +20,7 @@ pub mod integration;
 mod pull;
 mod push;
 pub mod transfer;
+mod verify;
 
 use std::fmt;
 use std::sync::Arc;
@@ -57,7 +58,17 @@ pub struct Config {
     pub init_wait: Duration,
     /// Legacy change-log gaps skipped per cycle. Defaults to 10 000 (§5 step 5).
     pub max_gap_steps: u64,
+    /// Check the shared file against what was synced every this many syncs
+    /// (issue 26; 0: only when asked). Defaults to [`CHECK_EVERY`].
+    pub check_every: u32,
+    /// Check it in this cycle whatever the count (`fieldsync verify`).
+    pub check_now: bool,
 }
+
+/// How often the shared file is checked by default: every sync. A check reads
+/// every record once (measured in README "Benchmarks"); a site with a very
+/// large store may space it out with `check_every_syncs`.
+pub const CHECK_EVERY: u32 = 1;
 
 impl Default for Config {
     fn default() -> Self {
@@ -70,6 +81,8 @@ impl Default for Config {
             init_poll: Duration::from_secs(15),
             init_wait: Duration::from_secs(30 * 60),
             max_gap_steps: 10_000,
+            check_every: CHECK_EVERY,
+            check_now: false,
         }
     }
 }
@@ -81,6 +94,8 @@ pub enum Step {
     Probe,
     SiteInfo,
     Initialise,
+    /// The shared file checked against what was synced (issue 26).
+    Check,
     Push,
     WaitIntegration,
     CentralRecords,
@@ -150,6 +165,16 @@ pub struct Report {
     /// agent's escalation rule; README "When retrying is not enough").
     #[serde(default)]
     pub escalated: bool,
+    /// What this cycle's check of the shared file found (when one ran).
+    #[serde(default)]
+    pub checked: Option<crate::store::check::Checked>,
+    /// Records asked for again from the central this cycle.
+    #[serde(default)]
+    pub restored: u64,
+    /// Records changed behind the rules that wait for a central that can send
+    /// them again (one without this project's extension).
+    #[serde(default)]
+    pub restore_waiting: u64,
 }
 
 impl Report {
@@ -391,8 +416,12 @@ impl<T: Transport> Cycle<'_, T> {
             return Ok(());
         };
         if state == InitState::Initialised {
+            // What passed the rules unseen is queued before the push takes the
+            // outbox (issue 26).
+            self.check_shared()?;
             // §5 steps 3–4: drain the outbox, the final push, then always wait.
             self.push()?;
+            self.ask_restore()?;
         }
         let initialised = state == InitState::Initialised;
         self.pull(pull::Source::Central, initialised)?;

@@ -112,7 +112,13 @@ impl Transport for InProcess {
         };
         Ok(Response {
             status: reply.status,
-            headers: vec![("content-type".into(), "application/json".into())],
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                (
+                    crate::central::verify::HEADER.into(),
+                    crate::central::verify::EXTENSIONS.into(),
+                ),
+            ],
             body: Box::new(Cursor::new(reply.body)),
         })
     }

@@ -56,6 +56,10 @@ pub enum Gzip {
     Refused,
 }
 
+/// The response header by which a central advertises this project's
+/// extensions [PC].
+pub const VERIFY_HEADER: &str = "fieldsync-extensions";
+
 /// Push bodies above this are gzipped for a central that takes them (§9.1).
 pub const GZIP_PUSH_ABOVE: usize = 1024;
 
@@ -72,6 +76,9 @@ pub struct Client<T: Transport> {
     /// What the central said of gzip bodies; the cycle keeps it between syncs
     /// (local data).
     gzip: Gzip,
+    /// The central answered with this project's verification extension
+    /// advertised [PC] (`Fieldsync-Extensions: verify`).
+    verifies: bool,
 }
 
 impl<T: Transport> Client<T> {
@@ -90,6 +97,7 @@ impl<T: Transport> Client<T> {
             traffic: Traffic::default(),
             in_flight: Rc::default(),
             gzip: Gzip::Unknown,
+            verifies: false,
         }
     }
 
@@ -107,6 +115,12 @@ impl<T: Transport> Client<T> {
     /// Starts the counts of a new cycle.
     pub fn start_counting(&mut self) {
         self.traffic = Traffic::default();
+    }
+
+    /// Whether the central advertised this project's verification extension
+    /// [PC]; never called on one that did not.
+    pub fn verifies(&self) -> bool {
+        self.verifies
     }
 
     pub fn gzip(&self) -> Gzip {
@@ -199,6 +213,12 @@ impl<T: Transport> Client<T> {
                     .is_some_and(|a| a.split(',').any(|e| e.trim().eq_ignore_ascii_case("gzip")))
             {
                 self.gzip = Gzip::Advertised;
+            }
+            if resp.header(VERIFY_HEADER).is_some_and(|v| {
+                v.split(',')
+                    .any(|e| e.trim().eq_ignore_ascii_case("verify"))
+            }) {
+                self.verifies = true;
             }
             // §9.4: a redirect is a captive portal or a proxy, never the central.
             if (300..400).contains(&resp.status) {
@@ -352,6 +372,28 @@ impl<T: Transport> Client<T> {
             return Err(intercepted_page(&page.head()).into());
         }
         Ok(page)
+    }
+
+    /// Asks the central to queue its copies of `records` (table, id) again
+    /// [PC]; what it did with each. Only for a central that advertised it.
+    pub fn requeue(
+        &mut self,
+        records: &[(String, String)],
+    ) -> Result<Vec<(protocol::RecordKey, protocol::Requeued)>, WireError> {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "records": records
+                .iter()
+                .map(|(t, id)| serde_json::json!({"tableName": t, "recordId": id}))
+                .collect::<Vec<_>>()
+        }))
+        .map_err(|e| ProtocolError::Violation(format!("encoding a requeue request: {e}")))?;
+        let answer: protocol::RequeueAnswer = self.json(
+            Method::Post,
+            "/fieldsync/requeue",
+            Some(&body),
+            Timeouts::DEFAULT,
+        )?;
+        Ok(answer.records)
     }
 
     pub fn acknowledge(&mut self, ids: &[String]) -> Result<(), WireError> {

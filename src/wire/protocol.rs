@@ -189,6 +189,35 @@ pub struct RejectedList {
     pub records: Vec<RejectedRecord>,
 }
 
+/// Records one requeue request may name [PC].
+pub const MAX_REQUEUE: usize = 1000;
+
+/// A record named in this project's requeue request [PC].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordKey {
+    pub table_name: String,
+    pub record_id: String,
+}
+
+/// What the central did with one record a site asked for again [PC].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Requeued {
+    /// Its copy is in the site's queue.
+    Queued,
+    /// The central holds no such record.
+    Absent,
+    /// The site should not hold it at all.
+    NotHeld,
+}
+
+/// `POST /sync/v5/fieldsync/requeue` answer [PC].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequeueAnswer {
+    pub records: Vec<(RecordKey, Requeued)>,
+}
+
 /// Error codes of §4.
 pub mod code {
     pub const SITE_NAME_NOT_FOUND: &str = "site_name_not_found";

@@ -161,6 +161,24 @@ fn exchange<S: Read + Write>(stream: S, handler: &Handler) {
     }
 }
 
+/// Hands `req` (with `body`, already inflated) to the central in process, as
+/// its own server would, and its answer back.
+pub fn forward(central: &fieldsync::central::Central, req: &Request, body: Vec<u8>) -> Reply {
+    let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+    let r = central.handle(&fieldsync::central::api::Request {
+        method: req.method.clone(),
+        path: path.to_string(),
+        query: query.to_string(),
+        headers: req.headers.clone(),
+        body,
+    });
+    Reply {
+        status: r.status,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: r.body,
+    }
+}
+
 /// A recording HTTP front of a real central: each request is handed to the
 /// central in process (gzip bodies inflated, as its own server would), and the
 /// fake remembers every request as "METHOD /endpoint" (with " gzip" when the
@@ -197,19 +215,7 @@ pub fn front(central: fieldsync::central::Central, advertise: bool, refuse_gzip:
             } else {
                 req.body.clone()
             };
-            let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
-            let r = central.handle(&fieldsync::central::api::Request {
-                method: req.method.clone(),
-                path: path.to_string(),
-                query: query.to_string(),
-                headers: req.headers.clone(),
-                body,
-            });
-            Reply {
-                status: r.status,
-                headers: vec![("Content-Type".into(), "application/json".into())],
-                body: r.body,
-            }
+            forward(&central, req, body)
         };
         if advertise {
             reply

@@ -231,7 +231,69 @@ pub fn state_value(db: &Path, key: &str) -> Option<String> {
         .ok()
 }
 
+/// Turns a database this build wrote into one an older fieldsync (schema 4,
+/// before issue 26) would have left: the settings and the agent's state in the
+/// shared file's `setting` table (plus `extra` rows, such as the password
+/// digest it kept there), the buffer and bundle tables in the shared file, no
+/// configuration file, no state file.
+pub fn as_older_fieldsync(db: &Path, extra: &[(&str, &str)]) {
+    let mut rows: Vec<(String, String)> = state(db)
+        .prepare("SELECT key, value FROM state WHERE key NOT IN ('check_key', 'shared_schema', 'schema_rules')")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let conf = db.with_extension("sqlite.conf");
+    for line in std::fs::read_to_string(&conf).unwrap().lines() {
+        if let Some((k, v)) = line.split_once(" = ") {
+            if !k.starts_with('#') {
+                rows.push((k.to_string(), v.to_string()));
+            }
+        }
+    }
+    rows.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let c = sql(db);
+    c.execute_batch(
+        "DROP TABLE record_check;
+         CREATE TABLE buffer (table_name TEXT NOT NULL, record_id TEXT NOT NULL, merge_drop TEXT NOT NULL DEFAULT '',
+             action TEXT NOT NULL, data TEXT, rank INTEGER NOT NULL, received INTEGER NOT NULL,
+             state TEXT NOT NULL DEFAULT 'pending', error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+             PRIMARY KEY (table_name, record_id, merge_drop));
+         CREATE TABLE bundle_sent (bundle BLOB NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (bundle, seq)) WITHOUT ROWID;
+         CREATE TABLE bundle_ack (sync_out_id TEXT PRIMARY KEY, bundle BLOB) WITHOUT ROWID;
+         INSERT OR IGNORE INTO counter VALUES ('receipt_seq', 0), ('si_number', 0), ('response_number', 0);
+         PRAGMA user_version = 4;",
+    )
+    .unwrap();
+    for (k, v) in rows {
+        c.execute(
+            "INSERT OR REPLACE INTO setting (key, value) VALUES (?1, ?2)",
+            [&k, &v],
+        )
+        .unwrap();
+    }
+    drop(c);
+    for suffix in [".state", ".state-wal", ".state-shm", ".conf"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
 /// Local SQL on an agent database, as the clinic's app would do it.
+/// A record of the shared file, read as an app would.
+pub fn record(db: &Path, table: &str, id: &str) -> Option<Value> {
+    sql(db)
+        .query_row(
+            "SELECT data FROM record WHERE table_name = ?1 AND record_id = ?2",
+            [table, id],
+            |r| r.get::<_, String>(0),
+        )
+        .ok()
+        .map(|t| serde_json::from_str(&t).unwrap())
+}
+
 pub fn sql(db: &Path) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(db).unwrap();
     c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
