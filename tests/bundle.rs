@@ -639,6 +639,11 @@ fn an_import_waits_for_a_sync_under_way_and_keeps_the_site_out_while_it_runs() {
     assert_eq!(lock, 0, "the import's lock is released");
 }
 
+fn good_body() -> String {
+    json!({"queueLength": 2, "data": [common::upd("1", "transact", json!({"ID": "T1", "store_ID": "S_KAW"}))]})
+        .to_string()
+}
+
 #[test]
 fn an_import_that_stops_half_way_can_be_finished() {
     use fieldsync::wire::bundle::{self, Body, Direction, Header, Writer};
@@ -661,12 +666,32 @@ fn an_import_that_stops_half_way_can_be_finished() {
         max_cursor: 0,
         confirms: None,
         created_by: "test".into(),
+        hardware_id: env
+            .central
+            .conn()
+            .unwrap()
+            .query_row("SELECT hardware_id FROM site WHERE name = 'kaw'", [], |r| {
+                r.get(0)
+            })
+            .unwrap(),
     };
     let digest = fieldsync::wire::credentials::password_digest("pw-kaw");
     let dir = stick(&env, "bad");
+    // Written on another device than the one the site is bound to: refused
+    // before anything is staged (issue 27, F10).
+    let other = Header {
+        hardware_id: "ANOTHER-DEVICE".into(),
+        ..header.clone()
+    };
+    let mut w = Writer::create(&dir.join("other.fsb"), &other, &digest).unwrap();
+    w.body(Body::Push, good_body().as_bytes()).unwrap();
+    let foreign = w.finish().unwrap();
+    let out = central_import(&env, &foreign, "pw-kaw");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("written on device"), "{}", text(&out));
+    assert!(env.central.get("transact", "T1").unwrap().is_none());
     let mut w = Writer::create(&dir.join("half.fsb"), &header, &digest).unwrap();
-    let good = json!({"queueLength": 2, "data": [common::upd("1", "transact", json!({"ID": "T1", "store_ID": "S_KAW"}))]});
-    w.body(Body::Push, good.to_string().as_bytes()).unwrap();
+    w.body(Body::Push, good_body().as_bytes()).unwrap();
     w.body(Body::Push, b"{\"queueLength\":1,\"data\":[{\"oops\"")
         .unwrap();
     let half = w.finish().unwrap();

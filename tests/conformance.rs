@@ -44,7 +44,11 @@ fn c2_c4_auth_failures_bind_nothing() {
         ],
         b"",
     );
-    assert_eq!((r.status, r.code().as_str()), (401, "site_name_not_found"));
+    // §10.9: an outsider cannot tell an unknown name from a wrong password.
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (401, "site_incorrect_password")
+    );
     let r = raw(
         env.addr,
         "GET",
@@ -52,7 +56,7 @@ fn c2_c4_auth_failures_bind_nothing() {
         &[("msupply-site-uuid", "HW1"), ("version", "14")],
         b"",
     );
-    assert_eq!(r.code(), "site_name_not_found");
+    assert_eq!(r.code(), "site_incorrect_password");
     let auth = env.auth("kaw");
     let r = raw(
         env.addr,

@@ -150,7 +150,7 @@ fn staging_without_a_final_push_expires() {
     env.central
         .conn()
         .unwrap()
-        .execute("UPDATE staging SET staged_at = 0", [])
+        .execute_batch("UPDATE staging SET staged_at = 0; UPDATE staged_total SET first_at = 0;")
         .unwrap();
     push(
         &env,
@@ -356,7 +356,7 @@ fn the_minor_holes() {
     s.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
-    // Repeated wrong passwords lock the site's logins for a while.
+    // Repeated wrong passwords never lock the site's own agent out (§10.9).
     let wrong = fieldsync::wire::credentials::basic_auth(
         "a",
         &fieldsync::wire::credentials::password_digest("guess"),
@@ -383,9 +383,5 @@ fn the_minor_holes() {
         "/sync/v5/site".trim_start_matches("/sync/v5"),
         b"",
     );
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (429, "site_auth_timeout"),
-        "even the right password waits"
-    );
+    assert_eq!(r.status, 200, "the right password is never refused");
 }

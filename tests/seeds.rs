@@ -455,7 +455,8 @@ fn replaced_device_and_the_sync_report() {
         .unwrap();
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = |n: &str| {
-        rows.as_array()
+        rows["sites"]
+            .as_array()
             .unwrap()
             .iter()
             .find(|r| r["name"] == n)
@@ -467,6 +468,7 @@ fn replaced_device_and_the_sync_report() {
     assert_eq!(row("site1")["stores"], json!(["S_B"]));
     assert_eq!(row("silent")["last_seen"], Value::Null);
     assert_eq!(row("silent")["silent"], true, "never connected: flagged");
+    assert_eq!(rows["backoffs"], json!([]), "no wrong passwords yet");
     let text = std::process::Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
         .args([
             "--db",

@@ -44,6 +44,7 @@ fn me(store: &mut Store) -> Result<(Me, Secret), Failure> {
             site_id,
             site_name: settings.site,
             store: active,
+            hardware_id: settings.hardware_id,
         },
         digest,
     ))

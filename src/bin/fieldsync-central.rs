@@ -86,7 +86,7 @@ struct Serve {
     listen: String,
 }
 
-/// sites: add, password, reset-hardware-id, reinitialise
+/// sites: add, password, reset-hardware-id, reinitialise, primary, clear-backoff
 #[derive(FromArgs)]
 #[argh(subcommand, name = "site")]
 struct Site {
@@ -102,6 +102,19 @@ enum SiteCommand {
     ResetHardwareId(SiteName),
     Reinitialise(SiteReinit),
     Primary(SitePrimary),
+    ClearBackoff(SiteClearBackoff),
+}
+
+/// forget the wrong-password back-offs of a site (every address), or --all
+#[derive(FromArgs)]
+#[argh(subcommand, name = "clear-backoff")]
+struct SiteClearBackoff {
+    /// the site's name
+    #[argh(positional)]
+    name: Option<String>,
+    /// every back-off, of every name and address
+    #[argh(switch)]
+    all: bool,
 }
 
 /// make a site the primary of a mirrored system: it edits the central data
@@ -362,6 +375,15 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             SiteCommand::ResetHardwareId(n) => central.reset_hardware_id(&n.name).map_err(e),
             SiteCommand::Reinitialise(n) => central.request_reinitialise(&n.name).map_err(e),
+            SiteCommand::ClearBackoff(c) => {
+                let n = match (c.name, c.all) {
+                    (Some(n), false) => central.clear_backoffs(Some(&n)).map_err(e)?,
+                    (None, true) => central.clear_backoffs(None).map_err(e)?,
+                    _ => return Err("give a site name, or --all".into()),
+                };
+                println!("{n} back-off(s) cleared");
+                Ok(())
+            }
             SiteCommand::Primary(p) => match (p.name, p.none) {
                 (Some(n), false) => central.set_primary(Some(&n)).map_err(e),
                 (None, true) => central.set_primary(None).map_err(e),
@@ -454,10 +476,12 @@ fn run(cli: Cli) -> Result<(), String> {
 fn report(central: &Central, json: bool) -> Result<(), String> {
     let now = fieldsync::clock::now_unix() as i64;
     let rows = central.report(now).map_err(|e| e.to_string())?;
+    let backoffs = central.backoffs().map_err(|e| e.to_string())?;
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&rows).unwrap_or_default()
+            serde_json::to_string_pretty(&serde_json::json!({"sites": rows, "backoffs": backoffs}))
+                .unwrap_or_default()
         );
         return Ok(());
     }
@@ -470,12 +494,13 @@ fn report(central: &Central, json: bool) -> Result<(), String> {
             fieldsync::field::status::ago(t as u64, now as u64)
         });
         println!(
-            "{:<5} {:<16} {:<10} {:<12} {:<8} {:<22} {last}{}",
+            "{:<5} {:<16} {:<10} {:<12} {:<8} {:<8} {:<10} {last}{}",
             r.site_id,
             r.name,
             r.init_status,
             r.stores.join(","),
             r.queued,
+            r.staged,
             if r.hardware_id_bound {
                 "bound"
             } else {
@@ -487,6 +512,29 @@ fn report(central: &Central, json: bool) -> Result<(), String> {
                 ""
             }
         );
+    }
+    if !backoffs.is_empty() {
+        println!();
+        println!("Wrong passwords (answers to them wait; the right password never does):");
+        println!(
+            "{:<16} {:<40} {:>6} {:>6}  LAST",
+            "SITE NAME", "ADDRESS", "WRONG", "WAIT"
+        );
+        for b in backoffs {
+            println!(
+                "{:<16} {:<40} {:>6} {:>5}s  {}",
+                if b.site_name == "*" {
+                    "(any name)"
+                } else {
+                    &b.site_name
+                },
+                b.address,
+                b.wrong_passwords,
+                b.delay_secs,
+                fieldsync::field::status::ago(b.last as u64, now as u64)
+            );
+        }
+        println!("Clear with `fieldsync-central site clear-backoff NAME` (or --all).");
     }
     Ok(())
 }

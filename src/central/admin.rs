@@ -62,7 +62,11 @@ impl Central {
     pub fn reset_hardware_id(&self, name: &str) -> Result<()> {
         let conn = self.conn()?;
         let id = self.site_id(&conn, name)?;
-        conn.execute("UPDATE site SET hardware_id = '' WHERE site_id = ?1", [id])?;
+        // The replacing device starts from an empty database: it may initialise.
+        conn.execute(
+            "UPDATE site SET hardware_id = '', init_allowed = 1 WHERE site_id = ?1",
+            [id],
+        )?;
         Ok(())
     }
 
@@ -71,7 +75,7 @@ impl Central {
         let conn = self.conn()?;
         let id = self.site_id(&conn, name)?;
         conn.execute(
-            "UPDATE site SET init_status = 'new' WHERE site_id = ?1",
+            "UPDATE site SET init_status = 'new', init_allowed = 1 WHERE site_id = ?1",
             [id],
         )?;
         Ok(())

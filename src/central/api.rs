@@ -18,7 +18,10 @@ use crate::wire::protocol::{code, Acknowledge, SiteInfo};
 /// Largest page of a pull (§3: `limit` clamped to 1..1000, default 500).
 pub const MAX_LIMIT: u64 = 1000;
 pub const DEFAULT_LIMIT: u64 = 500;
+/// Records an initialisation looks at per write transaction (§10.9).
+const INIT_STEP_ROWS: usize = 2_000;
 
+#[derive(Clone)]
 pub struct Request {
     pub method: String,
     pub path: String,
@@ -85,13 +88,10 @@ impl Central {
     /// Authenticates and serves one request (in-process callers; the HTTP layer
     /// authenticates before reading the body).
     pub fn handle(&self, req: &Request) -> Reply {
-        let auth = self
-            .conn()
-            .and_then(|conn| self.authenticate(&conn, &|n| req.header(n).map(str::to_string)));
-        match auth {
-            Ok(Ok(site)) => self.serve(&site, req),
-            Ok(Err(reply)) => reply,
-            Err(e) => internal(req, &e),
+        // In-process callers have no address of their own: loopback's back-off.
+        match self.authenticated(req, std::net::Ipv4Addr::LOCALHOST.into()) {
+            Ok(site) => self.serve(&site, req),
+            Err(denied) => denied.reply,
         }
     }
 
@@ -194,20 +194,52 @@ impl Central {
         Reply::json(200, serde_json::to_value(info).unwrap_or(Value::Null))
     }
 
-    /// Fills the queue in one write transaction; `site_status` says
-    /// `initialisation_in_progress` meanwhile and other calls get 503.
+    /// Fills the queue in bounded steps, each its own write transaction
+    /// (§10.9); `site_status` says `initialisation_in_progress` meanwhile and
+    /// other calls get 503. Only a `new` site, one whose last initialisation
+    /// failed, or one the administrator allowed again may initialise: a second
+    /// initialisation of a completed site (a second agent on another database
+    /// file, a replay) gets 409 `site_already_initialised`.
     fn initialise(&self, conn: &mut Connection, site: &SiteRow) -> super::Result<Reply> {
+        let allowed = {
+            let tx = write_tx(conn)?;
+            let allowed = tx.execute(
+                "UPDATE site SET init_status = 'started', init_allowed = 0 \
+                 WHERE site_id = ?1 AND (init_status IN ('new', 'error') OR init_allowed = 1)",
+                [site.site_id],
+            )? == 1;
+            tx.commit()?;
+            allowed
+        };
+        if !allowed {
+            return Ok(Reply::error(
+                409,
+                code::SITE_ALREADY_INITIALISED,
+                &format!(
+                    "site {} is already initialised (status {}); if this is a new or replaced device, \
+                     ask the administrator to run `fieldsync-central site reinitialise {}`",
+                    site.name, site.init_status, site.name
+                ),
+                Value::Null,
+            ));
+        }
         self.activity
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(site.site_id, Activity::Initialising);
-        conn.execute(
-            "UPDATE site SET init_status = 'started' WHERE site_id = ?1",
-            [site.site_id],
-        )?;
         let result = (|| {
+            let (mut queued, mut at) = (0u64, None);
+            loop {
+                let tx = write_tx(conn)?;
+                let (n, next) = routing::initialise_step(&tx, site.site_id, at, INIT_STEP_ROWS)?;
+                tx.commit()?;
+                queued += n;
+                match next {
+                    Some(p) => at = Some(p),
+                    None => break,
+                }
+            }
             let tx = write_tx(conn)?;
-            let n = routing::initialise(&tx, site.site_id)?;
             if routing::has_dispensary(&tx, site.site_id)? {
                 // It reads the dispensary-only central data from the change log.
                 tx.execute(
@@ -220,7 +252,7 @@ impl Central {
                 [site.site_id],
             )?;
             tx.commit()?;
-            Ok::<u64, super::CentralError>(n)
+            Ok::<u64, super::CentralError>(queued)
         })();
         match result {
             Ok(n) => Ok(Reply::json(200, json!({"queueLength": n}))),
@@ -274,10 +306,19 @@ impl Central {
         }
         Ok(match self.stage(conn, site, push.data, Carrier::Link)? {
             Staged::Accepted { .. } => Reply::json(200, json!({"integrationStarted": false})),
-            Staged::Full { staged } => Reply::error(
+            Staged::Full { staged, bytes } => Reply::error(
                 413,
                 code::REQUEST_TOO_LARGE,
-                &format!("this site has {staged} records staged; send the final push before more"),
+                &format!(
+                    "this site has {staged} records ({} MiB) staged; send the final push before more",
+                    bytes >> 20
+                ),
+                Value::Null,
+            ),
+            Staged::Integrating => Reply::error(
+                503,
+                code::SYNC_IS_RUNNING,
+                "this site's last push is being integrated; sync again when site_status says idle",
                 Value::Null,
             ),
             Staged::Refused(judge::Refused { malformed, records }) => {
@@ -301,8 +342,8 @@ impl Central {
 
     fn limit(req: &Request) -> u64 {
         req.param("limit")
-            .and_then(|l| l.parse::<u64>().ok())
-            .unwrap_or(DEFAULT_LIMIT)
+            .and_then(super::parse_id)
+            .map_or(DEFAULT_LIMIT, |l| l as u64)
             .clamp(1, MAX_LIMIT)
     }
 
@@ -332,11 +373,12 @@ impl Central {
         site: &SiteRow,
         req: &Request,
     ) -> super::Result<Reply> {
-        let cursor = match req.param("cursor").map(|c| c.parse::<u64>()) {
+        // IDs are SQLite integers: a cursor past i64::MAX cannot be one; digits
+        // only (`+5` is not a cursor).
+        let cursor = match req.param("cursor").map(super::parse_id) {
             None => 0,
-            // IDs are SQLite integers: a cursor past i64::MAX cannot be one.
-            Some(Ok(c)) if c <= i64::MAX as u64 => c,
-            Some(_) => {
+            Some(Some(c)) => c as u64,
+            Some(None) => {
                 return Ok(Reply::error(
                     400,
                     "invalid_cursor",

@@ -110,6 +110,21 @@ impl Central {
                 site.site_id
             )));
         }
+        let bound: String = self.conn()?.query_row(
+            "SELECT hardware_id FROM site WHERE site_id = ?1",
+            [site.site_id],
+            |r| r.get(0),
+        )?;
+        if !bound.is_empty() && header.hardware_id != bound {
+            return Err(CentralError::Refused(format!(
+                "{} was written on device {:?}, but site {} is bound to device {bound:?} (a replaced device? \
+                 run `fieldsync-central site reset-hardware-id {}` first); nothing was changed",
+                path.display(),
+                header.hardware_id,
+                site.name,
+                site.name
+            )));
+        }
         let lock = import_lock::ImportLock::take(self, &site)?;
         // Integration runs here, before the command returns.
         let mut me = self.clone();
@@ -249,10 +264,18 @@ impl Central {
         loop {
             match self.stage(conn, site, records.clone(), Carrier::Bundle)? {
                 Staged::Accepted { records, stale } => return Ok((records, stale)),
-                Staged::Full { staged } => {
+                Staged::Full { staged, bytes } => {
                     return Err(CentralError::Refused(format!(
-                        "site {} has {staged} records staged and not sealed; import the rest of the bundle \
-                         after its next sync (what was imported so far stays)",
+                        "site {} has {staged} records ({} MiB) staged and not integrated; import the rest of \
+                         the bundle after its next sync (what was imported so far stays)",
+                        site.name,
+                        bytes >> 20
+                    )))
+                }
+                Staged::Integrating => {
+                    return Err(CentralError::Refused(format!(
+                        "site {}'s last push is being integrated; import the bundle again in a minute \
+                         (what was imported so far stays)",
                         site.name
                     )))
                 }
@@ -315,6 +338,11 @@ impl Central {
         let mut conn = self.conn()?;
         // One read transaction: the header's counts and the pages agree.
         let tx = conn.transaction()?;
+        let hardware: String = tx.query_row(
+            "SELECT hardware_id FROM site WHERE site_id = ?1",
+            [site.site_id],
+            |r| r.get(0),
+        )?;
         let meta = |key: String| -> Result<Option<String>> {
             Ok(tx
                 .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
@@ -366,6 +394,7 @@ impl Central {
             max_cursor: max.max(cursor),
             confirms,
             created_by: format!("fieldsync-central {}", env!("CARGO_PKG_VERSION")),
+            hardware_id: hardware,
         };
         let file = dir.join(format!(
             "{}-from-central-{}-{}.fsb",

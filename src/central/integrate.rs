@@ -2,10 +2,11 @@
 //! the final push until it succeeds.
 //!
 //! The final push seals the staging (a row in `integration`) and a worker
-//! integrates it in one write transaction: rows in rank order (upserts by rank,
-//! deletes children first), each judged again against the state at that moment
-//! (a row that no longer passes is dropped and recorded in `refused`), routed,
-//! then the responding halves of transfers. A failure is retried with backoff;
+//! integrates it in bounded chunks, each its own write transaction of at most
+//! about a quarter second (§10.9): rows in rank order (upserts by rank, deletes
+//! children first), each judged again against the state at that moment (a row
+//! that no longer passes is dropped and recorded in `refused`), routed, then
+//! the responding halves of transfers. Memory holds one staged row at a time. A failure is retried with backoff;
 //! while the row in `integration` exists, `site_status` says
 //! `integration_in_progress` — never `idle` while this site's data waits — and
 //! `report` shows the error. A stop leaves the row; the next start resumes.
@@ -17,7 +18,7 @@ use serde_json::{Map, Value};
 
 use super::judge::{self, Pusher};
 use super::routing::{self, get};
-use super::{admin, now, transfers, write_tx, Central, Result};
+use super::{admin, now, staging, transfers, write_tx, Central, Result};
 use crate::legacy::owner::field;
 use crate::legacy::registry::{self, Kind};
 use crate::wire::protocol::SyncRecord;
@@ -121,51 +122,100 @@ impl Central {
     }
 }
 
-/// One integration of `site`'s sealed staging, in one write transaction. Returns
+/// Rows integrated per write transaction at most, the bytes of data read for
+/// one, and the time one may take: with them no integration holds the write
+/// lock for much longer than `CHUNK_TIME` (§10.9), and memory holds one row.
+const CHUNK_ROWS: usize = 1_000;
+const CHUNK_BYTES: i64 = 8 << 20;
+const CHUNK_TIME: Duration = Duration::from_millis(250);
+/// Headers whose responding halves are made per write transaction.
+const RESPOND_CHUNK: usize = 50;
+
+/// One integration of `site`'s sealed staging, in chunks. Returns
 /// (integrated, refused), or `None` when nothing was owed.
+///
+/// Power cuts: each chunk integrates its rows, deletes them from staging and
+/// notes its headers in `respond` in one commit, so a restart goes on with
+/// the rows left; the responding halves are made (and their `respond` rows
+/// deleted) the same way; the `integration` row goes last, so `site_status`
+/// says idle only when all of it is done.
 fn integrate_once(conn: &mut Connection, site: u32) -> Result<Option<(u64, u64)>> {
-    let tx = write_tx(conn)?;
-    let owed: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM integration WHERE site_id = ?1)",
-        [site],
-        |r| r.get(0),
-    )?;
-    if !owed {
-        return Ok(None);
+    {
+        let tx = write_tx(conn)?;
+        let owed: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM integration WHERE site_id = ?1)",
+            [site],
+            |r| r.get(0),
+        )?;
+        if !owed {
+            return Ok(None);
+        }
+        tx.execute(
+            "UPDATE integration SET state = 'running', updated = ?2 WHERE site_id = ?1",
+            params![site, now()],
+        )?;
+        tx.commit()?;
     }
+    let (mut integrated, mut refused) = (0u64, 0u64);
+    loop {
+        let tx = write_tx(conn)?;
+        let chunk = routing::with_memo(|| apply_chunk(&tx, site))?;
+        tx.commit()?;
+        integrated += chunk.integrated;
+        refused += chunk.refused;
+        if chunk.rows == 0 {
+            break;
+        }
+    }
+    loop {
+        let tx = write_tx(conn)?;
+        let made = routing::with_memo(|| respond_chunk(&tx, site))?;
+        tx.commit()?;
+        if made == 0 {
+            break;
+        }
+    }
+    let tx = write_tx(conn)?;
     tx.execute(
-        "UPDATE integration SET state = 'running', updated = ?2 WHERE site_id = ?1",
-        params![site, now()],
-    )?;
-    let out = routing::with_memo(|| apply(&tx, site))?;
-    // What each record's newest pushed version was (see api::stage).
-    tx.execute(
-        "INSERT INTO pushed (site_id, table_name, record_id, out_seq) \
-         SELECT site_id, table_name, record_id, out_seq FROM staging WHERE site_id = ?1 AND out_seq IS NOT NULL \
-         ON CONFLICT (site_id, table_name, record_id) DO UPDATE SET out_seq = max(out_seq, excluded.out_seq)",
+        "DELETE FROM staged_total WHERE site_id = ?1 AND NOT EXISTS (SELECT 1 FROM staging WHERE site_id = ?1)",
         [site],
     )?;
-    tx.execute("DELETE FROM staging WHERE site_id = ?1", [site])?;
     tx.execute("DELETE FROM integration WHERE site_id = ?1", [site])?;
     tx.commit()?;
-    Ok(Some(out))
+    Ok(Some((integrated, refused)))
 }
 
-fn apply(conn: &Connection, site: u32) -> Result<(u64, u64)> {
-    let mut rows: Vec<(String, String, String, Option<String>)> = conn
-        .prepare_cached(
-            "SELECT table_name, record_id, action, data FROM staging WHERE site_id = ?1",
-        )?
-        .query_map([site], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<std::result::Result<_, _>>()?;
-    rows.sort_by_key(|(t, _, a, _)| {
-        let rank = i32::from(registry::order(t));
-        if a == "delete" {
-            (1, -rank)
-        } else {
-            (0, rank)
+/// What one chunk did.
+struct Chunk {
+    /// Staged rows taken (0: nothing was left).
+    rows: u64,
+    integrated: u64,
+    refused: u64,
+}
+
+/// Integrates the next staged rows of `site` in order (upserts by rank, then
+/// deletes children first; see [`super::staging::integration_order`]), each
+/// judged again now, until the chunk's rows, bytes or time are used up.
+fn apply_chunk(conn: &Connection, site: u32) -> Result<Chunk> {
+    let started = std::time::Instant::now();
+    // Keys first (bounded by bytes), then one row at a time: memory holds one
+    // row whatever the staging weighs.
+    let mut keys: Vec<(String, String)> = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT table_name, record_id, bytes FROM staging WHERE site_id = ?1 ORDER BY ord, seq LIMIT ?2",
+        )?;
+        let mut rows = stmt.query(params![site, CHUNK_ROWS as i64])?;
+        let mut bytes = 0i64;
+        while let Some(r) = rows.next()? {
+            let size: i64 = r.get(2)?;
+            if !keys.is_empty() && bytes + size > CHUNK_BYTES {
+                break;
+            }
+            bytes += size;
+            keys.push((r.get(0)?, r.get(1)?));
         }
-    });
+    }
     // Judged again now: this site's stores as they are, every row as it is.
     let stores = routing::active_stores(conn, site)?;
     let who = Pusher {
@@ -174,71 +224,136 @@ fn apply(conn: &Connection, site: u32) -> Result<(u64, u64)> {
         primary: admin::primary_site(conn)? == Some(site),
     };
     // A header is looked for in the central's copy and in this site's staging.
-    let held = judge::PushRows {
-        conn,
-        site,
-        batch: &[],
+    let held = judge::PushRows::new(conn, site, &[]);
+    let mut chunk = Chunk {
+        rows: 0,
+        integrated: 0,
+        refused: 0,
     };
-    let (mut integrated, mut refused) = (0u64, 0u64);
-    let mut headers = Vec::new();
-    for (table, id, action, data) in rows {
-        let rec = SyncRecord {
-            id: None,
-            sync_out_id: None,
-            table_name: table.clone(),
-            record_id: id.clone(),
-            action: action.clone(),
-            record_data: data
-                .as_deref()
-                .and_then(|d| serde_json::value::RawValue::from_string(d.to_string()).ok()),
-        };
-        if let Some(refusal) = judge::record(&held, &who, &rec)? {
-            let reason = refusal.code();
-            log::warn!("site {site}: refused {table} {id} at integration ({reason})");
-            conn.prepare_cached(
-                "INSERT INTO refused (site_id, table_name, record_id, reason, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    for (table, id) in keys {
+        if chunk.rows > 0 && started.elapsed() >= CHUNK_TIME {
+            break;
+        }
+        chunk.rows += 1;
+        let (action, data, out_seq, size): (String, Option<String>, Option<i64>, i64) = conn
+            .prepare_cached(
+                "DELETE FROM staging WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3 \
+                 RETURNING action, data, out_seq, bytes",
             )?
-            .execute(params![site, table, id, reason, now()])?;
-            refused += 1;
-            continue;
+            .query_row(params![site, table, id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+        staging::add_to_total(conn, site, -1, -size)?;
+        if let Some(seq) = out_seq {
+            // What each record's newest pushed version was (see staging::superseded).
+            conn.prepare_cached(
+                "INSERT INTO pushed (site_id, table_name, record_id, out_seq) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (site_id, table_name, record_id) DO UPDATE SET out_seq = max(out_seq, excluded.out_seq)",
+            )?
+            .execute(params![site, table, id, seq])?;
         }
-        if action == "delete" {
-            if let Some(old) = get(conn, &table, &id)? {
-                delete(conn, site, &table, &id, &old)?;
-                integrated += 1;
-            }
-            continue;
-        }
-        let Some(pushed) = data.and_then(|d| serde_json::from_str::<Value>(&d).ok()) else {
-            continue;
-        };
-        if let Some(registry::Owner::Parent {
-            field: link,
-            table: ptable,
-            ..
-        }) = registry::lookup(&table).map(|t| t.owner)
-        {
-            if get(conn, ptable, field(&pushed, link))?.is_none() {
-                log::warn!("site {site}: dropped {table} {id}: its {ptable} never arrived");
-                conn.prepare_cached(
-                    "INSERT INTO refused (site_id, table_name, record_id, reason, at) VALUES (?1, ?2, ?3, 'parent_never_arrived', ?4)",
-                )?
-                .execute(params![site, table, id, now()])?;
-                refused += 1;
-                continue;
-            }
-        }
-        if upsert(conn, site, &table, &id, pushed)? {
-            if table == "transact" || table == "requisition" {
-                headers.push((table.clone(), id.clone()));
-            }
-            integrated += 1;
+        match integrate_row(conn, site, &who, &held, &table, &id, &action, data)? {
+            Outcome::Integrated => chunk.integrated += 1,
+            Outcome::Refused => chunk.refused += 1,
+            Outcome::Unchanged => {}
         }
     }
-    for (table, id) in headers {
-        transfers::respond(conn, &table, &id)?;
+    Ok(chunk)
+}
+
+enum Outcome {
+    Integrated,
+    Refused,
+    Unchanged,
+}
+
+/// Integrates one staged row: judged again, then applied and routed.
+#[allow(clippy::too_many_arguments)]
+fn integrate_row(
+    conn: &Connection,
+    site: u32,
+    who: &Pusher,
+    held: &judge::PushRows,
+    table: &str,
+    id: &str,
+    action: &str,
+    data: Option<String>,
+) -> Result<Outcome> {
+    let refuse = |reason: &str| -> Result<Outcome> {
+        conn.prepare_cached(
+            "INSERT INTO refused (site_id, table_name, record_id, reason, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![site, table, id, reason, now()])?;
+        Ok(Outcome::Refused)
+    };
+    let rec = SyncRecord {
+        id: None,
+        sync_out_id: None,
+        table_name: table.to_string(),
+        record_id: id.to_string(),
+        action: action.to_string(),
+        record_data: data
+            .as_deref()
+            .and_then(|d| serde_json::value::RawValue::from_string(d.to_string()).ok()),
+    };
+    if let Some(refusal) = judge::record(held, who, &rec)? {
+        let reason = refusal.code();
+        log::warn!("site {site}: refused {table} {id} at integration ({reason})");
+        return refuse(reason);
     }
-    Ok((integrated, refused))
+    if action == "delete" {
+        return Ok(match get(conn, table, id)? {
+            Some(old) => {
+                delete(conn, site, table, id, &old)?;
+                Outcome::Integrated
+            }
+            None => Outcome::Unchanged,
+        });
+    }
+    let Some(pushed) = data.and_then(|d| serde_json::from_str::<Value>(&d).ok()) else {
+        return Ok(Outcome::Unchanged);
+    };
+    if let Some(registry::Owner::Parent {
+        field: link,
+        table: ptable,
+        ..
+    }) = registry::lookup(table).map(|t| t.owner)
+    {
+        if get(conn, ptable, field(&pushed, link))?.is_none() {
+            log::warn!("site {site}: dropped {table} {id}: its {ptable} never arrived");
+            return refuse("parent_never_arrived");
+        }
+    }
+    if !upsert(conn, site, table, id, pushed)? {
+        return Ok(Outcome::Unchanged);
+    }
+    if table == "transact" || table == "requisition" {
+        // Its responding half is made once every line of this push is in.
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO respond (site_id, table_name, record_id) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![site, table, id])?;
+    }
+    Ok(Outcome::Integrated)
+}
+
+/// Makes the responding halves of up to [`RESPOND_CHUNK`] integrated headers;
+/// how many.
+fn respond_chunk(conn: &Connection, site: u32) -> Result<usize> {
+    let headers: Vec<(String, String)> = conn
+        .prepare_cached("SELECT table_name, record_id FROM respond WHERE site_id = ?1 LIMIT ?2")?
+        .query_map(params![site, RESPOND_CHUNK as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<std::result::Result<_, _>>()?;
+    for (table, id) in &headers {
+        transfers::respond(conn, table, id)?;
+        conn.prepare_cached(
+            "DELETE FROM respond WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3",
+        )?
+        .execute(params![site, table, id])?;
+    }
+    Ok(headers.len())
 }
 
 /// Central data the primary sends goes through the change log (and reaches the

@@ -5,18 +5,22 @@
 //! another site created the record, or before the site's store moved away, is
 //! not integrated on the strength of an earlier judgement (issue 18).
 //!
-//! Reasons: the 403 codes of [`owner::Reason`], and `missing_key`, `bad_type`,
+//! Reasons: the 403 codes of [`owner::Reason`] and `duplicate_barcode`,
+//! `duplicate_user_name` (a created row another row already holds the
+//! meaning of), and `missing_key`, `bad_type`,
 //! `unknown_action`, `merge_not_accepted`, `id_mismatch` (400), plus this
 //! project's `too_large`, `too_deep` and `duplicate_key` (400,
 //! [`crate::legacy::row::Problem::code`]): a row the agents could not read on
 //! pull is refused on push, so it never reaches another site's queue.
+
+use std::collections::HashMap;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::routing::{get, Copy};
 use super::{CentralError, Result};
-use crate::legacy::owner::{self, Reason, Rows, Write, Writer};
+use crate::legacy::owner::{self, field, Reason, Rows, Write, Writer};
 use crate::legacy::row;
 use crate::wire::protocol::{Action, RejectedRecord, SyncRecord};
 
@@ -36,6 +40,9 @@ pub enum Refusal {
     Malformed(&'static str),
     /// Not this site's to write (403 `record_not_owned_by_site`).
     NotOwned(Reason),
+    /// A created row that would make two of what must be one (403): a barcode
+    /// value already on another item, a user name already taken.
+    Duplicate(&'static str),
 }
 
 impl Refusal {
@@ -43,6 +50,7 @@ impl Refusal {
         match self {
             Refusal::Malformed(code) => code,
             Refusal::NotOwned(r) => r.code(),
+            Refusal::Duplicate(code) => code,
         }
     }
 }
@@ -57,11 +65,30 @@ pub struct Refused {
 
 /// The rows a judgement of `site`'s push looks at: the central's copy first,
 /// then the row as the site sends it in the same batch, then as it staged it
-/// earlier (a line's header may be in either).
+/// earlier (a line's header may be in either). The batch is indexed once, so
+/// judging it costs time linear in its length (§10.9).
 pub(crate) struct PushRows<'a> {
-    pub conn: &'a Connection,
-    pub site: u32,
-    pub batch: &'a [SyncRecord],
+    conn: &'a Connection,
+    site: u32,
+    batch: &'a [SyncRecord],
+    /// (table, record) → its last position in `batch`.
+    index: HashMap<(&'a str, &'a str), usize>,
+}
+
+impl<'a> PushRows<'a> {
+    pub(crate) fn new(conn: &'a Connection, site: u32, batch: &'a [SyncRecord]) -> PushRows<'a> {
+        let index = batch
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ((r.table_name.as_str(), r.record_id.as_str()), i))
+            .collect();
+        PushRows {
+            conn,
+            site,
+            batch,
+            index,
+        }
+    }
 }
 
 impl Rows for PushRows<'_> {
@@ -70,13 +97,10 @@ impl Rows for PushRows<'_> {
         if let Some(r) = Copy(self.conn).row(table, id)? {
             return Ok(Some(r));
         }
-        if let Some(r) = self
-            .batch
-            .iter()
-            .rev()
-            .find(|r| r.table_name == table && r.record_id == id)
-        {
-            return Ok(r.data_text().and_then(|d| serde_json::from_str(d).ok()));
+        if let Some(&i) = self.index.get(&(table, id)) {
+            return Ok(self.batch[i]
+                .data_text()
+                .and_then(|d| serde_json::from_str(d).ok()));
         }
         staged_row(self.conn, self.site, table, id)
     }
@@ -101,11 +125,7 @@ pub fn batch(
     batch: &[SyncRecord],
 ) -> Result<std::result::Result<(), Refused>> {
     super::routing::with_memo(|| {
-        let rows = PushRows {
-            conn,
-            site: who.site,
-            batch,
-        };
+        let rows = PushRows::new(conn, who.site, batch);
         let mut refused = Refused {
             malformed: false,
             records: Vec::new(),
@@ -172,8 +192,57 @@ pub(crate) fn record(rows: &PushRows, who: &Pusher, rec: &SyncRecord) -> Result<
         stores: who.stores,
         primary: who.primary,
     };
-    Ok(
-        owner::judge(&writer, &rec.table_name, write, existing.as_ref(), rows)?
-            .map(Refusal::NotOwned),
-    )
+    if let Some(reason) = owner::judge(&writer, &rec.table_name, write, existing.as_ref(), rows)? {
+        return Ok(Some(Refusal::NotOwned(reason)));
+    }
+    Ok(match write {
+        Write::Upsert(row) => duplicate(rows.conn, &rec.table_name, &rec.record_id, row)?,
+        Write::Delete => None,
+    }
+    .map(Refusal::Duplicate))
+}
+
+/// A site's created row that another row already holds the meaning of
+/// (§10.9): a barcode whose value another item has (a scan would find two
+/// items), a user whose name another user has (a login would find two
+/// people). Refused rather than renamed: the site's people chose the value,
+/// and only they can say which to keep.
+fn duplicate(
+    conn: &Connection,
+    table: &str,
+    id: &str,
+    row: &Value,
+) -> Result<Option<&'static str>> {
+    let taken = |sql: &str, value: &str, other: &str| -> Result<bool> {
+        Ok(conn
+            .prepare_cached(sql)?
+            .query_row(params![value, id, other], |r| r.get(0))?)
+    };
+    Ok(match table {
+        "barcode" => {
+            let value = field(row, "barcode");
+            let item = field(row, "itemID");
+            (!value.is_empty()
+                && taken(
+                    "SELECT EXISTS (SELECT 1 FROM record WHERE table_name = 'barcode' \
+                     AND json_extract(data, '$.barcode') = ?1 AND record_id <> ?2 \
+                     AND coalesce(json_extract(data, '$.itemID'), '') <> ?3)",
+                    value,
+                    item,
+                )?)
+            .then_some("duplicate_barcode")
+        }
+        "user" => {
+            let name = field(row, "name");
+            (!name.is_empty()
+                && taken(
+                    "SELECT EXISTS (SELECT 1 FROM record WHERE table_name = 'user' \
+                     AND lower(json_extract(data, '$.name')) = lower(?1) AND record_id <> ?2 AND ?3 = '')",
+                    name,
+                    "",
+                )?)
+            .then_some("duplicate_user_name")
+        }
+        _ => None,
+    })
 }

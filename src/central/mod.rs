@@ -158,6 +158,46 @@ CREATE TABLE pushed (
     PRIMARY KEY (site_id, table_name, record_id)
 ) WITHOUT ROWID;
 ",
+    // 4: issue 27 (a central among strangers, §10.9).
+    "
+-- Wrong passwords per (site name as sent, lowercased; or '*': every name) and
+-- source address; answers to a wrong password wait by these, the right one never.
+CREATE TABLE login_backoff (
+    site_name TEXT NOT NULL,
+    address   TEXT NOT NULL,
+    failures  INTEGER NOT NULL,
+    last      INTEGER NOT NULL,
+    PRIMARY KEY (site_name, address)
+) WITHOUT ROWID;
+CREATE INDEX login_backoff_last ON login_backoff (last);
+-- Staging in integration order (ord: upserts by rank, then deletes children
+-- first), and what it weighs, so integration reads it in bounded chunks.
+ALTER TABLE staging ADD COLUMN ord INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE staging ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX staging_ord ON staging (site_id, ord, seq);
+CREATE TABLE staged_total (
+    site_id  INTEGER PRIMARY KEY,
+    rows     INTEGER NOT NULL,
+    bytes    INTEGER NOT NULL,
+    first_at INTEGER NOT NULL DEFAULT 0   -- when the oldest staged row came (unix)
+);
+-- Integrated headers whose responding halves are still to be made.
+CREATE TABLE respond (
+    site_id    INTEGER NOT NULL,
+    table_name TEXT NOT NULL,
+    record_id  TEXT NOT NULL,
+    PRIMARY KEY (site_id, table_name, record_id)
+) WITHOUT ROWID;
+-- Created rows judged against the others (a barcode value, a user name).
+CREATE INDEX record_barcode ON record (json_extract(data, '$.barcode')) WHERE table_name = 'barcode';
+CREATE INDEX record_user_name ON record (lower(json_extract(data, '$.name'))) WHERE table_name = 'user';
+-- The administrator allowed this site to initialise again (site reinitialise,
+-- reset-hardware-id); otherwise only a `new` site may (§10.9).
+ALTER TABLE site ADD COLUMN init_allowed INTEGER NOT NULL DEFAULT 0;
+UPDATE staging SET bytes = coalesce(length(CAST(data AS BLOB)), 0);
+INSERT INTO staged_total (site_id, rows, bytes, first_at)
+    SELECT site_id, count(*), sum(bytes), min(staged_at) FROM staging GROUP BY site_id;
+",
 ];
 
 /// What a site is doing right now; one request per site at a time (§6).
@@ -206,6 +246,15 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A number the protocol sends as text (a cursor, a `syncOutId`): decimal
+/// digits only, no sign or spaces, within 63 bits.
+pub(crate) fn parse_id(s: &str) -> Option<i64> {
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
 impl Central {
     pub fn open(path: &Path) -> Result<Central> {
         let keeper = Connection::open(path)?;
@@ -230,6 +279,19 @@ impl Central {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for sql in MIGRATIONS.iter().skip(version as usize) {
             tx.execute_batch(sql)?;
+        }
+        if version < 4 {
+            // Staging kept from before migration 4 gets its integration order.
+            let kinds: Vec<(String, String)> = tx
+                .prepare("SELECT DISTINCT table_name, action FROM staging")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<std::result::Result<_, _>>()?;
+            for (table, action) in kinds {
+                tx.execute(
+                    "UPDATE staging SET ord = ?3 WHERE table_name = ?1 AND action = ?2",
+                    rusqlite::params![table, action, staging::integration_order(&table, &action)],
+                )?;
+            }
         }
         tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
         // Sites that were mid-initialisation when the server stopped get to ask again.
@@ -287,7 +349,7 @@ impl Central {
         let mut stmt = conn.prepare(
             "SELECT s.site_id, s.name, s.code, s.init_status, s.hardware_id <> '', s.last_seen, \
                     (SELECT count(*) FROM sync_out q WHERE q.site_id = s.site_id), \
-                    (SELECT count(*) FROM staging g WHERE g.site_id = s.site_id), \
+                    coalesce((SELECT rows FROM staged_total g WHERE g.site_id = s.site_id), 0), \
                     (SELECT state || coalesce(': ' || last_error, '') FROM integration i WHERE i.site_id = s.site_id), \
                     (SELECT count(*) FROM refused f WHERE f.site_id = s.site_id), \
                     s.site_id = (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'primary_site') \
@@ -342,9 +404,97 @@ pub struct SiteReport {
 }
 
 /// A write transaction that takes the write lock at its start (waiting up to the
-/// busy timeout), so it never fails to upgrade a read lock mid-way.
-pub fn write_tx(conn: &mut Connection) -> Result<Transaction<'_>> {
-    Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+/// busy timeout), so it never fails to upgrade a read lock mid-way, and takes
+/// its turn behind the central's writers that came before it.
+pub fn write_tx(conn: &mut Connection) -> Result<WriteTx<'_>> {
+    let turn = Turn::take();
+    Ok(WriteTx {
+        tx: conn.transaction_with_behavior(TransactionBehavior::Immediate)?,
+        _turn: turn,
+    })
+}
+
+/// A write transaction of the central holding its turn; rolled back if
+/// dropped uncommitted, and the turn passes on after either.
+pub struct WriteTx<'c> {
+    // Declared first: dropped (rolled back) before the turn passes.
+    tx: Transaction<'c>,
+    _turn: Turn,
+}
+
+impl<'c> WriteTx<'c> {
+    pub fn commit(self) -> rusqlite::Result<()> {
+        self.tx.commit()
+    }
+}
+
+impl<'c> std::ops::Deref for WriteTx<'c> {
+    type Target = Transaction<'c>;
+    fn deref(&self) -> &Transaction<'c> {
+        &self.tx
+    }
+}
+
+/// Turns at the write lock, in arrival order (§10.9). SQLite's busy handler
+/// polls: a long job that commits chunk after chunk would win the lock again
+/// and again in the microseconds between its chunks, and a site's small write
+/// would wait out the whole job. Tickets make the job's next chunk queue
+/// behind the write that came while it ran. A turn not given within the busy
+/// timeout is taken anyway (SQLite still keeps writes apart).
+struct Turn(Option<u64>);
+
+/// Tickets given, the ticket served, and tickets whose writer stopped waiting.
+struct Turns {
+    next: u64,
+    serving: u64,
+    abandoned: std::collections::BTreeSet<u64>,
+}
+
+static TURNS: Mutex<Turns> = Mutex::new(Turns {
+    next: 0,
+    serving: 0,
+    abandoned: std::collections::BTreeSet::new(),
+});
+static TURN_PASSED: std::sync::Condvar = std::sync::Condvar::new();
+
+impl Turn {
+    fn take() -> Turn {
+        let mut t = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = t.next;
+        t.next += 1;
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        while t.serving != mine {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                log::warn!("a write waited {BUSY_TIMEOUT:?} for its turn; going ahead");
+                // Passed over when its turn comes.
+                t.abandoned.insert(mine);
+                return Turn(None);
+            }
+            t = TURN_PASSED
+                .wait_timeout(t, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Turn(Some(mine))
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            let mut t = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+            t.serving += 1;
+            loop {
+                let s = t.serving;
+                if !t.abandoned.remove(&s) {
+                    break;
+                }
+                t.serving += 1;
+            }
+            TURN_PASSED.notify_all();
+        }
+    }
 }
 
 /// Argon2id of the SHA-256 digest [PC]: a stolen central database does not give

@@ -43,6 +43,11 @@ pub(super) fn record_site_cursor(conn: &Connection, site: u32, cursor: u64) -> s
     Ok(())
 }
 
+/// A pull page holds rows up to about this many bytes (and always one row),
+/// whatever its `limit`: a queue of large messages is never answered whole
+/// from memory (§10.9). The agent asks on from the last id it got.
+pub const PAGE_BYTES: usize = 4 << 20;
+
 /// A pull page: `head`, then one envelope per row of `sql` (id, table, record,
 /// action, data), the id rendered by `lead`; stored rows are copied in verbatim.
 pub(super) fn page(
@@ -52,7 +57,7 @@ pub(super) fn page(
     head: String,
     lead: impl Fn(i64) -> String,
 ) -> super::Result<Reply> {
-    let (body, _, _) = page_body(conn, sql, args, head, lead, usize::MAX)?;
+    let (body, _, _) = page_body(conn, sql, args, head, lead, PAGE_BYTES)?;
     Ok(Reply { status: 200, body })
 }
 

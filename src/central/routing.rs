@@ -550,12 +550,68 @@ pub fn queue_patients_of(conn: &Connection, store: &str, site: u32) -> Result<u6
 
 /// Empties and refills `site`'s queue with everything it should hold, in rank
 /// order; central data is not queued (the site reads the change log from 0).
-pub fn initialise(conn: &Connection, site: u32) -> Result<u64> {
+///
+/// In bounded steps (§10.9: no request holds the write lock for long): call
+/// with `from = None` first, then with the position each call returns, each
+/// call in a write transaction of its own, until it returns `None`. A stop
+/// between steps leaves the site `started`, which the next start turns into
+/// `error`, and the site initialises again from the beginning.
+pub fn initialise_step(
+    conn: &Connection,
+    site: u32,
+    from: Option<InitPosition>,
+    rows: usize,
+) -> Result<(u64, Option<InitPosition>)> {
+    let tables: Vec<registry::Table> = registry::tables().collect();
+    let mut at = match from {
+        None => {
+            conn.prepare_cached("DELETE FROM sync_out WHERE site_id = ?1")?
+                .execute([site])?;
+            InitPosition {
+                table: 0,
+                after: String::new(),
+            }
+        }
+        Some(p) => p,
+    };
     with_memo(|| {
-        conn.prepare_cached("DELETE FROM sync_out WHERE site_id = ?1")?
-            .execute([site])?;
-        queue_matching(conn, site, |table, row| {
-            Ok(recipients(conn, table, row, true)?.contains(&site))
-        })
+        let mut queued = 0u64;
+        let mut scanned = 0usize;
+        while let Some(t) = tables.get(at.table) {
+            let mut stmt = conn.prepare_cached(
+                "SELECT record_id, data FROM record WHERE table_name = ?1 AND record_id > ?2 \
+                 ORDER BY record_id LIMIT ?3",
+            )?;
+            let mut found = stmt.query(params![t.name, at.after, (rows - scanned) as i64])?;
+            let mut got = 0usize;
+            while let Some(r) = found.next()? {
+                let (id, data): (String, String) = (r.get(0)?, r.get(1)?);
+                got += 1;
+                if let Ok(row) = serde_json::from_str::<Value>(&data) {
+                    if recipients(conn, t.name, &row, true)?.contains(&site) {
+                        enqueue(conn, site, t.name, &id, "update", Some(&row), false)?;
+                        queued += 1;
+                    }
+                }
+                at.after = id;
+            }
+            scanned += got;
+            if scanned >= rows {
+                return Ok((queued, Some(at)));
+            }
+            at = InitPosition {
+                table: at.table + 1,
+                after: String::new(),
+            };
+        }
+        Ok((queued, None))
     })
+}
+
+/// Where a stepped initialisation goes on: a table (by registry order) and
+/// the last record id done in it.
+#[derive(Debug, Clone)]
+pub struct InitPosition {
+    table: usize,
+    after: String,
 }

@@ -4,24 +4,37 @@
 //! integration ([`super::integrate`]).
 //!
 //! What must hold: a batch is judged whole before any of it is staged (403/400
-//! list every offender and stage nothing); a re-sent batch replaces its own
-//! rows; a site's push of a record drops that record's unacknowledged entries
-//! from its own queue [PC], so no stale copy overwrites the newer one; a
-//! bundle's version of a record that the central already holds a newer (or the
-//! same) push of is skipped, never staged over it; staging is bounded per site.
+//! list every offender and stage nothing); the judging reads outside the write
+//! lock and costs time linear in the batch, and the staging writes commit in
+//! chunks, so no push holds the write lock for long (§10.9) — a crash between
+//! chunks leaves part of an unconfirmed batch staged, which the site's re-sent
+//! batch replaces; a re-sent batch replaces its own rows; a site's push of a
+//! record drops that record's unacknowledged entries from its own queue [PC],
+//! so no stale copy overwrites the newer one; a bundle's version of a record
+//! that the central already holds a newer (or the same) push of is skipped,
+//! never staged over it; staging is bounded per site in rows and in bytes; no
+//! new push is staged while the site's last one is being integrated.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::auth::SiteRow;
 use super::judge::{self, Pusher, Refused};
 use super::{admin, now, routing, write_tx, Central, Result};
+use crate::legacy::registry;
 use crate::wire::protocol::{Action, SyncRecord};
 
-/// Rows a site may have staged and not yet sealed by a final push. Defaults to
-/// 500,000 (a large site's whole history); above it a push gets 413.
+/// Rows a site may have staged and not yet integrated. Defaults to 500,000 (a
+/// large site's whole history); above it a push gets 413.
 pub const MAX_STAGED_PER_SITE: i64 = 500_000;
+/// Bytes of row data a site may have staged. Defaults to 512 MiB.
+pub const MAX_STAGED_BYTES_PER_SITE: i64 = 512 << 20;
 /// Staging no final push sealed within a week is dropped: its site moved on.
 pub const STAGING_EXPIRES_SECS: i64 = 7 * 24 * 3600;
+/// Rows staged per write transaction.
+const STAGE_CHUNK: usize = 2_000;
+/// Deletes are integrated after every upsert, children first: their order
+/// key counts down from here.
+const DELETE_ORDER_BASE: i64 = 200_000;
 
 /// How a push came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +54,21 @@ pub enum Staged {
     Accepted { records: u64, stale: u64 },
     /// Nothing staged: these records are not the site's to push, or malformed.
     Refused(Refused),
-    /// Nothing staged: the site has this many rows staged already.
-    Full { staged: i64 },
+    /// Nothing staged: the site has this many rows (and bytes) staged already.
+    Full { staged: i64, bytes: i64 },
+    /// Nothing staged: the site's last push is being integrated.
+    Integrating,
+}
+
+/// The order a staged row is integrated in: upserts by rank (headers before
+/// lines), then deletes children first.
+pub(crate) fn integration_order(table: &str, action: &str) -> i64 {
+    let rank = i64::from(registry::order(table));
+    if action == "delete" {
+        DELETE_ORDER_BASE - rank
+    } else {
+        rank
+    }
 }
 
 impl Central {
@@ -54,14 +80,22 @@ impl Central {
         records: Vec<SyncRecord>,
         carrier: Carrier,
     ) -> Result<Staged> {
-        let tx = write_tx(conn)?;
+        // Judged in a read transaction: WAL readers do not wait for, nor hold
+        // up, anyone's writes. Integration judges every row again.
+        if has_expired(conn, site.site_id)? {
+            expire(conn, site.site_id)?;
+        }
+        let read = conn.transaction()?;
+        if integrating(&read, site.site_id)? {
+            return Ok(Staged::Integrating);
+        }
         let before = records.len();
         let records = match carrier {
             Carrier::Link => records,
             Carrier::Bundle => {
                 let mut keep = Vec::with_capacity(before);
                 for rec in records {
-                    if !superseded(&tx, site.site_id, &rec)? {
+                    if !superseded(&read, site.site_id, &rec)? {
                         keep.push(rec);
                     }
                 }
@@ -72,31 +106,31 @@ impl Central {
         if records.is_empty() {
             return Ok(Staged::Accepted { records: 0, stale });
         }
-        // Staging no final push sealed for a week is dropped: its site moved on.
-        tx.execute(
-            "DELETE FROM staging WHERE site_id = ?1 AND staged_at < ?2 \
-             AND NOT EXISTS (SELECT 1 FROM integration WHERE site_id = ?1)",
-            params![site.site_id, now() - STAGING_EXPIRES_SECS],
-        )?;
-        let staged: i64 = tx.query_row(
-            "SELECT count(*) FROM staging WHERE site_id = ?1",
-            [site.site_id],
-            |r| r.get(0),
-        )?;
-        if staged + records.len() as i64 > MAX_STAGED_PER_SITE {
-            return Ok(Staged::Full { staged });
+        let (staged, bytes) = staged_total(&read, site.site_id)?;
+        let adding: i64 = records
+            .iter()
+            .map(|r| r.data_text().map_or(0, str::len) as i64)
+            .sum();
+        if staged + records.len() as i64 > MAX_STAGED_PER_SITE
+            || bytes + adding > MAX_STAGED_BYTES_PER_SITE
+        {
+            return Ok(Staged::Full { staged, bytes });
         }
-        let stores = routing::active_stores(&tx, site.site_id)?;
+        let stores = routing::active_stores(&read, site.site_id)?;
         let who = Pusher {
             site: site.site_id,
             stores: &stores,
-            primary: admin::primary_site(&tx)? == Some(site.site_id),
+            primary: admin::primary_site(&read)? == Some(site.site_id),
         };
-        if let Err(refused) = judge::batch(&tx, &who, &records)? {
+        if let Err(refused) = judge::batch(&read, &who, &records)? {
             return Ok(Staged::Refused(refused));
         }
-        write_staging(&tx, site.site_id, &records)?;
-        tx.commit()?;
+        drop(read);
+        for chunk in records.chunks(STAGE_CHUNK) {
+            let tx = write_tx(conn)?;
+            write_staging(&tx, site.site_id, chunk)?;
+            tx.commit()?;
+        }
         Ok(Staged::Accepted {
             records: records.len() as u64,
             stale,
@@ -139,7 +173,7 @@ impl Central {
             let mut stmt =
                 tx.prepare_cached("DELETE FROM sync_out WHERE site_id = ?1 AND id = ?2")?;
             for id in ids {
-                if let Ok(n) = id.parse::<i64>() {
+                if let Some(n) = super::parse_id(id) {
                     removed += stmt.execute(params![site, n])? as u64;
                 }
             }
@@ -149,6 +183,64 @@ impl Central {
     }
 }
 
+/// Whether `site`'s last push is sealed and not yet integrated (pending or
+/// running; a failed one waits for the next final push, so pushes go on).
+fn integrating(conn: &Connection, site: u32) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM integration WHERE site_id = ?1 AND state IN ('pending', 'running'))",
+        )?
+        .query_row([site], |r| r.get(0))?)
+}
+
+/// What `site` has staged: rows and bytes of data.
+pub(crate) fn staged_total(conn: &Connection, site: u32) -> Result<(i64, i64)> {
+    Ok(conn
+        .prepare_cached("SELECT rows, bytes FROM staged_total WHERE site_id = ?1")?
+        .query_row([site], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, 0)))
+}
+
+/// Whether `site` has staging older than [`STAGING_EXPIRES_SECS`].
+fn has_expired(conn: &Connection, site: u32) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM staged_total WHERE site_id = ?1 AND rows > 0 AND first_at < ?2)")?
+        .query_row(params![site, now() - STAGING_EXPIRES_SECS], |r| r.get(0))?)
+}
+
+/// Moves `site`'s staged totals by (`rows`, `bytes`).
+pub(crate) fn add_to_total(conn: &Connection, site: u32, rows: i64, bytes: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO staged_total (site_id, rows, bytes, first_at) VALUES (?1, max(?2, 0), max(?3, 0), ?4) \
+         ON CONFLICT (site_id) DO UPDATE SET rows = max(rows + ?2, 0), bytes = max(bytes + ?3, 0), \
+         first_at = CASE WHEN rows = 0 THEN ?4 ELSE first_at END",
+    )?
+    .execute(params![site, rows, bytes, now()])?;
+    Ok(())
+}
+
+/// Staging no final push sealed for a week is dropped: its site moved on.
+fn expire(conn: &mut Connection, site: u32) -> Result<()> {
+    let tx = write_tx(conn)?;
+    let gone = tx.execute(
+        "DELETE FROM staging WHERE site_id = ?1 AND staged_at < ?2 \
+         AND NOT EXISTS (SELECT 1 FROM integration WHERE site_id = ?1)",
+        params![site, now() - STAGING_EXPIRES_SECS],
+    )?;
+    // Counted again whatever went: the oldest row's time moves on too.
+    tx.execute(
+        "INSERT OR REPLACE INTO staged_total (site_id, rows, bytes, first_at) \
+         SELECT ?1, count(*), coalesce(sum(bytes), 0), coalesce(min(staged_at), 0) FROM staging WHERE site_id = ?1",
+        [site],
+    )?;
+    if gone > 0 {
+        log::info!("site {site}: dropped {gone} staged row(s) no final push sealed for a week");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// Stages an accepted batch; a site's push of a record drops that record's
 /// unacknowledged entries from its own queue [PC]. Rows are kept as pushed.
 fn write_staging(conn: &Connection, site: u32, batch: &[SyncRecord]) -> Result<()> {
@@ -156,17 +248,33 @@ fn write_staging(conn: &Connection, site: u32, batch: &[SyncRecord]) -> Result<(
         .prepare_cached("SELECT coalesce(max(seq), 0) FROM staging WHERE site_id = ?1")?
         .query_row([site], |r| r.get(0))?;
     let at = now();
+    let (mut rows, mut bytes) = (0i64, 0i64);
     for rec in batch {
         seq += 1;
         let (action, data) = match Action::parse(&rec.action) {
             Some(Action::Delete) => ("delete", None),
             _ => ("update", rec.data_text()),
         };
+        let size = data.map_or(0, str::len) as i64;
+        let before: Option<i64> = conn
+            .prepare_cached(
+                "SELECT bytes FROM staging WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3",
+            )?
+            .query_row(params![site, rec.table_name, rec.record_id], |r| r.get(0))
+            .optional()?;
+        match before {
+            Some(b) => bytes += size - b,
+            None => {
+                rows += 1;
+                bytes += size;
+            }
+        }
         conn.prepare_cached(
-            "INSERT INTO staging (site_id, table_name, record_id, action, data, seq, staged_at, out_seq) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+            "INSERT INTO staging (site_id, table_name, record_id, action, data, seq, staged_at, out_seq, ord, bytes) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
              ON CONFLICT (site_id, table_name, record_id) DO UPDATE SET action = excluded.action, \
-             data = excluded.data, seq = excluded.seq, staged_at = excluded.staged_at, out_seq = excluded.out_seq",
+             data = excluded.data, seq = excluded.seq, staged_at = excluded.staged_at, \
+             out_seq = excluded.out_seq, ord = excluded.ord, bytes = excluded.bytes",
         )?
         .execute(params![
             site,
@@ -176,21 +284,21 @@ fn write_staging(conn: &Connection, site: u32, batch: &[SyncRecord]) -> Result<(
             data,
             seq,
             at,
-            out_seq(rec)
+            out_seq(rec),
+            integration_order(&rec.table_name, action),
+            size
         ])?;
         conn.prepare_cached(
             "DELETE FROM sync_out WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3 AND is_merge = 0",
         )?
         .execute(params![site, rec.table_name, rec.record_id])?;
     }
-    Ok(())
+    add_to_total(conn, site, rows, bytes)
 }
 
 /// The site's outbox sequence of a pushed record (`syncOutId`, §7.2), if it is one.
 fn out_seq(rec: &SyncRecord) -> Option<i64> {
-    rec.sync_out_id
-        .as_deref()
-        .and_then(|s| s.trim().parse().ok())
+    rec.sync_out_id.as_deref().and_then(super::parse_id)
 }
 
 /// Whether the central holds this site's push of the same or a newer version

@@ -48,6 +48,8 @@ pub struct Me {
     pub site_name: String,
     /// The active store.
     pub store: String,
+    /// This device's `msupply-site-uuid`.
+    pub hardware_id: String,
 }
 
 /// Why a bundle was not written or applied.
@@ -146,6 +148,7 @@ pub fn export(
         max_cursor: 0,
         confirms: None,
         created_by: format!("fieldsync {}", env!("CARGO_PKG_VERSION")),
+        hardware_id: me.hardware_id.clone(),
     };
     let name = format!(
         "{}-to-central-{first_seq}-{last_seq}.fsb",
@@ -391,6 +394,15 @@ fn open_checked(
         )));
     }
     check_ours(file, &header, me)?;
+    if !header.hardware_id.is_empty() && header.hardware_id != me.hardware_id {
+        return Err(CourierError::Refused(format!(
+            "{} is for device {:?} of site {}, not this one ({:?}); nothing was changed",
+            file.display(),
+            header.hardware_id,
+            me.site_name,
+            me.hardware_id
+        )));
+    }
     let cursor = store.cursor()?;
     if header.cursor > cursor {
         return Err(CourierError::Refused(format!(

@@ -4,7 +4,9 @@
 //! What must hold: a central that reports another site (another `id` or
 //! `siteId`) never touches local data; an initialised site is never initialised
 //! again without a person deciding; the state moves `uninitialised → requested →
-//! initialised` only forward, each move in its own committed transaction.
+//! initialised` only forward (back only when the central refuses the
+//! initialisation outright: §10.9 `site_already_initialised`), each move in its
+//! own committed transaction.
 
 use crate::error::Class;
 use crate::store::InitState;
@@ -104,10 +106,29 @@ impl<T: Transport> Cycle<'_, T> {
     fn initialise(&mut self, action: InitAction) -> Result<(), SyncError> {
         self.step(Step::Initialise, 0, None);
         if action == InitAction::Initialise {
+            // Requested before asking: a central that initialised the site and
+            // whose answer was lost says `completed` next time, and this site
+            // then pulls instead of asking again (which §10.9 refuses).
+            let before = self.store.init_state()?;
+            self.set_init_state(InitState::Requested)?;
             match self.client.initialise() {
+                Err(WireError::Protocol(ProtocolError::Server {
+                    code: c, message, ..
+                })) if c == code::SITE_ALREADY_INITIALISED => {
+                    // Nothing was queued for this database: it must not pull
+                    // the queue of the device the site belongs to.
+                    self.set_init_state(before)?;
+                    return Err(SyncError::Attention(
+                        Class::Site,
+                        format!(
+                            "this site is already set up on another database or device ({message}); \
+                             nothing was changed here — if this device replaces the old one, ask the \
+                             administrator to reset the site's hardware id or re-initialise it"
+                        ),
+                    ));
+                }
                 Ok(r) => {
                     crash_point!("initialise-answered");
-                    self.set_init_state(InitState::Requested)?;
                     match r.queue_length {
                         Some(n) => log::info!(
                             "initialisation: the central queued {n} records for this site"

@@ -38,14 +38,16 @@ use super::credentials::Secret;
 
 const MAGIC: &[u8; 8] = b"FSBUNDLE";
 /// This build writes and reads format 1.
-pub const FORMAT: u16 = 1;
+pub const FORMAT: u16 = 2;
 /// Largest header and largest compressed body accepted.
 const MAX_HEADER: u32 = 4 << 20;
 const MAX_BODY: u32 = 32 << 20;
 /// Key-derivation rounds a writer uses, and the most a reader accepts (a
 /// forged header cannot make a reader spin for long).
 pub const KDF_ROUNDS: u32 = 100_000;
-const MAX_KDF_ROUNDS: u32 = 10_000_000;
+/// Rounds a bundle may ask for: a header is read before its HMAC is checked,
+/// so a forged one must not buy seconds of work (issue 27, F10).
+pub const MAX_KDF_ROUNDS: u32 = 4 * KDF_ROUNDS;
 /// Largest body once inflated: a push body is at most 16 MiB (`batch_bytes`),
 /// a page of 1000 records of at most 1 MiB each could be larger, so pages are
 /// written in bounded bytes too (see the central's export).
@@ -131,6 +133,9 @@ pub struct Header {
     pub confirms: Option<Confirmation>,
     /// `fieldsync 0.1.0`.
     pub created_by: String,
+    /// The device the bundle is from (to the central) or for (to a site): its
+    /// `msupply-site-uuid`; "" when the central has none bound. Format 2.
+    pub hardware_id: String,
 }
 
 /// Why a bundle cannot be used; the messages say what to do.
@@ -360,8 +365,14 @@ fn read_header(f: &mut impl Read, path: &Path) -> Result<(Header, Vec<u8>), Bund
         postcard::from_bytes(&bytes[12..]).map_err(|e| not(&format!("header: {e}")))?;
     if header.format != FORMAT {
         return Err(not(&format!(
-            "format {}, this build reads {FORMAT}",
+            "format {}, this build reads {FORMAT} (write the bundle again with this version)",
             header.format
+        )));
+    }
+    if header.kdf_rounds == 0 || header.kdf_rounds > MAX_KDF_ROUNDS {
+        return Err(not(&format!(
+            "its key derivation asks for {} rounds; at most {MAX_KDF_ROUNDS} are read",
+            header.kdf_rounds
         )));
     }
     Ok((header, bytes))
@@ -488,6 +499,7 @@ mod tests {
             max_cursor: 0,
             confirms: None,
             created_by: "fieldsync test".into(),
+            hardware_id: "HW1".into(),
         }
     }
 

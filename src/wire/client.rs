@@ -191,7 +191,12 @@ impl<T: Transport> Client<T> {
                 timeouts,
             });
             let retryable = match &outcome {
-                Ok(r) => matches!(r.status, 408 | 502 | 504),
+                // A 503 with Retry-After: a central turning requests away
+                // while it is full (§10.9 `server_busy`), not one site's sync.
+                Ok(r) => {
+                    matches!(r.status, 408 | 502 | 504)
+                        || (r.status == 503 && r.header("retry-after").is_some())
+                }
                 Err(TransportError::Interrupted { .. }) => true,
                 Err(_) => false,
             };

@@ -230,6 +230,10 @@ pub mod code {
     pub const RECORD_NOT_OWNED_BY_SITE: &str = "record_not_owned_by_site";
     pub const INVALID_SYNC_RECORD: &str = "invalid_sync_record";
     pub const REQUEST_TOO_LARGE: &str = "request_too_large";
+    /// [PC] §10.9: every worker, or this address's share of connections, is taken.
+    pub const SERVER_BUSY: &str = "server_busy";
+    /// [PC] §10.9: `initialise` of a site that is not `new` (nor reset by the administrator).
+    pub const SITE_ALREADY_INITIALISED: &str = "site_already_initialised";
 }
 
 /// Errors at the protocol level: the central answered, but with an error, or with
@@ -301,10 +305,10 @@ pub fn classify(status: u16, code: Option<&str>) -> Class {
     match code {
         Some(code::SITE_NAME_NOT_FOUND) | Some(code::SITE_INCORRECT_PASSWORD) => Class::Credentials,
         Some(code::SITE_INCORRECT_HARDWARE_ID) => Class::HardwareId,
-        Some(code::SITE_HAS_NO_STORE) => Class::Site,
+        Some(code::SITE_HAS_NO_STORE) | Some(code::SITE_ALREADY_INITIALISED) => Class::Site,
         Some(code::API_VERSION_INCOMPATIBLE) => Class::Version,
         Some(code::SYNC_IS_RUNNING) => Class::Busy,
-        Some(code::SITE_AUTH_TIMEOUT) => Class::Transient,
+        Some(code::SITE_AUTH_TIMEOUT) | Some(code::SERVER_BUSY) => Class::Transient,
         Some(code::RECORD_NOT_OWNED_BY_SITE) | Some(code::INVALID_SYNC_RECORD) => Class::Rejected,
         _ => match status {
             408 | 429 | 500..=599 => Class::Transient,

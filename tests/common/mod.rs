@@ -343,8 +343,19 @@ pub fn try_raw(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Resp> {
+    try_raw_on(TcpStream::connect(addr)?, addr, method, path, headers, body)
+}
+
+/// [`try_raw`] on a connection the caller made (from a chosen source address).
+pub fn try_raw_on(
+    mut s: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
     let broken = |m: &str| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, m.to_string());
-    let mut s = TcpStream::connect(addr)?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
