@@ -138,6 +138,9 @@ if [ $run_tests = 1 ]; then
   # for the ARM target: the test binaries and every binary they spawn run under
   # qemu. Threads: the harness runs tests two at a time, as on the 2-core CI.
   started=$(date +%s)
+  # Everything runs about ten times slower emulated: the tests' hang guards and
+  # wait bounds scale by this (tests/common: patience); counts never do.
+  export FIELDSYNC_TEST_PATIENCE=${FIELDSYNC_TEST_PATIENCE:-10}
   # Doctests are skipped: they build for the host, and rustdoc finds no target std here.
   # The examples run as programs (tests/apps.rs), so they are built as such.
   /usr/bin/cargo build --target "$target" --examples

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{try_raw_on, Env, Resp};
+use common::{patience, try_raw_on, Env, Resp};
 use fieldsync::central::Central;
 use fieldsync::wire::credentials;
 use serde_json::{json, Value};
@@ -334,11 +334,11 @@ fn slow_heads_and_idle_connections_do_not_hold_other_sites() {
         s.peak_mib()
     );
     assert!(
-        during <= alone + Duration::from_secs(10),
+        during <= alone + Duration::from_secs(10) * patience(),
         "the attack delayed the sync by more than 10 s: alone {alone:?}, during {during:?}"
     );
     assert!(
-        waited <= Duration::from_secs(16),
+        waited <= Duration::from_secs(16) * patience(),
         "head deadline: {waited:?}"
     );
     assert_eq!(
@@ -416,7 +416,7 @@ fn wrong_passwords_slow_the_guesser_and_never_the_site() {
          the site's agent alone {alone:?}, after the guesses {during:?}"
     );
     assert!(
-        t_right < Duration::from_secs(2),
+        t_right < Duration::from_secs(2) * patience(),
         "the right password waited {t_right:?}"
     );
     // The right password from the guesser's address forgave it there; clear
@@ -525,7 +525,7 @@ fn a_push_of_orphan_lines_holds_the_write_lock_briefly() {
     );
     // ≤ 1 s of lock held, plus the request's own work on a loaded machine.
     assert!(
-        lock <= Duration::from_millis(1500),
+        lock <= Duration::from_millis(1500) * patience(),
         "another site's write waited {lock:?}"
     );
     assert!(
@@ -1000,7 +1000,7 @@ fn every_attack_at_once_beside_real_agents() {
     );
     for (a, d) in alone.iter().zip(&during) {
         assert!(
-            *d <= *a * 2 + Duration::from_secs(1),
+            *d <= *a * 2 + Duration::from_secs(1) * patience(),
             "alone {a:?}, during {d:?}"
         );
     }

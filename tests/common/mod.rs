@@ -202,6 +202,19 @@ pub fn agent_env(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
+/// How much slower than a native machine this one runs the tests: 1 natively,
+/// more where `FIELDSYNC_TEST_PATIENCE` says so (cross/build.sh sets it for the
+/// suite under qemu-user, where every instruction is emulated). Deadlines that
+/// only guard against a hang, and bounds on how long one request waits behind
+/// another, scale by it; what is counted (statuses, rows, bytes) never does.
+pub fn patience() -> u32 {
+    std::env::var("FIELDSYNC_TEST_PATIENCE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n: &u32| (1..=100).contains(n))
+        .unwrap_or(1)
+}
+
 /// Whether a program is installed and runs (`PROGRAM --version` succeeds). The
 /// exit status counts, not just the spawn: under qemu-user a missing program
 /// still "spawns" (glibc's posix_spawn cannot report the failed exec through the
@@ -448,7 +461,7 @@ pub fn final_push(env: &Env, name: &str, hw: &str) -> bool {
     let started = r.json()["integrationStarted"].as_bool().unwrap();
     // Wait for the integration to finish; a central that never says idle fails
     // the test here rather than in a confusing assertion later.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60) * patience();
     loop {
         let code = v5(env, name, hw, "GET", "/site_status", b"").json()["code"].clone();
         if code == "idle" {
