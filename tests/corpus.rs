@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use common::{sql, Env};
+use fieldsync::legacy::columns;
 use fieldsync::legacy::registry::{self, Kind};
 use serde_json::{json, Value};
 
@@ -62,6 +63,17 @@ fn site_rows(db: &std::path::Path) -> BTreeMap<(String, String), Value> {
             (k, serde_json::from_str(&d).unwrap())
         })
         .collect()
+}
+
+/// `legacy` is `v` in §3's form: a `null` key or text as `""`, a date-time as
+/// its date, a time of day as seconds.
+fn is_legacy_form(v: &Value, legacy: &Value) -> bool {
+    match (v, legacy) {
+        (Value::Null, _) => true,
+        (Value::String(s), Value::String(d)) => s.starts_with(d.as_str()) && d.len() == 10,
+        (Value::String(s), Value::Number(_)) => s.contains(':'),
+        _ => false,
+    }
 }
 
 #[test]
@@ -152,12 +164,26 @@ fn every_table_travels_with_every_value_intact() {
             .unwrap()
             .unwrap_or_else(|| panic!("central lacks {t} {id}"));
         assert_eq!(central, want, "central's {t} {id}");
+        // What the central sends: the row whole and in legacy formats (§10.2,
+        // §10.3): every value as written, the columns nobody set at their defaults.
+        let mut sent = want.clone();
+        columns::outgoing(t, &mut sent);
+        for (k, v) in want.as_object().unwrap() {
+            let legacy = &sent[k];
+            assert!(
+                legacy == v || is_legacy_form(v, legacy),
+                "{t}.{k}: {v} went out as {legacy}"
+            );
+        }
+        let a_wrote = !central_writes(t, r, &patients);
         // Site A holds everything but another store's record (§6: a store row goes to
         // its active site and its copy sites): its own rows as written, the central's as sent.
         if t == "store" && id != "S_CORPUS_A" {
             assert_eq!(at_a.get(&key), None, "site A's {t} {id}");
-        } else {
+        } else if a_wrote {
             assert_eq!(at_a.get(&key), Some(&want), "site A's {t} {id}");
+        } else {
+            assert_eq!(at_a.get(&key), Some(&sent), "site A's {t} {id}");
         }
         // Site B holds what a collector of store A receives.
         let kind = registry::row_kind(t, r);
@@ -169,7 +195,7 @@ fn every_table_travels_with_every_value_intact() {
             _ => true,
         };
         if b_should {
-            assert_eq!(at_b.get(&key), Some(&want), "site B's {t} {id}");
+            assert_eq!(at_b.get(&key), Some(&sent), "site B's {t} {id}");
         }
         checked += 1;
     }

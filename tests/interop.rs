@@ -482,6 +482,13 @@ fn c40_received_rows_are_kept_as_received_and_local_numbers_stay() {
     assert_eq!(env.sync(&db).0, 0);
     // Opua's invoice line, with a stock line and location Kawakawa will never hold.
     let line = r#"{"ID":"OL1","transaction_ID":"OT1","item_line_ID":"IL_OPUA_ONLY","location_ID":"LOC_OPUA","quantity":5.0,"batch":"Ā-1"}"#;
+    // Whole already (§10.2), so the central sends the text as it is: the
+    // agent must keep it byte for byte (5.0 stays 5.0).
+    let mut whole: serde_json::Value = serde_json::from_str(line).unwrap();
+    fieldsync::legacy::columns::outgoing("trans_line", &mut whole);
+    let line = whole.to_string();
+    assert!(line.contains(r#""quantity":5.0"#), "{line}");
+    let line = line.as_str();
     let c = env.central.conn().unwrap();
     for (t, id, data) in [
         (

@@ -12,106 +12,13 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{patience, try_raw_on, Env, Resp};
-use fieldsync::central::Central;
+use common::{patience, try_raw_on, Env, Resp, Served};
 use fieldsync::wire::credentials;
 use serde_json::{json, Value};
-
-/// The real central binary serving a database of its own.
-struct Served {
-    child: Child,
-    env: Env,
-    log: PathBuf,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Served {
-    fn start(name: &str) -> Served {
-        let dir =
-            std::env::temp_dir().join(format!("fieldsync-strangers-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = dir.join("central.sqlite");
-        // Opened here first: the schema exists before the server and the test
-        // both use it.
-        let central = Central::open(&db).unwrap();
-        let log = dir.join("central.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
-            .arg("--db")
-            .arg(&db)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(a) = text
-                .lines()
-                .find_map(|l| l.split("serving v5 on http://").nth(1))
-            {
-                break a.trim().parse::<SocketAddr>().unwrap();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the central did not start: {text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Served {
-            child,
-            env: Env::view(dir, central, addr),
-            log,
-        }
-    }
-
-    /// A site with an agent that has completed its first sync.
-    fn agent_site(&self, name: &str, store: &str) -> PathBuf {
-        self.env.site(name, store);
-        let db = self.env.db(name);
-        self.env.init(&db, name);
-        let (code, _, err) = self.env.sync(&db);
-        assert_eq!(code, 0, "{err}");
-        db
-    }
-
-    /// `fieldsync-central ARGS` on this central's database, as its administrator.
-    fn admin(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
-            .arg("--db")
-            .arg(self.env.dir.join("central.sqlite"))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// Peak resident memory of the central process, in MiB.
-    fn peak_mib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb / 1024)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
 
 /// A connection to `to` from loopback address 127.0.0.`host`.
 fn connect_from(host: u8, to: SocketAddr) -> std::io::Result<TcpStream> {

@@ -26,6 +26,7 @@ enum Command {
     Site(Site),
     Store(Store),
     Unqueue(Unqueue),
+    Requeue(Requeue),
     Put(Put),
     Delete(Delete),
     Merge(Merge),
@@ -84,9 +85,18 @@ struct Serve {
     /// address to listen on (default 127.0.0.1:8080)
     #[argh(option, default = "String::from(\"127.0.0.1:8080\")")]
     listen: String,
+    /// the URL sites reach this central at (behind a proxy, say); Open
+    /// mSupply sites are told it as their v6 server's when no site is marked
+    /// with `site om-central` (default: the address each request came to)
+    #[argh(option)]
+    public_url: Option<String>,
+    /// answer the test endpoints of Open mSupply's integration tests for sites
+    /// marked with `site test-site` (never on a production central)
+    #[argh(switch)]
+    test_mode: bool,
 }
 
-/// sites: add, password, reset-hardware-id, reinitialise, primary, clear-backoff
+/// sites: add, password, reset-hardware-id, reinitialise, primary, clear-backoff, om-central, test-site
 #[derive(FromArgs)]
 #[argh(subcommand, name = "site")]
 struct Site {
@@ -103,6 +113,35 @@ enum SiteCommand {
     Reinitialise(SiteReinit),
     Primary(SitePrimary),
     ClearBackoff(SiteClearBackoff),
+    OmCentral(SiteOmCentral),
+    TestSite(SiteTestSite),
+}
+
+/// mark a site as the Open mSupply central server (its URL goes to every site)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "om-central")]
+struct SiteOmCentral {
+    /// the site's name
+    #[argh(positional)]
+    name: Option<String>,
+    /// the Open mSupply central server's URL (https://…)
+    #[argh(option)]
+    url: Option<String>,
+    /// no site is: this central answers Open mSupply's v6 calls itself
+    #[argh(switch)]
+    none: bool,
+}
+
+/// allow a site the test endpoints (answered only under serve --test-mode)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "test-site")]
+struct SiteTestSite {
+    /// the site's name
+    #[argh(positional)]
+    name: String,
+    /// stop allowing it
+    #[argh(switch)]
+    off: bool,
 }
 
 /// forget the wrong-password back-offs of a site (every address), or --all
@@ -269,6 +308,19 @@ struct Unqueue {
     id: String,
 }
 
+/// queue a site everything it should hold again, or every row of one table
+/// (for a site that could not read what it was sent)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "requeue")]
+struct Requeue {
+    /// the site's name
+    #[argh(positional)]
+    site: String,
+    /// only this legacy table (central data included)
+    #[argh(option)]
+    table: Option<String>,
+}
+
 /// insert or update central (or central store) data
 #[derive(FromArgs)]
 #[argh(subcommand, name = "put")]
@@ -353,12 +405,27 @@ fn run(cli: Cli) -> Result<(), String> {
     let e = |e: fieldsync::central::CentralError| e.to_string();
     match cli.command {
         Command::Serve(s) => {
+            let mut central = central;
+            if let Some(url) = &s.public_url {
+                central.public_url = Some(fieldsync::central::admin::absolute_url(url).map_err(e)?);
+            }
+            if s.test_mode {
+                central.test_mode = true;
+                log::warn!(
+                    "TEST MODE: sites marked with `site test-site` may create sites and change \
+                     central data through /sync/v5/test/*; never run a production central like this"
+                );
+            }
             let listener = std::net::TcpListener::bind(&s.listen)
                 .map_err(|e| format!("listen on {}: {e}", s.listen))?;
-            log::info!(
-                "fieldsync-central serving v5 on http://{}",
-                listener.local_addr().map_err(|e| e.to_string())?
-            );
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            log::info!("fieldsync-central serving v5 on http://{addr}");
+            if central.test_mode && !addr.ip().is_loopback() {
+                log::warn!(
+                    "TEST MODE on {addr}, an address other machines can reach: \
+                     anyone with a test site's password can change central data"
+                );
+            }
             fieldsync::central::http::serve(central, listener).map_err(|e| e.to_string())
         }
         Command::Site(s) => match s.command {
@@ -384,6 +451,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("{n} back-off(s) cleared");
                 Ok(())
             }
+            SiteCommand::OmCentral(o) => match (o.name, o.none) {
+                (Some(n), false) if o.url.is_some() => central
+                    .set_om_central(Some(&n), o.url.as_deref())
+                    .map_err(e),
+                (None, true) => central.set_om_central(None, None).map_err(e),
+                _ => Err("give a site name and --url URL, or --none".into()),
+            },
+            SiteCommand::TestSite(t) => central.set_test_site(&t.name, !t.off).map_err(e),
             SiteCommand::Primary(p) => match (p.name, p.none) {
                 (Some(n), false) => central.set_primary(Some(&n)).map_err(e),
                 (None, true) => central.set_primary(None).map_err(e),
@@ -412,6 +487,13 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Unqueue(u) => {
             let n = central.unqueue(&u.table, &u.id).map_err(e)?;
             println!("{n} queue entr(ies) removed");
+            Ok(())
+        }
+        Command::Requeue(r) => {
+            let n = central
+                .requeue_site(&r.site, r.table.as_deref())
+                .map_err(e)?;
+            println!("{n} record(s) queued to site {}", r.site);
             Ok(())
         }
         Command::Put(p) => {

@@ -13,6 +13,9 @@ use serde_json::{json, Value};
 use super::{hash_digest, routing, write_tx, Central, CentralError, Result, CENTRAL_SITE_ID};
 use crate::legacy::registry::{self, Kind};
 
+/// Records a re-queue looks at per write transaction (§10.9).
+const REQUEUE_STEP_ROWS: usize = 2_000;
+
 impl Central {
     // ---- sites ----------------------------------------------------------------
 
@@ -98,6 +101,40 @@ impl Central {
                 conn.execute("DELETE FROM meta WHERE key = 'primary_site'", [])?;
             }
         }
+        Ok(())
+    }
+
+    /// Seed 004: marks `name` as the Open mSupply central server, reached at
+    /// `url` (every site's `/site` then names it; at most one site is), or
+    /// with `None` unmarks whichever site was.
+    pub fn set_om_central(&self, name: Option<&str>, url: Option<&str>) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = write_tx(&mut conn)?;
+        tx.execute(
+            "UPDATE site SET om_central_url = '' WHERE om_central_url <> ''",
+            [],
+        )?;
+        if let Some(n) = name {
+            let id = self.site_id(&tx, n)?;
+            let url = absolute_url(url.unwrap_or_default())?;
+            tx.execute(
+                "UPDATE site SET om_central_url = ?2 WHERE site_id = ?1",
+                params![id, url],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// §10.8: allows (or stops allowing) `name` to call the test endpoints,
+    /// which answer only while the central runs in test mode.
+    pub fn set_test_site(&self, name: &str, on: bool) -> Result<()> {
+        let conn = self.conn()?;
+        let id = self.site_id(&conn, name)?;
+        conn.execute(
+            "UPDATE site SET test_site = ?2 WHERE site_id = ?1",
+            params![id, on],
+        )?;
         Ok(())
     }
 
@@ -230,6 +267,35 @@ impl Central {
         Ok(n)
     }
 
+    /// §10.7: queues `site` again everything it should hold, or every row of
+    /// `table` (central data included), for a site that could not read what it
+    /// was sent (Open mSupply never retries a row that failed to integrate). In
+    /// bounded write transactions; a stop midway is repaired by running it
+    /// again. Returns how many records were queued.
+    pub fn requeue_site(&self, name: &str, table: Option<&str>) -> Result<u64> {
+        if let Some(t) = table {
+            if registry::lookup(t).is_none_or(|t| t.kind == Kind::Local) {
+                return Err(CentralError::Refused(format!(
+                    "{t:?} is not a table sites receive; give a legacy table name such as \
+                     store, name, item or transact (case matters)"
+                )));
+            }
+        }
+        let mut conn = self.conn()?;
+        let site = self.site_id(&conn, name)?;
+        let (mut queued, mut at) = (0u64, None);
+        loop {
+            let tx = write_tx(&mut conn)?;
+            let (n, next) = routing::requeue_step(&tx, site, table, at, REQUEUE_STEP_ROWS)?;
+            tx.commit()?;
+            queued += n;
+            match next {
+                Some(p) => at = Some(p),
+                None => return Ok(queued),
+            }
+        }
+    }
+
     /// Removes a record's unacknowledged entries from every site's queue (a record
     /// no site can read, say); the record itself stays. Returns how many.
     pub fn unqueue(&self, table: &str, id: &str) -> Result<u64> {
@@ -319,4 +385,26 @@ fn not_mirrored(conn: &Connection, what: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// An absolute http(s) URL with a host (what Open mSupply can parse, §10.1),
+/// without a trailing slash; anything else is refused with what to give.
+pub fn absolute_url(url: &str) -> Result<String> {
+    let url = url.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(r)
+            if !r.is_empty()
+                && !r.starts_with('/')
+                && !r.starts_with(':')
+                && !url.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            Ok(url.to_string())
+        }
+        _ => Err(CentralError::Refused(format!(
+            "{url:?} is not an absolute URL; give one such as https://central.example.org:8443"
+        ))),
+    }
 }

@@ -6,7 +6,7 @@
 //! body ([`Central::authenticate`]), then calls [`Central::serve`];
 //! [`Central::handle`] does both for an in-process caller.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
 use super::auth::SiteRow;
@@ -129,7 +129,7 @@ impl Central {
             site: site.site_id,
         };
         match (req.method.as_str(), endpoint) {
-            ("GET", "site") => Ok(self.site_info(site)),
+            ("GET", "site") => self.site_info(&conn, site, req),
             ("POST", "initialise") => self.initialise(&mut conn, site),
             ("POST", "queued_records") => self.push(&mut conn, site, req),
             ("GET", "queued_records") => self.pull_queue(&conn, site, req),
@@ -150,12 +150,10 @@ impl Central {
                     Value::Null,
                 )),
             },
-            _ => Ok(Reply::error(
-                404,
-                "not_found",
-                "unknown endpoint",
-                Value::Null,
-            )),
+            ("POST", ep) if ep.starts_with("test/") => self
+                .test_endpoint(site, ep, &req.body)
+                .unwrap_or_else(|| Ok(not_found())),
+            _ => Ok(not_found()),
         }
     }
 
@@ -180,18 +178,41 @@ impl Central {
         ))
     }
 
-    fn site_info(&self, site: &SiteRow) -> Reply {
+    fn site_info(&self, conn: &Connection, site: &SiteRow, req: &Request) -> super::Result<Reply> {
         let info = SiteInfo {
             id: site.uuid.clone(),
             site_id: site.site_id,
             code: site.code.clone(),
             name: site.name.clone(),
             initialisation_status: site.init_status.clone(),
-            is_om_supply_central_server: false,
-            om_supply_central_server_url: String::new(),
+            is_om_supply_central_server: !site.om_central_url.is_empty(),
+            om_supply_central_server_url: self.om_central_url(conn, req)?,
             m_supply_central_site_id: Some(CENTRAL_SITE_ID),
         };
-        Reply::json(200, serde_json::to_value(info).unwrap_or(Value::Null))
+        Ok(Reply::json(
+            200,
+            serde_json::to_value(info).unwrap_or(Value::Null),
+        ))
+    }
+
+    /// §10.1: always an absolute URL (Open mSupply stops its whole cycle on one
+    /// that does not parse): the marked Open mSupply central server's, else
+    /// this central's public base URL, which answers the v6 calls itself.
+    pub(crate) fn om_central_url(&self, conn: &Connection, req: &Request) -> super::Result<String> {
+        let marked: Option<String> = conn
+            .prepare_cached("SELECT om_central_url FROM site WHERE om_central_url <> '' LIMIT 1")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        if let Some(url) = marked.or_else(|| self.public_url.clone()) {
+            return Ok(url);
+        }
+        // The address the site itself reached us at; only a name and a port
+        // are taken from it, so a forged Host cannot inject a path or a scheme.
+        let host = req
+            .header("host")
+            .filter(|h| is_host(h))
+            .unwrap_or("localhost");
+        Ok(format!("http://{host}"))
     }
 
     /// Fills the queue in bounded steps, each its own write transaction
@@ -434,6 +455,19 @@ impl Central {
             body: Vec::new(),
         })
     }
+}
+
+fn not_found() -> Reply {
+    Reply::error(404, "not_found", "unknown endpoint", Value::Null)
+}
+
+/// A `Host` header that is a host name or address and an optional port, and
+/// nothing else.
+fn is_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
 }
 
 fn internal(req: &Request, e: &super::CentralError) -> Reply {

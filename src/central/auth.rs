@@ -60,6 +60,11 @@ pub struct SiteRow {
     pub code: String,
     pub name: String,
     pub init_status: String,
+    /// Non-empty: the administrator marked this site as the Open mSupply
+    /// central server, reached at this URL (seed 004, §10.1).
+    pub om_central_url: String,
+    /// The administrator allowed this site the test endpoints (§10.8).
+    pub test_site: bool,
 }
 
 /// A refused request: the answer, and how long to hold it back (wrong
@@ -350,8 +355,8 @@ impl Central {
 fn stored_site(conn: &Connection, name: &str) -> Result<Option<Stored>> {
     Ok(conn
         .prepare_cached(
-            "SELECT site_id, uuid, code, name, password_hash, password_gen, hardware_id, init_status \
-             FROM site WHERE name = ?1",
+            "SELECT site_id, uuid, code, name, password_hash, password_gen, hardware_id, init_status, \
+             om_central_url, test_site FROM site WHERE name = ?1",
         )?
         .query_row([name], |r| {
             Ok(Stored {
@@ -361,6 +366,8 @@ fn stored_site(conn: &Connection, name: &str) -> Result<Option<Stored>> {
                     code: r.get(2)?,
                     name: r.get(3)?,
                     init_status: r.get(7)?,
+                    om_central_url: r.get(8)?,
+                    test_site: r.get(9)?,
                 },
                 hash: r.get(4)?,
                 generation: r.get(5)?,

@@ -78,6 +78,9 @@ impl Central {
                 code,
                 name,
                 init_status,
+                // A bundle never asks /site nor calls a test endpoint.
+                om_central_url: String::new(),
+                test_site: false,
             },
             digest,
         ))

@@ -416,7 +416,7 @@ struct Out {
 
 /// The paths with an API behind them; anything else is 404 unread.
 fn is_api(path: &str) -> bool {
-    path.starts_with("/sync/v5/")
+    path.starts_with("/sync/v5/") || super::v6::is_v6(path)
 }
 
 async fn handle(
@@ -514,6 +514,9 @@ async fn handle(
         headers,
         body: Vec::new(),
     };
+    if super::v6::is_v6(&request.path) {
+        return v6(&shared, ip, request, body, length, out).await;
+    }
     let Some(worker) = shared.worker(ip) else {
         return respond_busy("every worker is taken", out);
     };
@@ -547,24 +550,9 @@ async fn handle(
         Ok(Err(denied)) => return refuse(denied, out).await,
         Err(e) => return respond(panicked(&e), out),
     };
-    let Ok(Ok(_budget)) = tokio::time::timeout(
-        BUDGET_WAIT,
-        shared
-            .bodies
-            .clone()
-            .acquire_many_owned(length.div_ceil(1024) as u32),
-    )
-    .await
-    else {
-        return respond_busy("too many request bodies in flight", out);
-    };
-    let raw = match read_body(body, length, shared.limits.body_stall).await {
-        Ok(b) => b,
-        Err(reply) => return respond(reply, out),
-    };
-    out.close = false;
-    let Some(worker) = shared.worker_within(ip).await else {
-        return respond_busy("every worker is taken", out);
+    let (raw, worker, _budget) = match body_and_worker(&shared, ip, body, length, &mut out).await {
+        Ok(got) => got,
+        Err(answer) => return answer,
     };
     let c = central.clone();
     let gzip_requests = c.gzip_requests;
@@ -582,6 +570,81 @@ async fn handle(
         Ok(reply) => respond(reply, out),
         Err(e) => respond(panicked(&e), out),
     }
+}
+
+/// A v6 call (§10.1): its credentials are in the body, so a bounded body is
+/// read first (under the same budget and stall deadline as any), then
+/// authenticated and answered in one sitting.
+async fn v6(
+    shared: &Arc<Shared>,
+    ip: IpAddr,
+    mut request: Request,
+    body: Incoming,
+    length: usize,
+    mut out: Out,
+) -> hyper::Response<Full<Bytes>> {
+    if request.method != "POST" || length > super::v6::MAX_BODY {
+        return respond(
+            Reply::error(
+                if request.method != "POST" { 405 } else { 413 },
+                "bad_request",
+                "v6 calls are POSTs of at most 4 MiB",
+                Value::Null,
+            ),
+            out,
+        );
+    }
+    let (raw, worker, _budget) = match body_and_worker(shared, ip, body, length, &mut out).await {
+        Ok(got) => got,
+        Err(answer) => return answer,
+    };
+    let c = shared.central.clone();
+    let gzip_requests = c.gzip_requests;
+    let done = tokio::task::spawn_blocking(move || {
+        let _worker = worker;
+        request.body = match decode(&request, raw, gzip_requests) {
+            Ok(b) => b,
+            Err(reply) => return Ok(reply),
+        };
+        c.v6(&request, ip)
+    })
+    .await;
+    match done {
+        Ok(Ok(reply)) => respond(reply, out),
+        Ok(Err(denied)) => refuse(denied, out).await,
+        Err(e) => respond(panicked(&e), out),
+    }
+}
+
+/// The body of a request that may send one, read under the bodies' budget
+/// and the stall deadline, with a worker to serve it (the budget is held
+/// until the answer); or the answer that ends the request.
+async fn body_and_worker(
+    shared: &Arc<Shared>,
+    ip: IpAddr,
+    body: Incoming,
+    length: usize,
+    out: &mut Out,
+) -> Result<(Vec<u8>, Held, tokio::sync::OwnedSemaphorePermit), hyper::Response<Full<Bytes>>> {
+    let Ok(Ok(budget)) = tokio::time::timeout(
+        BUDGET_WAIT,
+        shared
+            .bodies
+            .clone()
+            .acquire_many_owned(length.div_ceil(1024) as u32),
+    )
+    .await
+    else {
+        return Err(respond_busy("too many request bodies in flight", *out));
+    };
+    let raw = read_body(body, length, shared.limits.body_stall)
+        .await
+        .map_err(|reply| respond(reply, *out))?;
+    out.close = false;
+    let Some(worker) = shared.worker_within(ip).await else {
+        return Err(respond_busy("every worker is taken", *out));
+    };
+    Ok((raw, worker, budget))
 }
 
 /// A refused login: its answer after the back-off it earned (no worker waits).

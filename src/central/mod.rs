@@ -31,7 +31,9 @@ pub mod judge;
 pub mod pages;
 pub mod routing;
 pub mod staging;
+mod testbed;
 pub mod transfers;
+pub mod v6;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -198,6 +200,24 @@ UPDATE staging SET bytes = coalesce(length(CAST(data AS BLOB)), 0);
 INSERT INTO staged_total (site_id, rows, bytes, first_at)
     SELECT site_id, count(*), sum(bytes), min(staged_at) FROM staging GROUP BY site_id;
 ",
+    // 5: Open mSupply remote sites (§10.1, §10.8).
+    "
+-- Non-empty: this site is the Open mSupply central server, reached at this URL;
+-- every site's /site answer names it (seed 004). At most one.
+ALTER TABLE site ADD COLUMN om_central_url TEXT NOT NULL DEFAULT '';
+-- The administrator allowed this site the test endpoints (only in test mode).
+ALTER TABLE site ADD COLUMN test_site INTEGER NOT NULL DEFAULT 0;
+-- What Open mSupply sites pushed on v6 while this central stood in for their
+-- Open mSupply central server: kept, the newest of each record, never dropped.
+CREATE TABLE v6_record (
+    table_name TEXT NOT NULL,
+    record_id  TEXT NOT NULL,
+    site_id    INTEGER NOT NULL,
+    action     TEXT NOT NULL,
+    data       TEXT,
+    PRIMARY KEY (table_name, record_id)
+) WITHOUT ROWID;
+",
 ];
 
 /// What a site is doing right now; one request per site at a time (§6).
@@ -228,6 +248,12 @@ pub struct Central {
     /// Integrate a site's final push on a thread of its own while `site_status`
     /// says so (the default); in-process tests integrate before answering.
     pub background_integration: bool,
+    /// The base URL sites reach this central at (`serve --public-url`): the
+    /// Open mSupply central server's address when no site is marked as one
+    /// (§10.1). Unset: the `Host` the request came to.
+    pub public_url: Option<String>,
+    /// The test endpoints of §10.8 answer (`serve --test-mode`); never by default.
+    pub test_mode: bool,
     /// One connection held for the central's lifetime: SQLite checkpoints and
     /// deletes the WAL when the last connection closes, which with a
     /// connection per request meant a checkpoint (and its fsyncs) after
@@ -273,6 +299,8 @@ impl Central {
             gzip: true,
             gzip_requests: true,
             background_integration: true,
+            public_url: None,
+            test_mode: false,
         };
         let mut conn = c.conn()?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;

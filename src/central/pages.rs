@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::api::Reply;
 use super::routing;
+use crate::legacy::columns;
 use crate::legacy::registry::DISPENSARY_ONLY;
 
 /// The change log after `?1` that site `?3` may see, `?2` rows at most: not a
@@ -49,7 +50,8 @@ pub(super) fn record_site_cursor(conn: &Connection, site: u32, cursor: u64) -> s
 pub const PAGE_BYTES: usize = 4 << 20;
 
 /// A pull page: `head`, then one envelope per row of `sql` (id, table, record,
-/// action, data), the id rendered by `lead`; stored rows are copied in verbatim.
+/// action, data), the id rendered by `lead`; a stored row is copied in as it
+/// was received unless the column registry must complete or mend it.
 pub(super) fn page(
     conn: &Connection,
     sql: &str,
@@ -84,13 +86,13 @@ pub(super) fn page_body(
         }
         count += 1;
         last = r.get(0)?;
+        let table: String = r.get(1)?;
         let data: Option<String> = r.get(4)?;
+        // Whole and in legacy formats (§10.2, §10.3); otherwise the stored text.
+        let data = data.map(|d| columns::outgoing_text(&table, &d).unwrap_or(d));
         body.push(b'{');
         body.extend_from_slice(lead(last).as_bytes());
-        for (key, value) in [
-            ("tableName", r.get::<_, String>(1)?),
-            ("recordId", r.get::<_, String>(2)?),
-        ] {
+        for (key, value) in [("tableName", table), ("recordId", r.get::<_, String>(2)?)] {
             body.extend_from_slice(format!(",\"{key}\":").as_bytes());
             body.extend_from_slice(Value::from(value).to_string().as_bytes());
         }

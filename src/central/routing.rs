@@ -203,6 +203,7 @@ pub(crate) fn recipients(
                 }
                 if table == "store" {
                     out.extend(copy_sites(conn, store, None)?);
+                    out.extend(partner_sites(conn, field(row, "name_ID"))?);
                 }
             }
         }
@@ -247,6 +248,29 @@ pub(crate) fn recipients(
         Kind::Message => {
             active_and_collectors(&mut out, field(row, "toStoreID"))?;
             active_and_collectors(&mut out, field(row, "fromStoreID"))?;
+        }
+    }
+    out.remove(&CENTRAL_SITE_ID);
+    Ok(out)
+}
+
+/// §10.5: the sites with an active store in which the name `name_id` is visible
+/// (a `name_store_join`): where a store whose name that is trades, and so where
+/// its `store` row must be known (a request to it is refused otherwise).
+fn partner_sites(conn: &Connection, name_id: &str) -> Result<BTreeSet<u32>> {
+    if name_id.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT json_extract(s.data, '$.sync_id_remote_site') FROM record j \
+         JOIN record s ON s.table_name = 'store' AND s.record_id = json_extract(j.data, '$.store_ID') \
+         WHERE j.table_name = 'name_store_join' AND json_extract(j.data, '$.name_ID') = ?1",
+    )?;
+    let rows = stmt.query_map([name_id], |r| r.get::<_, Option<i64>>(0))?;
+    let mut out = BTreeSet::new();
+    for site in rows {
+        if let Some(site) = site? {
+            out.insert(u32::try_from(site).unwrap_or(CENTRAL_SITE_ID));
         }
     }
     out.remove(&CENTRAL_SITE_ID);
@@ -319,17 +343,37 @@ pub(crate) fn route(
     row: &Value,
     skip: &[u32],
 ) -> Result<()> {
-    // A join that makes a patient newly visible on a site queues the patient there.
-    let patient = match (table, action) {
-        ("name_store_join", "update") => {
-            get(conn, "name", field(row, "name_ID"))?.filter(registry::is_patient)
+    // A join that makes a patient newly visible on a site queues the patient
+    // there with the rows that are its (§10.7), as initialisation would; one
+    // that makes a trading partner's store name visible queues that store's row
+    // (§10.5).
+    let mut brought: Vec<(&str, String, Value)> = Vec::new();
+    if (table, action) == ("name_store_join", "update") {
+        let name_id = field(row, "name_ID");
+        match get(conn, "name", name_id)? {
+            Some(p) if registry::is_patient(&p) => {
+                brought.push(("name", name_id.to_string(), p));
+                for (t, f) in registry::patient_tables() {
+                    brought.extend(
+                        rows_where(conn, t, f, name_id)?
+                            .into_iter()
+                            .map(|(id, r)| (t, id, r)),
+                    );
+                }
+            }
+            _ => {
+                if let Some(store) = store_of_name(conn, name_id)? {
+                    if let Some(r) = get(conn, "store", &store)? {
+                        brought.push(("store", store, r));
+                    }
+                }
+            }
         }
-        _ => None,
-    };
+    }
     for site in recipients(conn, table, row, false)? {
         if !skip.contains(&site) {
-            if let Some(p) = &patient {
-                enqueue(conn, site, "name", field(p, "ID"), "update", Some(p), false)?;
+            for (t, id, r) in &brought {
+                enqueue(conn, site, t, id, "update", Some(r), false)?;
             }
             enqueue(
                 conn,
@@ -343,6 +387,30 @@ pub(crate) fn route(
         }
     }
     Ok(())
+}
+
+/// The rows of `table` whose `field` is `value`, with their IDs.
+fn rows_where(
+    conn: &Connection,
+    table: &str,
+    field: &str,
+    value: &str,
+) -> Result<Vec<(String, Value)>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT record_id, data FROM record WHERE table_name = ?1 \
+         AND json_extract(data, '$.{field}') = ?2 ORDER BY record_id"
+    ))?;
+    let rows = stmt.query_map(params![table, value], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (id, text) = r?;
+        if let Ok(v) = serde_json::from_str(&text) {
+            out.push((id, v));
+        }
+    }
+    Ok(out)
 }
 
 /// Writes a row of any kind with its last known owning store (a line whose
@@ -562,18 +630,47 @@ pub fn initialise_step(
     from: Option<InitPosition>,
     rows: usize,
 ) -> Result<(u64, Option<InitPosition>)> {
+    if from.is_none() {
+        conn.prepare_cached("DELETE FROM sync_out WHERE site_id = ?1")?
+            .execute([site])?;
+    }
     let tables: Vec<registry::Table> = registry::tables().collect();
-    let mut at = match from {
-        None => {
-            conn.prepare_cached("DELETE FROM sync_out WHERE site_id = ?1")?
-                .execute([site])?;
-            InitPosition {
-                table: 0,
-                after: String::new(),
-            }
-        }
-        Some(p) => p,
-    };
+    fill_step(conn, site, &tables, false, from, rows)
+}
+
+/// §10.7, `requeue SITE [--table T]`: queues `site` again every row it should
+/// hold (as initialisation would, without emptying its queue: a newer entry of
+/// a record replaces the older one), or only those of `table` — of any kind,
+/// central data included (the site read it from the change log once; a row
+/// it could not read comes again through its queue). Stepped as
+/// [`initialise_step`].
+pub fn requeue_step(
+    conn: &Connection,
+    site: u32,
+    table: Option<&str>,
+    from: Option<InitPosition>,
+    rows: usize,
+) -> Result<(u64, Option<InitPosition>)> {
+    let tables: Vec<registry::Table> = registry::tables()
+        .filter(|t| table.is_none_or(|only| only == t.name))
+        .collect();
+    fill_step(conn, site, &tables, table.is_some(), from, rows)
+}
+
+/// One step of queueing to `site` what it should hold of `tables`, in rank
+/// order; `all_central`: central data too (otherwise read from the change log).
+fn fill_step(
+    conn: &Connection,
+    site: u32,
+    tables: &[registry::Table],
+    all_central: bool,
+    from: Option<InitPosition>,
+    rows: usize,
+) -> Result<(u64, Option<InitPosition>)> {
+    let mut at = from.unwrap_or(InitPosition {
+        table: 0,
+        after: String::new(),
+    });
     with_memo(|| {
         let mut queued = 0u64;
         let mut scanned = 0usize;
@@ -588,7 +685,12 @@ pub fn initialise_step(
                 let (id, data): (String, String) = (r.get(0)?, r.get(1)?);
                 got += 1;
                 if let Ok(row) = serde_json::from_str::<Value>(&data) {
-                    if recipients(conn, t.name, &row, true)?.contains(&site) {
+                    let central = all_central
+                        && matches!(
+                            registry::row_kind(t.name, &row),
+                            Kind::Central | Kind::Created
+                        );
+                    if central || recipients(conn, t.name, &row, true)?.contains(&site) {
                         enqueue(conn, site, t.name, &id, "update", Some(&row), false)?;
                         queued += 1;
                     }

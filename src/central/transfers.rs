@@ -2,6 +2,10 @@
 //! built by the central when it integrates the initiating half, with the dummy
 //! number -1, sent to both parties' sites; the responding site numbers it.
 //!
+//! The responding half starts as a copy of the initiating half without its
+//! `om_*` keys (Open mSupply's own fields, which describe the initiating
+//! document), made whole with every column at its legacy default (§10.4).
+//!
 //! - a finalised customer invoice (`ci`, `fn`) to a store active on another site
 //!   → a supplier invoice (`si`, `nw`, on hold) with its lines;
 //! - a finalised request requisition (`request`, `fn`) to such a store → a
@@ -19,6 +23,7 @@ use serde_json::{json, Value};
 
 use super::routing::{self, active_site, get};
 use super::{Result, CENTRAL_SITE_ID};
+use crate::legacy::columns;
 use crate::legacy::owner::field;
 
 /// One kind of transfer document and its responding half.
@@ -146,6 +151,11 @@ pub fn respond(conn: &Connection, table: &str, id: &str) -> Result<()> {
             l["cost_price"] = line.get("sell_price").cloned().unwrap_or(json!(0));
         }
         created.push((kind.line, lid, l));
+    }
+    // Whole rows, `om_*` at their empty defaults (§10.4): what the initiating
+    // site set there describes its own document, not this one.
+    for (table, _, row) in created.iter_mut() {
+        columns::outgoing(table, row);
     }
     for (table, id, row) in &created {
         routing::write_row(conn, table, id, row, None)?;

@@ -10,8 +10,11 @@
 //!   [`row::Problem`] → one reason code;
 //! - [`owner`]: the owning store of a row and whether a writer may write it
 //!   ([`owner::judge`]), over whatever rows the judging side holds;
-//! - [`triggers`]: the same rules as the SQL text of the store's triggers.
+//! - [`triggers`]: the same rules as the SQL text of the store's triggers;
+//! - [`columns`]: every column of each table, its wire type and legacy
+//!   default: the whole, legacy-shaped rows a central sends (§10.2, §10.3).
 
+pub mod columns;
 pub mod owner;
 pub mod registry;
 pub mod row;

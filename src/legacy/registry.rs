@@ -240,6 +240,20 @@ pub fn tables() -> impl Iterator<Item = Table> {
 }
 
 /// The registry entry for `name` (exact, case-sensitive: `Location` ≠ `location`).
+/// The tables whose rows belong to a patient through a field naming its `name`
+/// row (`nameInsuranceJoin`, `om_document`), with that field: what comes with a
+/// patient made visible on a site (§10.7).
+pub fn patient_tables() -> impl Iterator<Item = (&'static str, &'static str)> {
+    TABLES.iter().filter_map(|t| match t.owner {
+        Owner::Parent {
+            field,
+            table: "name",
+            ..
+        } => Some((t.name, field)),
+        _ => None,
+    })
+}
+
 pub fn lookup(name: &str) -> Option<Table> {
     tables().find(|t| t.name == name)
 }

@@ -8,7 +8,8 @@ pub mod fake;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use fieldsync::central::Central;
 use fieldsync::wire::credentials;
@@ -512,4 +513,101 @@ pub fn drain(env: &Env, site: &str, hw: &str) {
 /// An `Update` envelope for a push.
 pub fn upd(sync_out: &str, table: &str, row: Value) -> Value {
     json!({"syncOutId": sync_out, "tableName": table, "recordId": row["ID"], "action": "Update", "recordData": row})
+}
+
+/// The real central binary serving a database of its own.
+pub struct Served {
+    pub child: Child,
+    pub env: Env,
+    pub log: PathBuf,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    pub fn start(name: &str) -> Served {
+        Served::start_with(name, &[])
+    }
+
+    /// [`Served::start`] with more `serve` options (`--test-mode`, …).
+    pub fn start_with(name: &str, args: &[&str]) -> Served {
+        let dir =
+            std::env::temp_dir().join(format!("fieldsync-strangers-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("central.sqlite");
+        // Opened here first: the schema exists before the server and the test
+        // both use it.
+        let central = Central::open(&db).unwrap();
+        let log = dir.join("central.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
+            .arg("--db")
+            .arg(&db)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(a) = text
+                .lines()
+                .find_map(|l| l.split("serving v5 on http://").nth(1))
+            {
+                break a.trim().parse::<SocketAddr>().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the central did not start: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Served {
+            child,
+            env: Env::view(dir, central, addr),
+            log,
+        }
+    }
+
+    /// A site with an agent that has completed its first sync.
+    pub fn agent_site(&self, name: &str, store: &str) -> PathBuf {
+        self.env.site(name, store);
+        let db = self.env.db(name);
+        self.env.init(&db, name);
+        let (code, _, err) = self.env.sync(&db);
+        assert_eq!(code, 0, "{err}");
+        db
+    }
+
+    /// `fieldsync-central ARGS` on this central's database, as its administrator.
+    pub fn admin(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
+            .arg("--db")
+            .arg(self.env.dir.join("central.sqlite"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Peak resident memory of the central process, in MiB.
+    pub fn peak_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb / 1024)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
