@@ -91,7 +91,7 @@ fn c42_an_absolute_v6_address_answered_nothing_and_idle() {
     );
     assert_eq!(
         pull,
-        json!({"data": {"end_cursor": 7, "total_records": 0, "records": [], "is_last_batch": true}})
+        json!({"data": {"end_cursor": 0, "total_records": 0, "records": [], "is_last_batch": true}})
     );
     let record = json!({"cursor": 1, "record": {"tableName": "asset", "recordId": "AS1",
         "action": "UPSERT", "recordData": {"id": "AS1", "store_id": "SA"}}});

@@ -444,6 +444,17 @@ fn replaced_device_and_the_sync_report() {
         .central
         .add_site("silent", "SIL", "pw-silent")
         .unwrap();
+    s.env.central.add_site("fresh", "FRS", "pw-fresh").unwrap();
+    // "silent" was added five weeks ago and never connected.
+    s.env
+        .central
+        .conn()
+        .unwrap()
+        .execute(
+            "UPDATE site SET added_at = added_at - 35 * 86400 WHERE name = 'silent'",
+            [],
+        )
+        .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
         .args([
             "--db",
@@ -467,7 +478,25 @@ fn replaced_device_and_the_sync_report() {
     assert_eq!(row("site1")["silent"], false);
     assert_eq!(row("site1")["stores"], json!(["S_B"]));
     assert_eq!(row("silent")["last_seen"], Value::Null);
-    assert_eq!(row("silent")["silent"], true, "never connected: flagged");
+    assert_eq!(
+        row("silent")["silent"],
+        true,
+        "never connected in 5 weeks: flagged"
+    );
+    assert_eq!(row("fresh")["last_seen"], Value::Null);
+    assert_eq!(row("fresh")["silent"], false, "added today: not silent yet");
+    let twice = std::process::Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
+        .args(["--db", s.env.dir.join("central.sqlite").to_str().unwrap()])
+        .args(["site", "add", "Fresh", "--password-env", "PW"])
+        .env("PW", "pw")
+        .output()
+        .unwrap();
+    assert_eq!(twice.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&twice.stderr).contains("a site named fresh already exists"),
+        "{}",
+        String::from_utf8_lossy(&twice.stderr)
+    );
     assert_eq!(rows["backoffs"], json!([]), "no wrong passwords yet");
     let text = std::process::Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
         .args([

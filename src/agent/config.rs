@@ -51,10 +51,21 @@ impl PasswordSource {
                 std::env::var(v).map_err(|_| format!("environment variable {v} is not set"))?
             }
             PasswordSource::Stdin => {
+                use std::io::{IsTerminal, Write};
                 let mut s = String::new();
-                std::io::stdin()
-                    .read_line(&mut s)
-                    .map_err(|e| format!("reading the password from stdin: {e}"))?;
+                // A person at a terminal gets a prompt and no echo; a pipe
+                // (a deployment script) gets neither.
+                let hidden = std::io::stdin().is_terminal().then(|| {
+                    eprint!("password: ");
+                    let _ = std::io::stderr().flush();
+                    EchoOff::new()
+                });
+                let read = std::io::stdin().read_line(&mut s);
+                if hidden.is_some() {
+                    drop(hidden);
+                    eprintln!();
+                }
+                read.map_err(|e| format!("reading the password from stdin: {e}"))?;
                 s
             }
         };
@@ -68,6 +79,35 @@ impl PasswordSource {
         }
         Ok(text)
     }
+}
+
+/// The terminal on stdin without echo, restored when dropped. Through `stty`
+/// on that terminal (the crate has no unsafe code for termios): where `stty`
+/// is missing the password echoes, as it did before.
+struct EchoOff(bool);
+
+impl EchoOff {
+    fn new() -> EchoOff {
+        EchoOff(stty("-echo"))
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if self.0 {
+            stty("echo");
+        }
+    }
+}
+
+fn stty(setting: &str) -> bool {
+    std::process::Command::new("stty")
+        .arg(setting)
+        .stdin(std::process::Stdio::inherit())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 // ---- commands -----------------------------------------------------------------

@@ -63,10 +63,20 @@ pub const STDIN_ARG: &str = "<stdin>";
 /// Parses this process's arguments for the binaries (`--help` printed and exit 0;
 /// a usage error printed on stderr and the bad-input exit code).
 pub fn parse_args<T: argh::TopLevelCommand>(name: &str) -> Result<T, std::process::ExitCode> {
+    quiet_broken_pipe();
     let args: Vec<String> = std::env::args()
         .skip(1)
-        .map(|a| if a == "-" { STDIN_ARG.to_string() } else { a })
+        .map(|a| match a.as_str() {
+            "-" => STDIN_ARG.to_string(),
+            // What people type first; argh knows only --help.
+            "-h" => "--help".to_string(),
+            _ => a,
+        })
         .collect();
+    if matches!(args.as_slice(), [v] if v == "--version" || v == "-V") {
+        println!("{name} {}", env!("CARGO_PKG_VERSION"));
+        return Err(std::process::ExitCode::SUCCESS);
+    }
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     T::from_args(&[name], &strs).map_err(|early| match early.status {
         Ok(()) => {
@@ -75,10 +85,40 @@ pub fn parse_args<T: argh::TopLevelCommand>(name: &str) -> Result<T, std::proces
         }
         Err(()) => {
             eprintln!("{name}: {}", early.output.trim_end());
+            let global = ["-q", "--quiet", "-v", "--verbose", "--db", "--log-file"];
+            if let Some(g) = global.iter().find(|g| {
+                early
+                    .output
+                    .contains(&format!("Unrecognized argument: {g}"))
+            }) {
+                eprintln!(
+                    "options that apply to every command go before it: `{name} {g} … <command>`"
+                );
+            }
             eprintln!("see `{name} help` (or `{name} <command> --help`)");
             std::process::ExitCode::from(Class::Input.exit_code())
         }
     })
+}
+
+/// Output piped into a program that stopped reading (`sync --json | head`)
+/// ends the process quietly with the shell's broken-pipe status (141), not a
+/// panic and a backtrace: the work was done and committed before the printing.
+/// Only stdout's broken pipe is treated so; every other panic is reported.
+fn quiet_broken_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.starts_with("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
 }
 
 /// `fieldsync status [--json]`: readable while a sync or the app holds the write

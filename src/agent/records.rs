@@ -77,6 +77,14 @@ pub fn delete(db: &Path, table: &str, id: &str) -> CmdResult {
 }
 
 pub fn list(db: &Path, table: Option<&str>) -> CmdResult {
+    if let Some(t) = table.filter(|t| registry::lookup(t).is_none()) {
+        return Err(Failure::new(
+            Class::Input,
+            format!(
+                "there is no table {t:?} (names are case-sensitive); `fieldsync tables` lists them"
+            ),
+        ));
+    }
     let store = Store::open_for_records(db)?;
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
@@ -247,7 +255,17 @@ pub fn queue_drop(db: &Path, table: &str, id: &str, yes: bool) -> CmdResult {
 
 /// Lists the registry (for the README and for people writing imports).
 pub fn tables() {
+    println!("{:<32} {:<16} OWNING STORE", "TABLE", "KIND");
     for t in registry::tables() {
-        println!("{:<22} {:<16} {:?}", t.name, t.kind.sql_name(), t.owner);
+        let owner = match t.owner {
+            registry::Owner::None => "-".to_string(),
+            registry::Owner::Field(f) => f.to_string(),
+            registry::Owner::Parent {
+                field,
+                table,
+                parent_field,
+            } => format!("{table}.{parent_field} of the {table} in {field}"),
+        };
+        println!("{:<32} {:<16} {owner}", t.name, t.kind.sql_name());
     }
 }

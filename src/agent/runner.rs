@@ -116,8 +116,14 @@ pub fn lock_path(db: &Path) -> PathBuf {
 
 pub fn lock(db: &Path) -> Result<SyncLock, Failure> {
     let p = lock_path(db);
-    let f = modes::open_exact(&p, modes::PRIVATE, false)
-        .map_err(|e| Failure::new(Class::Local, format!("lock file {}: {e}", p.display())))?;
+    let f = modes::open_exact(&p, modes::PRIVATE, false).map_err(|e| {
+        // The database's own trouble (a directory this user may not enter)
+        // says more than the lock file's.
+        match crate::store::must_exist(db) {
+            Err(why) => Failure::from(why),
+            Ok(()) => Failure::new(Class::Local, format!("lock file {}: {e}", p.display())),
+        }
+    })?;
     match f.try_lock() {
         Ok(()) => Ok(SyncLock(f)),
         Err(std::fs::TryLockError::WouldBlock) => Err(Failure::new(
@@ -196,6 +202,36 @@ pub fn prepare(store: &mut Store) -> Result<Setup<HttpTransport>, Failure> {
     let places = credential::Places::from_env(store.path(), settings.credential_file.clone());
     credential::migrate(store, &places.file)?;
     setup(store)
+}
+
+/// The store and the sync's setup; a failure here is noted in the status
+/// file, which is all `status` can read of a sync that never started (the
+/// timer's exit code alone reaches nobody at the clinic). Another sync
+/// holding the lock is no failure.
+fn start(db: &Path) -> Result<(Store, Setup<HttpTransport>), Failure> {
+    let started = Store::open_configured(db)
+        .map_err(Failure::from)
+        .and_then(|mut store| {
+            let s = prepare(&mut store)?;
+            Ok((store, s))
+        });
+    let path = status::snapshot_path(db);
+    let mut snap = status::read_snapshot(&path);
+    let noted = snap.as_ref().is_some_and(|s| s.failed_start.is_some());
+    let failed = match &started {
+        Err(f) if f.class != Class::Busy => {
+            Some(status::Attempt::failed_start(f.class, &f.message))
+        }
+        _ => None,
+    };
+    if failed.is_some() || noted {
+        let snap = snap.get_or_insert_with(Default::default);
+        snap.failed_start = failed;
+        if let Err(e) = status::write_snapshot(&path, snap) {
+            log::warn!("could not write the status file {}: {e}", path.display());
+        }
+    }
+    started
 }
 
 /// Where a sync's progress goes: a live line on a terminal (not `--quiet`, not
@@ -394,8 +430,7 @@ fn log_report(r: &Report, took: Duration) {
 /// `fieldsync sync [--json]`.
 pub fn sync(db: &Path, json: bool) -> CmdResult {
     let _lock = lock(db)?;
-    let mut store = Store::open_configured(db)?;
-    let mut s = prepare(&mut store)?;
+    let (mut store, mut s) = start(db)?;
     let (origin, dns) = (s.settings.origin.clone(), s.settings.net.dns.clone());
     let report = sync_once(db, &mut store, &mut s, || probe(&origin, &dns));
     if json {
@@ -417,8 +452,7 @@ pub fn sync(db: &Path, json: bool) -> CmdResult {
 /// against what was last synced runs whatever the count, then what it found.
 pub fn verify(db: &Path, json: bool) -> CmdResult {
     let _lock = lock(db)?;
-    let mut store = Store::open_configured(db)?;
-    let mut s = prepare(&mut store)?;
+    let (mut store, mut s) = start(db)?;
     s.settings.sync.check_now = true;
     let (origin, dns) = (s.settings.origin.clone(), s.settings.net.dns.clone());
     let report = sync_once(db, &mut store, &mut s, || probe(&origin, &dns));
@@ -468,8 +502,7 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
             .map_err(|e| Failure::new(Class::Local, format!("signal handler: {e}")))?;
     }
     let _lock = lock(db)?;
-    let mut store = Store::open_configured(db)?;
-    let mut s = prepare(&mut store)?;
+    let (mut store, mut s) = start(db)?;
     let clock = s.client.clock();
     notify::notify("READY=1");
     let watchdog = notify::watchdog_interval();

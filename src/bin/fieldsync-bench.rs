@@ -5,6 +5,25 @@
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(other) = args
+        .iter()
+        .find(|a| a.starts_with('-') && *a != "--from-results")
+    {
+        // --help included: the run writes hundreds of MB; never start it by mistake.
+        if other != "--help" && other != "-h" {
+            eprintln!("fieldsync-bench: unknown option {other}");
+        }
+        eprintln!(
+            "usage: fieldsync-bench [DIR] [--from-results]\n  runs the 1k/10k/100k benchmark into DIR \
+             (default bench/): several minutes and ~700 MB of temporary files;\n  \
+             --from-results: only redraw the report and plot from DIR's results"
+        );
+        std::process::exit(if other == "--help" || other == "-h" {
+            0
+        } else {
+            2
+        });
+    }
     let from_results = args.iter().any(|a| a == "--from-results");
     let dir = args
         .iter()

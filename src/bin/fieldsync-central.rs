@@ -401,6 +401,23 @@ fn password(file: Option<PathBuf>, env: Option<String>, stdin: bool) -> Result<S
 
 fn run(cli: Cli) -> Result<(), String> {
     fieldsync::field::logging::init(log::LevelFilter::Info, None);
+    // A mistyped --db must not make an empty central that answers every
+    // agent "unknown site": only `site add`, the first thing a new central
+    // needs, creates the database.
+    let creates = matches!(
+        &cli.command,
+        Command::Site(Site {
+            command: SiteCommand::Add(_)
+        })
+    );
+    if !creates && !cli.db.exists() {
+        return Err(format!(
+            "no central database at {}: check --db (a new central starts with \
+             `fieldsync-central --db {} site add NAME …`)",
+            cli.db.display(),
+            cli.db.display()
+        ));
+    }
     let central = Central::open(&cli.db).map_err(|e| e.to_string())?;
     let e = |e: fieldsync::central::CentralError| e.to_string();
     match cli.command {

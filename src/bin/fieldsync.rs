@@ -343,14 +343,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status(s) if s.watch => agent::watch(&db, s.json),
         Command::Status(s) => agent::status(&db, s.json),
         Command::Check(c) => agent::check::check(&db, c.json),
+        // The greedy positionals take a switch written after them too.
         Command::Config(c) => match c
             .args
             .iter()
             .map(String::as_str)
+            .filter(|a| *a != "--json")
             .collect::<Vec<_>>()
             .as_slice()
         {
-            [] | ["list"] => config::list(&db, c.json),
+            [] | ["list"] => config::list(&db, c.json || c.args.iter().any(|a| a == "--json")),
             ["get", key] => config::get(&db, key),
             ["set", key, value] => config::set(&db, key, value),
             ["unset", key] => config::unset(&db, key),

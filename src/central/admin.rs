@@ -21,6 +21,17 @@ impl Central {
 
     pub fn add_site(&self, name: &str, code: &str, password: &str) -> Result<u32> {
         let mut conn = self.conn()?;
+        let taken: Option<String> = conn
+            .query_row("SELECT name FROM site WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(other) = taken {
+            return Err(CentralError::Refused(format!(
+                "a site named {other} already exists; to give it a new password use \
+                 `site password {other}`, or choose another name"
+            )));
+        }
         let hash = hash_digest(crate::wire::credentials::password_digest(password).expose())?;
         let tx = write_tx(&mut conn)?;
         let next: u32 = tx.query_row(
@@ -29,8 +40,16 @@ impl Central {
             |r| r.get(0),
         )?;
         tx.execute(
-            "INSERT INTO site (site_id, uuid, code, name, password_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![next, crate::wire::credentials::new_id(), code, name, hash],
+            "INSERT INTO site (site_id, uuid, code, name, password_hash, added_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                next,
+                crate::wire::credentials::new_id(),
+                code,
+                name,
+                hash,
+                super::now()
+            ],
         )
         .map_err(|e| CentralError::Refused(format!("adding site {name}: {e}")))?;
         tx.commit()?;

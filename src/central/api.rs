@@ -233,6 +233,12 @@ impl Central {
             allowed
         };
         if !allowed {
+            log::warn!(
+                "site {} asked to initialise again (status {}): refused 409; \
+                 `site reinitialise` allows it",
+                site.name,
+                site.init_status
+            );
             return Ok(Reply::error(
                 409,
                 code::SITE_ALREADY_INITIALISED,
@@ -276,7 +282,10 @@ impl Central {
             Ok::<u64, super::CentralError>(queued)
         })();
         match result {
-            Ok(n) => Ok(Reply::json(200, json!({"queueLength": n}))),
+            Ok(n) => {
+                log::info!("site {} initialised: {n} record(s) queued", site.name);
+                Ok(Reply::json(200, json!({"queueLength": n})))
+            }
             Err(e) => {
                 conn.execute(
                     "UPDATE site SET init_status = 'error' WHERE site_id = ?1",

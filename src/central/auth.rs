@@ -407,7 +407,19 @@ fn wrong_password(conn: &Connection, name: &str, source: IpAddr) -> Result<Durat
     )?
     .execute([MAX_BACKOFFS])?;
     let delay = delay_for(for_name.max(for_address / ADDRESS_WEIGHT));
-    if delay >= MAX_DELAY && for_name % 50 == 0 {
+    // The administrator hears of it at the first, second, fourth… wrong
+    // password of a name from an address: a guesser cannot flood the log.
+    if for_name.count_ones() == 1 && for_name <= 1 << 10 {
+        log::warn!(
+            "wrong password or unknown site {:?} from {address} ({for_name} in a row){}",
+            name_key(name),
+            if delay.is_zero() {
+                String::new()
+            } else {
+                format!("; answers to it wait {} ms", delay.as_millis())
+            }
+        );
+    } else if delay >= MAX_DELAY && for_name % 50 == 0 {
         log::warn!(
             "{for_name} wrong passwords for site {name:?} from {address}; answers to it wait {} s",
             delay.as_secs()

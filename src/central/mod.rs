@@ -207,6 +207,9 @@ INSERT INTO staged_total (site_id, rows, bytes, first_at)
 ALTER TABLE site ADD COLUMN om_central_url TEXT NOT NULL DEFAULT '';
 -- The administrator allowed this site the test endpoints (only in test mode).
 ALTER TABLE site ADD COLUMN test_site INTEGER NOT NULL DEFAULT 0;
+-- When the site was added (unix; 0: before this column), so a site that has
+-- not connected yet is flagged silent only a month after it was added.
+ALTER TABLE site ADD COLUMN added_at INTEGER NOT NULL DEFAULT 0;
 -- What Open mSupply sites pushed on v6 while this central stood in for their
 -- Open mSupply central server: kept, the newest of each record, never dropped.
 CREATE TABLE v6_record (
@@ -380,7 +383,8 @@ impl Central {
                     coalesce((SELECT rows FROM staged_total g WHERE g.site_id = s.site_id), 0), \
                     (SELECT state || coalesce(': ' || last_error, '') FROM integration i WHERE i.site_id = s.site_id), \
                     (SELECT count(*) FROM refused f WHERE f.site_id = s.site_id), \
-                    s.site_id = (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'primary_site') \
+                    s.site_id = (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'primary_site'), \
+                    s.added_at \
              FROM site s ORDER BY s.site_id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -397,13 +401,16 @@ impl Central {
                 integration: r.get(8)?,
                 refused: r.get::<_, i64>(9)? as u64,
                 primary: r.get::<_, Option<bool>>(10)?.unwrap_or(false),
-                silent: false,
+                // A site that never connected counts from when it was added.
+                silent: now - r.get::<_, i64>(11)? > SILENT_AFTER_SECS,
             })
         })?;
         let mut out: Vec<SiteReport> = rows.collect::<std::result::Result<_, _>>()?;
         for s in &mut out {
             s.stores = routing::active_stores(&conn, s.site_id)?;
-            s.silent = s.last_seen.is_none_or(|t| now - t > SILENT_AFTER_SECS);
+            if let Some(t) = s.last_seen {
+                s.silent = now - t > SILENT_AFTER_SECS;
+            }
         }
         Ok(out)
     }

@@ -141,9 +141,9 @@ impl Central {
         )?;
         let uuid = credentials::new_id();
         tx.execute(
-            "INSERT INTO site (site_id, uuid, code, name, password_hash, test_site) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 1)",
-            rusqlite::params![site_id, uuid, name.to_uppercase(), name, hash],
+            "INSERT INTO site (site_id, uuid, code, name, password_hash, test_site, added_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",
+            rusqlite::params![site_id, uuid, name.to_uppercase(), name, hash, super::now()],
         )?;
         routing::central_change(
             &tx,

@@ -48,8 +48,6 @@ struct Settings {
 struct Body {
     sync_v5_settings: Settings,
     #[serde(default)]
-    cursor: u64,
-    #[serde(default)]
     batch: Option<Batch>,
 }
 
@@ -121,9 +119,10 @@ impl Central {
         })?;
         let route = req.path.trim_start_matches("/central/sync/");
         Ok(match route {
-            // Nothing here is v6 data: the site's cursor stays where it is.
+            // No v6 change log here: its latest cursor is 0, as an Open
+            // mSupply central with nothing to send would answer.
             "pull" | "patient-pull" => data(json!({
-                "end_cursor": body.cursor,
+                "end_cursor": 0,
                 "total_records": 0,
                 "records": [],
                 "is_last_batch": true,

@@ -86,6 +86,12 @@ pub struct Snapshot {
     pub line: Option<String>,
     pub led: Option<Pattern>,
     pub last: Option<Attempt>,
+    /// The last sync that failed before it could start (an unreadable
+    /// credential, a broken setting, the database): nothing in the database
+    /// says so, so the status would otherwise show the sync before it as the
+    /// last word. Cleared by the next sync that starts.
+    #[serde(default)]
+    pub failed_start: Option<Attempt>,
 }
 
 /// The last finished cycle, as the status shows it.
@@ -105,6 +111,23 @@ pub struct Attempt {
 pub use crate::clock::{now_unix, utc_date};
 
 impl Attempt {
+    /// A sync that failed before it started: `class`, `error`, nothing done.
+    pub fn failed_start(class: Class, error: &str) -> Attempt {
+        Attempt {
+            outcome: if class.is_transient() {
+                Outcome::Transient
+            } else {
+                Outcome::NeedsAttention
+            },
+            class: Some(class),
+            error: Some(error.to_string()),
+            hint: Some(class.hint().to_string()),
+            finished_unix: now_unix(),
+            duration_ms: 0,
+            report: Report::default(),
+        }
+    }
+
     pub fn from_report(report: &Report) -> Attempt {
         Attempt {
             outcome: report.outcome(),
@@ -244,9 +267,14 @@ pub fn view(
         .into_iter()
         .map(|f| format!("{} {}: {} (tried {}×)", f.table, f.id, f.error, f.attempts))
         .collect();
-    let last_attempt: Option<Attempt> = store
-        .last_attempt()?
-        .and_then(|v| serde_json::from_value(v).ok());
+    // A sync that could not start is newer than any the database recorded
+    // (the next one that starts clears it).
+    let last_attempt: Option<Attempt> = match snap.and_then(|s| s.failed_start.clone()) {
+        Some(failed) => Some(failed),
+        None => store
+            .last_attempt()?
+            .and_then(|v| serde_json::from_value(v).ok()),
+    };
     // A running sync holds the lock; the snapshot's own flag is the fallback
     // where the lock table cannot be read.
     let running = sync_running(store.path(), snap);

@@ -87,9 +87,47 @@ pub fn state_path(db: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Where the database lives when `--db` is not given: systemd's state directory
-/// when the service runs under it, else the working directory.
+/// That the database at `path` is there; a directory this user may not enter
+/// is "permission denied", never "no database" (a healthy packaged device
+/// read by someone outside its group).
+pub fn must_exist(path: &Path) -> Result<(), StoreError> {
+    match std::fs::metadata(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(StoreError::Missing(path.to_path_buf()))
+        }
+        Err(e) => Err(StoreError::Io(
+            format!(
+                "cannot reach {} ({}): run as the device's fieldsync user \
+                 (`sudo -u fieldsync fieldsync …`) or as a member of group fieldsync",
+                path.display(),
+                e.kind()
+            ),
+            e,
+        )),
+    }
+}
+
+/// The packaged device's database (packaging/build-deb.sh).
+pub const PACKAGED_DB: &str = "/var/lib/fieldsync/fieldsync.sqlite";
+
+/// Where the database lives when `--db` is not given: `FIELDSYNC_DB`; else
+/// systemd's state directory when the service runs under it; else
+/// `./fieldsync.sqlite` when there is one; else the packaged device's
+/// database when this is a packaged device (so staff commands on a Pi find
+/// it by themselves); else `./fieldsync.sqlite`.
 pub fn default_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("FIELDSYNC_DB").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let here = PathBuf::from("fieldsync.sqlite");
+    let packaged = Path::new(PACKAGED_DB);
+    if std::env::var_os("STATE_DIRECTORY").is_none_or(|d| d.is_empty())
+        && !here.exists()
+        && packaged.parent().is_some_and(Path::exists)
+    {
+        return packaged.to_path_buf();
+    }
     match std::env::var_os("STATE_DIRECTORY") {
         // systemd may pass several colon-separated directories; the first is ours.
         Some(dirs) if !dirs.is_empty() => {
@@ -131,9 +169,7 @@ impl Store {
     /// the agent's state. The agent's own user gets the whole store. The
     /// shared file must be at this build's schema (the agent migrates it).
     pub fn open_for_records(path: &Path) -> Result<Store, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Missing(path.to_path_buf()));
-        }
+        must_exist(path)?;
         let state = state_path(path);
         let theirs = match modes::check_private(&state) {
             Ok(Err(modes::Untrusted::Owner { .. })) => true,
@@ -169,18 +205,14 @@ impl Store {
     /// Opens (and migrates) the store at `path`, which must exist: every command
     /// but `init` works on a configured database.
     pub fn open_configured(path: &Path) -> Result<Store, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Missing(path.to_path_buf()));
-        }
+        must_exist(path)?;
         Store::open(path)
     }
 
     /// Opens an existing store without creating or migrating it, for readers such as
     /// `status` that must never take the write lock.
     pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Missing(path.to_path_buf()));
-        }
+        must_exist(path)?;
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
             .map_err(|e| StoreError::sqlite(format!("opening {}", path.display()), e))?;
         conn.busy_timeout(busy_timeout())

@@ -424,6 +424,15 @@ impl<T: Transport> Client<T> {
 /// A non-2xx answer: an HTML page from something on the way (§9.4) unless it is
 /// a gateway error of a proxy in front of the central, else the v5 error.
 fn failure(status: u16, html: bool, body: &[u8]) -> WireError {
+    // A v5 central answers its own 404s with a v5 error; anything else is
+    // another web server at that address and port.
+    if status == 404 && !protocol::is_error_body(body) {
+        return TransportError::NotTheCentral(format!(
+            "something else answers at that address (HTTP 404{}, not a v5 central)",
+            if html { ", a web page" } else { "" }
+        ))
+        .into();
+    }
     if status == 511 || (html && !matches!(status, 500..=599)) {
         return intercepted_page(body).into();
     }

@@ -353,6 +353,11 @@ pub fn error_from_response(status: u16, body: &[u8]) -> ProtocolError {
     }
 }
 
+/// Whether `body` is a v5 error (`{"error": {"code": …}}`).
+pub fn is_error_body(body: &[u8]) -> bool {
+    serde_json::from_slice::<ErrorBody>(body).is_ok()
+}
+
 /// Keeps a server-provided message to one printable line of bounded length.
 pub fn sanitize(s: &str) -> String {
     let line: String = s.chars().filter(|c| !c.is_control()).take(200).collect();

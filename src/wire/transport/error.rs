@@ -40,6 +40,10 @@ pub enum TransportError {
     Intercepted(String),
     /// The configured URL is unusable (bad syntax, http:// to a remote host).
     BadUrl(String),
+    /// Something answers at the configured address that is not a v5 central
+    /// (plain HTTP where the URL says https, another web server): a wrong
+    /// URL or port, never the network, so a person is asked at once.
+    NotTheCentral(String),
     /// A response body over the size we accept.
     TooLarge(u64),
 }
@@ -88,6 +92,7 @@ impl TransportError {
             TransportError::Certificate(_) | TransportError::Intercepted(_) => Class::Offline,
             TransportError::Interrupted { .. } | TransportError::TooLarge(_) => Class::Transient,
             TransportError::BadUrl(_) => Class::Input,
+            TransportError::NotTheCentral(_) => Class::Site,
         }
     }
 }
@@ -114,6 +119,12 @@ impl fmt::Display for TransportError {
                 write!(f, "the network answered instead of the central ({what})")
             }
             TransportError::BadUrl(m) => write!(f, "central URL: {m}"),
+            TransportError::NotTheCentral(what) => {
+                write!(
+                    f,
+                    "{what}: check the central URL and port (`fieldsync config get central_url`)"
+                )
+            }
             TransportError::TooLarge(n) => write!(
                 f,
                 "response larger than the {n}-byte limit; the central sent too much at once"
@@ -202,6 +213,13 @@ fn map_rustls(e: rustls::Error) -> TransportError {
             }
             other => Certificate::Untrusted(format!("{other:?}")),
         }),
+        // The first bytes back were not TLS at all: "HTTP/1.1 400 …" from a
+        // server that speaks plain HTTP on that port.
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+            TransportError::NotTheCentral(
+                "the server at that address speaks plain HTTP, not HTTPS (an http:// URL?)".into(),
+            )
+        }
         other => TransportError::Interrupted {
             detail: format!("TLS: {other}"),
             source: Some(Box::new(other)),

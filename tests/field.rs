@@ -1,0 +1,370 @@
+//! In the field (issue 29): what a person typing the commands meets, through
+//! the real binaries — the central's administration (items 12) and the
+//! command line's manners (item 13). Each test names its item.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{init, v5, Served};
+
+fn agent() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fieldsync"))
+}
+
+fn central() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
+}
+
+/// Item 13: `--version`, `-V` and `-h` work on both programs.
+#[test]
+fn versions_and_short_help() {
+    for (mut cmd, name) in [(agent(), "fieldsync"), (central(), "fieldsync-central")] {
+        for flag in ["--version", "-V"] {
+            let out = Command::new(cmd.get_program()).arg(flag).output().unwrap();
+            assert!(out.status.success(), "{name} {flag}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                format!("{name} {}", env!("CARGO_PKG_VERSION"))
+            );
+        }
+        let out = cmd.arg("-h").output().unwrap();
+        assert!(out.status.success(), "{name} -h");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));
+    }
+}
+
+/// Item 13: output into a pipe nobody reads any more ends quietly (141), never
+/// a panic (exit 101 and a backtrace).
+#[test]
+fn a_closed_pipe_is_not_a_panic() {
+    let dir = std::env::temp_dir().join(format!("fieldsync-field-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for _ in 0..5 {
+        let mut child = agent()
+            .arg("--db")
+            .arg(dir.join("none.sqlite"))
+            .args(["help"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            matches!(out.status.code(), Some(0 | 141)),
+            "{:?}: {err}",
+            out.status
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Item 12: a mistyped `--db` creates nothing and says what to check; only
+/// `site add` starts a new central.
+#[test]
+fn a_mistyped_central_database_is_not_created() {
+    let dir = std::env::temp_dir().join(format!("fieldsync-field-db-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let typo = dir.join("centrl.sqlite");
+    for args in [
+        &["report"][..],
+        &["serve", "--listen", "127.0.0.1:0"],
+        &["put", "item", "{\"ID\":\"I\"}"],
+    ] {
+        let out = central()
+            .arg("--db")
+            .arg(&typo)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("no central database at") && err.contains("check --db"),
+            "{err}"
+        );
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+    let out = central()
+        .arg("--db")
+        .arg(&typo)
+        .args(["site", "add", "moa", "--password-env", "PW"])
+        .env("PW", "pw")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(typo.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Item 12: the serve log records wrong passwords (never the password, and
+/// not every one of a guesser's), refused and completed initialisations.
+#[test]
+fn the_serve_log_says_who_failed_and_who_initialised() {
+    let s = Served::start("field-log");
+    s.env.site("moa", "S_MOA");
+    init(&s.env, "moa", "HW-M");
+    let r = v5(&s.env, "moa", "HW-M", "POST", "/initialise", b"{}");
+    assert_eq!(r.status, 409);
+    let guess = fieldsync::wire::credentials::basic_auth(
+        "moa",
+        &fieldsync::wire::credentials::password_digest("hunter2"),
+    );
+    for _ in 0..5 {
+        let r = common::raw(
+            s.env.addr,
+            "GET",
+            "/sync/v5/site",
+            &[
+                ("Authorization", guess.expose()),
+                ("msupply-site-uuid", "HW-M"),
+                ("version", "14"),
+            ],
+            b"",
+        );
+        assert_eq!(r.status, 401);
+    }
+    let log = s.log_text();
+    assert!(log.contains("site moa initialised: "), "{log}");
+    assert!(log.contains("site moa asked to initialise again"), "{log}");
+    let wrong: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("wrong password or unknown site \"moa\""))
+        .collect();
+    // The 1st, 2nd and 4th of five.
+    assert_eq!(wrong.len(), 3, "{log}");
+    assert!(wrong[2].contains("(4 in a row)"), "{log}");
+    assert!(
+        !log.contains("hunter2") && !log.contains(guess.expose()),
+        "{log}"
+    );
+}
+
+/// Item 7: a wrong URL is named as one, at once (exit 15, a person must
+/// look), never "the network" or "the central is busy": https:// to a
+/// central that speaks plain HTTP, and another web server's 404.
+#[test]
+fn url_mistakes_say_check_the_url() {
+    let env = common::Env::new("field-url");
+    env.site("moa", "S_MOA");
+    let db = env.db("moa");
+    env.init_url(&db, "moa", &format!("https://{}", env.addr));
+    let (code, _, stderr) = env.sync(&db);
+    assert_eq!(code, 15, "{stderr}");
+    assert!(stderr.contains("speaks plain HTTP"), "{stderr}");
+    assert!(stderr.contains("check the central URL"), "{stderr}");
+
+    // Another web server on the port: 404 and a page.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = other.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in other.incoming().take(8) {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let page = "<html><title>Not Found</title></html>";
+            let _ = write!(
+                s,
+                "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    env.config(&db, "central_url", &format!("http://{at}"));
+    let (code, _, stderr) = env.sync(&db);
+    assert_eq!(code, 15, "{stderr}");
+    assert!(
+        stderr.contains("something else answers at that address (HTTP 404"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Wi-Fi"), "{stderr}");
+    let status = env.agent(&db, &["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("check the central URL"), "{text}");
+}
+
+/// Item 13: the small things a person typing meets.
+#[test]
+fn the_command_line_minds_its_manners() {
+    let dir = std::env::temp_dir().join(format!("fieldsync-field-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("moa.sqlite");
+    let run = |args: &[&str]| agent().arg("--db").arg(&db).args(args).output().unwrap();
+    let out = run(&["sync", "-q"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("go before it: `fieldsync -q … <command>`"),
+        "{err}"
+    );
+
+    let out = run(&["dev", "set-identity", "--site-id", "2", "--store", "S"]);
+    assert!(out.status.success());
+    let out = run(&["tables"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("TABLE"), "{text}");
+    assert!(!text.contains("None") && !text.contains("Field("), "{text}");
+    assert!(
+        text.contains("requisition.store_ID of the requisition in requisition_ID"),
+        "{text}"
+    );
+
+    let out = run(&["list", "Nosuch"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`fieldsync tables` lists them"));
+
+    let out = run(&["config", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldsync-bench"))
+        .arg("--help")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: fieldsync-bench"));
+    assert!(!dir.join("bench").exists(), "--help started a benchmark");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Item 9: `init --password-stdin` at a terminal prompts and does not echo
+/// (through a real pty: util-linux `script`).
+#[test]
+fn a_typed_password_is_prompted_for_and_not_shown() {
+    if !common::have("script") {
+        eprintln!("skipped: no `script` (util-linux) for a pty");
+        return;
+    }
+    use std::io::{Read, Write};
+    let env = common::Env::new("field-tty");
+    env.site("moa", "S_MOA");
+    let db = env.db("moa");
+    let line = format!(
+        "{} --db {} init --url {} --site moa --password-stdin",
+        env!("CARGO_BIN_EXE_fieldsync"),
+        db.display(),
+        env.url()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("TERM", "dumb")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("password: ") {
+                let _ = tx.send(());
+            }
+        }
+        seen
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30) * common::patience())
+        .expect("no password prompt");
+    // The prompt is out, so echo is already off.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"pw-moa\n")
+        .unwrap();
+    let status = child.wait().unwrap();
+    let seen = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    assert!(status.success(), "{seen}");
+    assert!(!seen.contains("pw-moa"), "the password was shown: {seen:?}");
+    let (code, _, stderr) = env.sync(&db);
+    assert_eq!(code, 0, "the password typed was the one kept: {stderr}");
+}
+
+/// Item 3: a sync that fails before it starts shows in `status` (and the
+/// light), and the next sync that starts clears it.
+#[test]
+fn a_sync_that_cannot_start_shows_in_status() {
+    let env = common::Env::new("field-start");
+    env.site("moa", "S_MOA");
+    let db = env.db("moa");
+    env.init(&db, "moa");
+    assert_eq!(env.sync(&db).0, 0);
+    let credential = db.with_extension("sqlite.credential");
+    let aside = db.with_extension("aside");
+    std::fs::rename(&credential, &aside).unwrap();
+    let (code, _, stderr) = env.sync(&db);
+    assert_eq!(code, 3, "{stderr}");
+    let status = env.agent(&db, &["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("no site credential"), "{text}");
+    assert!(!text.contains("last attempt         ok"), "{text}");
+    assert!(!text.contains("steady on"), "{text}");
+    std::fs::rename(&aside, &credential).unwrap();
+    assert_eq!(env.sync(&db).0, 0);
+    let status = env.agent(&db, &["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("last attempt         ok"), "{text}");
+    assert!(!text.contains("no site credential"), "{text}");
+}
+
+/// Item 2: staff commands find the device's database by themselves
+/// (`FIELDSYNC_DB`), and a database they cannot reach is "run as the
+/// fieldsync user", never "not set up".
+#[test]
+fn staff_commands_find_the_database_and_say_why_they_cannot() {
+    let env = common::Env::new("field-db");
+    env.site("moa", "S_MOA");
+    let db = env.db("moa");
+    env.init(&db, "moa");
+    assert_eq!(env.sync(&db).0, 0);
+    let elsewhere = env.dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let out = agent()
+        .arg("status")
+        .env("FIELDSYNC_DB", &db)
+        .current_dir(&elsewhere)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("site                 moa"), "{text}");
+    // A path this user cannot reach (here: under a file, as the denied
+    // directory of a packaged Pi is for a user outside its group).
+    let file = env.dir.join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    for cmd in ["status", "check", "sync"] {
+        let out = agent()
+            .arg("--db")
+            .arg(file.join("fieldsync.sqlite"))
+            .arg(cmd)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{cmd}: {err}");
+        assert!(
+            err.contains("cannot reach") && err.contains("sudo -u fieldsync"),
+            "{cmd}: {err}"
+        );
+        assert!(!err.contains("run `fieldsync init`"), "{cmd}: {err}");
+    }
+}
