@@ -221,6 +221,45 @@ fn the_command_line_minds_its_manners() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`fieldsync tables` lists them"));
 
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"table\":\"item\",\"record\":{\"ID\":\"x\"}}\n").unwrap();
+    let out = run(&["import", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("bad.jsonl line 1: refused: item x: central data"),
+        "{err}"
+    );
+    std::fs::write(&bad, "{\"table\":\"Location\",\"record\":{\"ID\":\"L1\",\"store_ID\":\"S\"}}\n{\"table\":\"item\" \"x\"}\n{\"table\":\n").unwrap();
+    let out = run(&["import", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("line 2: not JSON: expected `,` or `}` at column 17"),
+        "{err}"
+    );
+    assert!(!err.contains("at line 1"), "{err}");
+    let out = agent()
+        .arg("--db")
+        .arg(dir.join("new.sqlite"))
+        .args([
+            "init",
+            "--url",
+            "http://127.0.0.1:9/msupply",
+            "--site",
+            "moa",
+            "--password-env",
+            "PW",
+        ])
+        .env("PW", "pw")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("has a path (/msupply)") && err.contains("give just http://127.0.0.1:9"),
+        "{err}"
+    );
     let out = run(&["config", "list", "--json"]);
     assert!(
         out.status.success(),
@@ -367,4 +406,63 @@ fn staff_commands_find_the_database_and_say_why_they_cannot() {
         );
         assert!(!err.contains("run `fieldsync init`"), "{cmd}: {err}");
     }
+}
+
+/// Item 12: central data in bulk — 10,000 items in one command; a bad line
+/// anywhere imports nothing and is named.
+#[test]
+fn the_central_imports_central_data_in_bulk() {
+    let s = Served::start("field-import");
+    s.env.site("moa", "S_MOA");
+    let file = s.env.dir.join("items.jsonl");
+    let mut text = String::new();
+    for i in 0..10_000 {
+        text.push_str(&format!(
+            "{{\"table\":\"item\",\"record\":{{\"ID\":\"I{i}\",\"code\":\"C{i}\",\"name\":\"Item {i}\"}}}}\n"
+        ));
+    }
+    let bad = s.env.dir.join("bad.jsonl");
+    std::fs::write(&bad, format!("{text}{{\"table\":\"transact\",\"record\":{{\"ID\":\"T1\",\"store_ID\":\"S_MOA\"}}}}\n")).unwrap();
+    let out = s.admin(&["import", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 10001: transact is edited where its store is active"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was imported"), "{err}");
+    assert_eq!(s.env.central_count("item"), 0);
+
+    std::fs::write(&file, &text).unwrap();
+    let started = std::time::Instant::now();
+    let out = s.admin(&["import", file.to_str().unwrap()]);
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "imported 10000 record(s)"
+    );
+    assert_eq!(s.env.central_count("item"), 10_000);
+    println!("item 12: 10,000 items imported in {took:?}");
+    // They reach the site like any central data.
+    init(&s.env, "moa", "HW-M");
+    let page = v5(
+        &s.env,
+        "moa",
+        "HW-M",
+        "GET",
+        "/central_records?cursor=0&limit=1000",
+        b"",
+    )
+    .json();
+    assert_eq!(
+        page["maxCursor"].as_u64().map(|m| m >= 10_000),
+        Some(true),
+        "{}",
+        page["maxCursor"]
+    );
 }

@@ -80,3 +80,19 @@ fn the_layout_names_every_module_directory() {
         );
     }
 }
+
+/// Issue 29, item 10: the field-staff table and `status`'s light line say the
+/// same words for every light.
+#[test]
+fn every_light_reads_the_same_in_status_and_the_readme() {
+    let table = section(&readme(), "For clinic staff");
+    for p in fieldsync::field::led::Pattern::ALL {
+        let (light, meaning) = p.meaning().split_once(": ").unwrap();
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {light}")))
+            .unwrap_or_else(|| panic!("no row for {light:?} in README's light table"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[2], meaning, "README's meaning of {light}");
+    }
+}

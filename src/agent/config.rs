@@ -81,6 +81,21 @@ impl PasswordSource {
     }
 }
 
+/// A new central URL with a path is refused: the path would be dropped
+/// without a word and a central behind it never found.
+fn no_path(url: &str, origin: &Origin) -> Result<(), Failure> {
+    match Origin::path_in(url) {
+        Some(path) => Err(Failure::new(
+            Class::Input,
+            format!(
+                "{url:?} has a path ({path}); the central's API is at the root of its address: give just {}",
+                origin.url("").trim_end_matches('/')
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The terminal on stdin without echo, restored when dropped. Through `stty`
 /// on that terminal (the crate has no unsafe code for termios): where `stty`
 /// is missing the password echoes, as it did before.
@@ -125,8 +140,9 @@ pub struct InitOptions {
 /// `fieldsync init`: the central, the site and its password, the LEDs; derives
 /// the hardware id once. Re-running it with a new password keeps all data.
 pub fn init(db: &Path, o: &InitOptions) -> CmdResult {
-    Origin::parse(&o.url, o.allow_insecure_http)
+    let origin = Origin::parse(&o.url, o.allow_insecure_http)
         .map_err(|e| Failure::new(Class::Input, e.to_string()))?;
+    no_path(&o.url, &origin)?;
     for (k, v) in [
         (key::CENTRAL_URL, o.url.as_str()),
         (key::SITE_NAME, o.site.as_str()),
@@ -263,6 +279,11 @@ pub fn get(db: &Path, name: &str) -> CmdResult {
 pub fn set(db: &Path, name: &str, value: &str) -> CmdResult {
     let k = settable(name)?;
     k.check(value).map_err(|m| Failure::new(Class::Input, m))?;
+    if k.name == key::CENTRAL_URL {
+        if let Ok(origin) = Origin::parse(value, true) {
+            no_path(value, &origin)?;
+        }
+    }
     let mut store = Store::open_configured(db)?;
     let mut conf = Conf::open(db, &mut store)?;
     conf.set(k.name, value);

@@ -17,9 +17,22 @@ use super::{CmdResult, Failure};
 /// Parses one record given as text. The text itself is checked first (no key
 /// twice, depth, size), since a parsed value would silently keep only one of two
 /// equal keys.
+/// serde's message placed on the one line it read ("at column 12", "at the
+/// end of the line"), not at a line number of its own that the import's line
+/// number would contradict.
+fn json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let what = text.split(" at line ").next().unwrap_or(&text);
+    if e.line() > 1 || e.is_eof() {
+        format!("{what} at the end of the line")
+    } else {
+        format!("{what} at column {}", e.column())
+    }
+}
+
 pub fn parse_record(text: &str, at: &str) -> Result<Value, Failure> {
     let v: Value = serde_json::from_str(text)
-        .map_err(|e| Failure::new(Class::Input, format!("{at}: not JSON: {e}")))?;
+        .map_err(|e| Failure::new(Class::Input, format!("{at}: not JSON: {}", json_error(&e))))?;
     if v.is_object() {
         if let Err(
             p @ (row::Problem::DuplicateKey(_) | row::Problem::TooDeep | row::Problem::NotJson(_)),
@@ -155,8 +168,15 @@ pub fn import(db: &Path, path: &str, table: Option<&str>) -> Result<u64, Failure
                 )
             }
         };
-        tx.put_local(&t, &row, &at)
-            .map_err(|e| Failure::new(Class::Input, format!("{e}; nothing was imported")))?;
+        tx.put_local(&t, &row, &at).map_err(|e| {
+            let e = e.to_string();
+            let e = if e.contains(&at) {
+                e
+            } else {
+                format!("{at}: {e}")
+            };
+            Failure::new(Class::Input, format!("{e}; nothing was imported"))
+        })?;
         n += 1;
     }
     tx.commit()?;

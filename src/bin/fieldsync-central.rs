@@ -28,6 +28,7 @@ enum Command {
     Unqueue(Unqueue),
     Requeue(Requeue),
     Put(Put),
+    Import(Import),
     Delete(Delete),
     Merge(Merge),
     Get(Get),
@@ -333,6 +334,16 @@ struct Put {
     json: String,
 }
 
+/// insert or update central data in bulk: JSON Lines {"table": T, "record": {…}}
+/// (as `fieldsync list` writes them); a bad line anywhere imports nothing
+#[derive(FromArgs)]
+#[argh(subcommand, name = "import")]
+struct Import {
+    /// the file
+    #[argh(positional)]
+    file: PathBuf,
+}
+
 /// delete central data
 #[derive(FromArgs)]
 #[argh(subcommand, name = "delete")]
@@ -511,6 +522,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 .requeue_site(&r.site, r.table.as_deref())
                 .map_err(e)?;
             println!("{n} record(s) queued to site {}", r.site);
+            Ok(())
+        }
+        Command::Import(i) => {
+            let n = central.import(&i.file).map_err(e)?;
+            println!("imported {n} record(s)");
             Ok(())
         }
         Command::Put(p) => {

@@ -15,6 +15,8 @@ use crate::legacy::registry::{self, Kind};
 
 /// Records a re-queue looks at per write transaction (§10.9).
 const REQUEUE_STEP_ROWS: usize = 2_000;
+/// Records a bulk import writes per write transaction (§10.9).
+const IMPORT_STEP_ROWS: usize = 2_000;
 
 impl Central {
     // ---- sites ----------------------------------------------------------------
@@ -339,6 +341,102 @@ impl Central {
         routing::central_change(&tx, table, id, "update", Some(row), None)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// `fieldsync-central import FILE`: central data in bulk, JSON Lines as
+    /// the agent's `list` writes them (`{"table": T, "record": {…}}`). The
+    /// whole file is checked first (JSON, a known table the central edits, a
+    /// string `ID`), so a bad line anywhere writes nothing and is named; then
+    /// it is written and routed in write transactions of [`IMPORT_STEP_ROWS`]
+    /// (§10.9), streaming both times. Returns how many records.
+    pub fn import(&self, path: &std::path::Path) -> Result<u64> {
+        let lines = |f: &mut dyn FnMut(usize, &str, &Value) -> Result<()>| -> Result<u64> {
+            use std::io::BufRead;
+            let file = std::fs::File::open(path)
+                .map_err(|e| CentralError::Refused(format!("{}: {e}", path.display())))?;
+            let mut n = 0u64;
+            for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+                let at = i + 1;
+                let line = line.map_err(|e| {
+                    CentralError::Refused(format!("{} line {at}: {e}", path.display()))
+                })?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(&line).map_err(|e| {
+                    CentralError::Refused(format!(
+                        "{} line {at}: not JSON ({}); each line is {{\"table\": …, \"record\": {{…}}}}",
+                        path.display(),
+                        e.to_string().split(" at line").next().unwrap_or_default()
+                    ))
+                })?;
+                let (Some(table), Some(row)) = (v["table"].as_str(), v.get("record")) else {
+                    return Err(CentralError::Refused(format!(
+                        "{} line {at}: expected {{\"table\": …, \"record\": {{…}}}}",
+                        path.display()
+                    )));
+                };
+                f(at, table, row)?;
+                n += 1;
+            }
+            Ok(n)
+        };
+        let conn = self.conn()?;
+        lines(&mut |at, table, row| {
+            let why = if row.get("ID").and_then(Value::as_str).is_none() {
+                Some("the record needs a string \"ID\"".to_string())
+            } else if registry::lookup(table).is_none() {
+                Some(format!(
+                    "there is no table {table:?} (names are case-sensitive)"
+                ))
+            } else if !matches!(
+                registry::row_kind(table, row),
+                Kind::Central | Kind::CentralStore | Kind::NameStoreJoin | Kind::Created
+            ) {
+                Some(format!(
+                    "{table} is edited where its store is active, not on the central"
+                ))
+            } else {
+                self.edits_central_data(&conn, table, row)
+                    .err()
+                    .map(|e| e.to_string())
+            };
+            match why {
+                Some(w) => Err(CentralError::Refused(format!(
+                    "{} line {at}: {w}; nothing was imported",
+                    path.display()
+                ))),
+                None => Ok(()),
+            }
+        })?;
+        drop(conn);
+        let mut conn = self.conn()?;
+        // At most a step's rows in memory, each step its own transaction.
+        let mut chunk: Vec<(String, Value)> = Vec::with_capacity(IMPORT_STEP_ROWS);
+        let flush = |conn: &mut Connection, chunk: &mut Vec<(String, Value)>| -> Result<()> {
+            let tx = write_tx(conn)?;
+            routing::with_memo(|| {
+                for (table, row) in chunk.iter() {
+                    let id = row["ID"].as_str().unwrap_or_default();
+                    routing::central_change(&tx, table, id, "update", Some(row), None)?;
+                }
+                Ok(())
+            })?;
+            tx.commit()?;
+            chunk.clear();
+            Ok(())
+        };
+        let n = lines(&mut |_, table, row| {
+            chunk.push((table.to_string(), row.clone()));
+            if chunk.len() == IMPORT_STEP_ROWS {
+                flush(&mut conn, &mut chunk)?;
+            }
+            Ok(())
+        })?;
+        if !chunk.is_empty() {
+            flush(&mut conn, &mut chunk)?;
+        }
+        Ok(n)
     }
 
     pub fn delete(&self, table: &str, id: &str) -> Result<()> {

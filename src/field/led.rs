@@ -41,17 +41,29 @@ impl Pattern {
         }
     }
 
+    /// The light and what it means, word for word as README's table for
+    /// clinic staff says (tests/readme.rs holds them together).
     pub fn meaning(self) -> &'static str {
         match self {
             Pattern::Synced => "steady on: everything is sent and received",
-            Pattern::Waiting => "slow blink: records are waiting to be sent at the next sync",
+            Pattern::Waiting => {
+                "slow blink: waiting for the next sync: records to send, or the last sync did not finish"
+            }
             Pattern::Syncing => "fast blink: syncing now",
             Pattern::Offline => {
                 "short flash: the central server cannot be reached; data is kept and sent later"
             }
-            Pattern::Attention => "rapid flicker: a person must act; run `fieldsync status`",
+            Pattern::Attention => "rapid flicker: a person must act",
         }
     }
+
+    pub const ALL: [Pattern; 5] = [
+        Pattern::Synced,
+        Pattern::Waiting,
+        Pattern::Syncing,
+        Pattern::Offline,
+        Pattern::Attention,
+    ];
 }
 
 /// The pattern for the current state: pure, tested by a table.

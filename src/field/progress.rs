@@ -179,6 +179,7 @@ pub fn line(
             })),
             Some(format!("{} received", size(received))),
             rate(received),
+            left(p.total),
         ]
         .into_iter()
         .flatten()
@@ -271,6 +272,18 @@ mod tests {
             812,
         );
         assert_eq!(l, "central records 400 records · 812 B received");
+        // Once a page said how many there are: the total and the time left.
+        let l = line(
+            &p(Step::CentralRecords, 2_000, Some(10_025), 0, 1_800_000),
+            Duration::from_secs(20),
+            2_000,
+            0,
+            1_800_000,
+        );
+        assert_eq!(
+            l,
+            "central records 2,000 / 10,025 records · 1.8 MB received · 90 kB/s · ~80 s left"
+        );
         let l = line(
             &p(Step::WaitIntegration, 3, None, 0, 0),
             Duration::from_secs(130),

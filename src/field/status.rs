@@ -418,10 +418,14 @@ pub fn render(v: &View, now: u64) -> String {
         v.last_success_unix.map_or("never".into(), |t| ago(t, now)),
     );
     if let Some(a) = &v.last_attempt {
-        let outcome = serde_json::to_value(a.outcome)
-            .ok()
-            .and_then(|o| o.as_str().map(str::to_string))
-            .unwrap_or_default();
+        // Words for the people at the clinic; `--json` keeps the codes.
+        let outcome = match a.outcome {
+            Outcome::Ok => "ok",
+            Outcome::OkWithIntegrationErrors => "ok, but some received records wait",
+            Outcome::Offline => "no connection to the central",
+            Outcome::Transient => "did not finish; tries again by itself",
+            Outcome::NeedsAttention => "failed; a person must act",
+        };
         line(
             &mut out,
             "last attempt",
@@ -509,11 +513,13 @@ pub fn render(v: &View, now: u64) -> String {
         line(
             &mut out,
             "syncing now",
-            format!(
-                "{} {}",
-                step.unwrap_or_default(),
-                v.progress.clone().unwrap_or_default()
-            ),
+            // The progress line names its step in words; the step's code
+            // only when there is no line yet.
+            v.progress
+                .clone()
+                .filter(|p| !p.is_empty())
+                .or(step)
+                .unwrap_or_default(),
         );
     }
     line(&mut out, "light", v.led.meaning().into());

@@ -109,8 +109,12 @@ impl<T: Transport> Cycle<'_, T> {
         let mut gaps = 0u64;
         let mut warned_long = false;
         let mut previous: Vec<String> = Vec::new();
+        // How many records this pull will have brought, as the central's
+        // headers tell after each page (`maxCursor` less the cursor: an upper
+        // bound, hidden change-log entries included; `queueLength`).
+        let mut total: Option<u64> = None;
         loop {
-            self.step(source.step(), self.pulled(source), None);
+            self.step(source.step(), self.pulled(source), total);
             let limit = self.pull_limit()?;
             let cursor = self.store.cursor()?;
             let started = self.clock.now();
@@ -135,7 +139,7 @@ impl<T: Transport> Cycle<'_, T> {
                 }
             };
             self.save_limit(limit, Some(took))?;
-            let (applied, header) = self.apply_page(source, page, &site, cursor)?;
+            let (applied, header) = self.apply_page(source, page, &site, cursor, total)?;
             if applied.records > u64::from(limit) && !warned_long {
                 log::warn!(
                     "the central sent {} {} for a limit of {limit}; accepted (§9.2)",
@@ -148,6 +152,18 @@ impl<T: Transport> Cycle<'_, T> {
                 warned_long = true;
             }
             self.report.unreadable += applied.unreadable;
+            let after = self.pulled(source) + applied.records;
+            total = match source {
+                Source::Central => header
+                    .max_cursor
+                    .zip(applied.last_id)
+                    .map(|(max, at)| after + max.saturating_sub(at)),
+                Source::Queue => header
+                    .queue_length
+                    .map(|q| after + q.saturating_sub(header.records)),
+            }
+            .or(total)
+            .map(|t| t.max(after));
             let next = match source {
                 Source::Central => {
                     self.report.pulled_central += applied.records;
@@ -189,6 +205,7 @@ impl<T: Transport> Cycle<'_, T> {
         page: Page,
         site: &Site,
         cursor: u64,
+        total: Option<u64>,
     ) -> Result<(Applied, PullHeader), SyncError> {
         let pulled_before = self.pulled(source);
         let traffic = self.client.traffic();
@@ -198,7 +215,7 @@ impl<T: Transport> Cycle<'_, T> {
             observe(Progress {
                 step: source.step(),
                 done: pulled_before + done,
-                total: None,
+                total,
                 sent: traffic.bytes_sent,
                 received: traffic.bytes_received,
             })

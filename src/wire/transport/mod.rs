@@ -125,6 +125,18 @@ impl Origin {
         Ok(origin)
     }
 
+    /// The path after the host in `url`, when it has one other than `/`: a
+    /// new configuration refuses it (the API is at the root of a central's
+    /// address, /sync/v5/…), where a stored one only drops it, as it always did.
+    pub fn path_in(url: &str) -> Option<&str> {
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let after = &rest[authority.len()..];
+        (!after.is_empty() && after != "/").then_some(after)
+    }
+
     pub fn is_loopback(&self) -> bool {
         let h = self.bare_host();
         h == "localhost"
