@@ -40,8 +40,6 @@ pub const OFFLINE_PROBE_EVERY: Duration = Duration::from_secs(30);
 /// How often a long sync tells systemd's watchdog it is alive, at most.
 /// Defaults to 5 s, well inside any watchdog interval a unit sets.
 const WATCHDOG_PING_MAX: Duration = Duration::from_secs(5);
-/// The step `run` sleeps in between syncs, to stop promptly on a signal.
-const RUN_STEP: Duration = Duration::from_millis(250);
 /// Shortest backoff after a failed cycle. Defaults to 30 s (§5 step 9).
 pub const BACKOFF_START: Duration = Duration::from_secs(30);
 
@@ -496,17 +494,22 @@ pub fn verify(db: &Path, json: bool) -> CmdResult {
 /// 30 s to the interval) but probe cheaply every 30 s so a sync starts soon after
 /// the link returns; stop at the next safe point on SIGTERM/SIGINT.
 pub fn run(db: &Path, interval: Duration) -> CmdResult {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| Failure::new(Class::Local, format!("signal handler: {e}")))?;
-    }
+    let waker = Waker::new()?;
     let _lock = lock(db)?;
     let (mut store, mut s) = start(db)?;
     let clock = s.client.clock();
     notify::notify("READY=1");
     let watchdog = notify::watchdog_interval();
     let mut failures: u32 = 0;
+    log::info!(
+        "run: a sync every {} s; woken early by SIGHUP, {}",
+        interval.as_secs(),
+        if watchdog.is_some() {
+            "the watchdog's half-interval, and a probe every 30 s while offline"
+        } else {
+            "and a probe every 30 s while offline"
+        }
+    );
     loop {
         let (origin, dns) = (s.settings.origin.clone(), s.settings.net.dns.clone());
         let report = sync_once(db, &mut store, &mut s, || probe(&origin, &dns));
@@ -519,37 +522,109 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
                 failures = 0;
                 interval
             }
+            // Offline, the probe below starts the next sync as soon as the
+            // central answers again; a whole sync on a dead link would only
+            // write its failure again.
+            Outcome::Offline => {
+                failures += 1;
+                interval
+            }
             _ => {
                 failures += 1;
                 backoff(failures, interval)
             }
         };
-        // Sleep in small steps: stop promptly, feed the watchdog, and probe so a
-        // sync starts soon after the link comes back.
+        // Asleep until there is something to do: the next sync, a signal,
+        // the watchdog's ping, a probe while offline. Nothing else wakes the
+        // process (a tablet's battery pays for every wake-up).
         let until = clock.now() + wait;
-        let mut next_probe = clock.now() + OFFLINE_PROBE_EVERY;
         let offline = report.outcome() == Outcome::Offline;
-        while clock.now() < until {
-            if stop.load(Ordering::Relaxed) {
+        let mut next_probe = clock.now() + OFFLINE_PROBE_EVERY;
+        let mut next_ping = watchdog.map(|w| clock.now() + w);
+        loop {
+            let now = clock.now();
+            if waker.stop() || waker.sync_now() || now >= until {
                 break;
             }
-            if watchdog.is_some() {
+            if next_ping.is_some_and(|p| now >= p) {
                 notify::notify("WATCHDOG=1");
+                next_ping = watchdog.map(|w| now + w);
             }
-            if offline && clock.now() >= next_probe {
+            if offline && now >= next_probe {
                 if probe(&s.settings.origin, &s.settings.net.dns).is_ok() {
                     log::info!("central reachable again; syncing now");
                     break;
                 }
                 next_probe = clock.now() + OFFLINE_PROBE_EVERY;
             }
-            clock.sleep(RUN_STEP);
+            let mut wake = until;
+            if offline {
+                wake = wake.min(next_probe);
+            }
+            if let Some(p) = next_ping {
+                wake = wake.min(p);
+            }
+            waker.sleep(wake.saturating_duration_since(clock.now()));
         }
-        if stop.load(Ordering::Relaxed) {
+        if waker.stop() {
             notify::notify("STOPPING=1");
             log::info!("stopping on signal");
             return Ok(());
         }
+        if waker.take_sync_now() {
+            log::info!("SIGHUP: syncing now");
+        }
+    }
+}
+
+/// What wakes `run` before its time: SIGTERM and SIGINT (stop), SIGHUP (sync
+/// now). Each sets its flag, then writes a byte into a socket pair that the
+/// loop sleeps reading with a timeout: no polling, and no unsafe code.
+struct Waker {
+    rx: std::os::unix::net::UnixStream,
+    stop: Arc<AtomicBool>,
+    now: Arc<AtomicBool>,
+}
+
+impl Waker {
+    fn new() -> Result<Waker, Failure> {
+        let fail = |e: std::io::Error| Failure::new(Class::Local, format!("signal handler: {e}"));
+        let (rx, tx) = std::os::unix::net::UnixStream::pair().map_err(fail)?;
+        tx.set_nonblocking(true).map_err(fail)?;
+        let (stop, now) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        for (sig, flag) in [(SIGTERM, &stop), (SIGINT, &stop), (SIGHUP, &now)] {
+            // The flag first, then the byte: a wake-up always finds its flag set.
+            signal_hook::flag::register(sig, Arc::clone(flag)).map_err(fail)?;
+            signal_hook::low_level::pipe::register(sig, tx.try_clone().map_err(fail)?)
+                .map_err(fail)?;
+        }
+        Ok(Waker { rx, stop, now })
+    }
+
+    fn stop(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn sync_now(&self) -> bool {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    fn take_sync_now(&self) -> bool {
+        self.now.swap(false, Ordering::SeqCst)
+    }
+
+    /// Sleeps `d` at most, less if a signal comes.
+    fn sleep(&self, d: Duration) {
+        use std::io::Read;
+        let _ = self
+            .rx
+            .set_read_timeout(Some(d.max(Duration::from_millis(1))));
+        let mut buf = [0u8; 64];
+        let _ = (&self.rx).read(&mut buf);
     }
 }
 

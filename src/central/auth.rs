@@ -49,6 +49,8 @@ const MAX_BACKOFFS: i64 = 10_000;
 const NAME_KEY_CHARS: usize = 64;
 /// The back-off row that counts an address over every name.
 const ANY_NAME: &str = "*";
+/// How long a request waits to note `last_seen` before leaving it for later.
+const LAST_SEEN_WAIT: Duration = Duration::from_millis(200);
 /// A site's `last_seen` is written at most this often.
 const LAST_SEEN_EVERY_SECS: i64 = 60;
 
@@ -271,10 +273,23 @@ impl Central {
             }
         };
         if stale && !hardware.is_empty() {
-            conn.execute(
+            // Display only: written if the write lock is free within a
+            // moment, else at the site's next request. It takes no writer's
+            // turn (writers are served in arrival order and would starve a
+            // write that waits outside the queue) and never fails a request.
+            conn.busy_timeout(LAST_SEEN_WAIT)?;
+            let written = conn.execute(
                 "UPDATE site SET last_seen = ?2 WHERE site_id = ?1",
                 params![site.site_id, t],
-            )?;
+            );
+            conn.busy_timeout(super::BUSY_TIMEOUT)?;
+            if let Err(e) = written {
+                log::debug!("site {}: last_seen not written now: {e}", site.name);
+                self.last_seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&site.site_id);
+            }
         }
         Ok(Ok(site))
     }

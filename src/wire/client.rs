@@ -35,6 +35,8 @@ pub const INITIALISE_TIMEOUTS: Timeouts = Timeouts {
     no_progress: Duration::from_secs(600),
     total: Duration::from_secs(600),
 };
+/// Retries of a request that stalled (no byte for the no-progress timeout).
+const MAX_STALL_RETRIES: usize = 1;
 /// Largest JSON answer decoded whole (site, status, push answers): they are tiny.
 const MAX_SMALL_BODY: u64 = 1 << 20;
 /// What crossed the link, for the report and the bench.
@@ -180,6 +182,7 @@ impl<T: Transport> Client<T> {
         }
         let full_path = format!("{}{path}", protocol::PREFIX);
         let mut attempt = 0;
+        let mut stalls = 0;
         loop {
             self.traffic.requests += 1;
             self.traffic.bytes_sent += body.map_or(0, |b| b.len() as u64);
@@ -197,7 +200,12 @@ impl<T: Transport> Client<T> {
                     matches!(r.status, 408 | 502 | 504)
                         || (r.status == 503 && r.header("retry-after").is_some())
                 }
-                Err(TransportError::Interrupted { .. }) => true,
+                // A silent central is tried twice, not four times (issue 32):
+                // each stall is a whole no-progress timeout of waiting.
+                Err(e @ TransportError::Interrupted { .. }) => {
+                    stalls += usize::from(e.is_stall());
+                    stalls <= MAX_STALL_RETRIES
+                }
                 Err(_) => false,
             };
             if retryable && attempt < self.retry_delays.len() {
@@ -492,6 +500,35 @@ fn gzip(body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A transport that fails every call the same way, counting them.
+    struct Failing(fn() -> TransportError, usize);
+
+    impl Transport for Failing {
+        fn call(&mut self, _: &Request<'_>) -> Result<Response, TransportError> {
+            self.1 += 1;
+            Err((self.0)())
+        }
+    }
+
+    #[test]
+    fn a_stall_is_retried_once_and_a_cut_link_three_times() {
+        for (fail, calls) in [
+            (TransportError::stalled as fn() -> TransportError, 2),
+            (|| TransportError::interrupted("connection reset"), 4),
+            (|| TransportError::unreachable("refused"), 1),
+        ] {
+            let clock = Arc::new(crate::clock::Virtual::default());
+            let mut c = Client::new(
+                Failing(fail, 0),
+                crate::wire::credentials::Secret::new("x".into()),
+                "HW".into(),
+                clock.clone(),
+            );
+            assert!(c.site().is_err());
+            assert_eq!(c.transport.1, calls, "{}", fail());
+        }
+    }
 
     #[test]
     fn pages_are_recognised_and_named() {

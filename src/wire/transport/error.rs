@@ -7,6 +7,10 @@
 use std::fmt;
 
 use super::NO_PROGRESS;
+
+/// The words a stalled request's detail starts with (see `is_stall`).
+const STALL: &str = "no progress for";
+const TIMED_OUT: &str = "timed out";
 use crate::error::Class;
 
 /// A TLS certificate the agent would not trust.
@@ -54,6 +58,18 @@ impl TransportError {
             detail: detail.into(),
             source: None,
         }
+    }
+
+    /// A request that stopped moving (no byte for [`NO_PROGRESS`], or its
+    /// whole time used): a silent central. Retried once, not like a cut link,
+    /// so a sync against one gives up in about two minutes (issue 32).
+    pub fn stalled() -> TransportError {
+        TransportError::interrupted(format!("{STALL} {} s", NO_PROGRESS.as_secs()))
+    }
+
+    pub fn is_stall(&self) -> bool {
+        matches!(self, TransportError::Interrupted { detail, .. }
+            if detail.starts_with(STALL) || detail.starts_with(TIMED_OUT))
     }
 
     pub fn interrupted(detail: impl Into<String>) -> TransportError {
@@ -155,10 +171,8 @@ pub(crate) fn map_error(e: ureq::Error) -> TransportError {
         E::HostNotFound => TransportError::unreachable("host not found (DNS)"),
         E::ConnectionFailed => TransportError::unreachable("connection failed"),
         E::Timeout(T::Connect | T::Resolve) => TransportError::unreachable("connect timed out"),
-        E::Timeout(T::PerRead | T::PerWrite) => {
-            TransportError::interrupted(format!("no progress for {} s", NO_PROGRESS.as_secs()))
-        }
-        E::Timeout(t) => TransportError::interrupted(format!("timed out ({t})")),
+        E::Timeout(T::PerRead | T::PerWrite) => TransportError::stalled(),
+        E::Timeout(t) => TransportError::interrupted(format!("{TIMED_OUT} ({t})")),
         E::BodyExceedsLimit(n) => TransportError::TooLarge(n),
         E::Io(io) => map_io(io),
         E::BadUri(u) => TransportError::BadUrl(u),
@@ -191,7 +205,7 @@ fn map_io(io: std::io::Error) -> TransportError {
             }
         }
         K::TimedOut | K::WouldBlock => TransportError::Interrupted {
-            detail: format!("no progress for {} s", NO_PROGRESS.as_secs()),
+            detail: format!("{STALL} {} s", NO_PROGRESS.as_secs()),
             source: Some(Box::new(io)),
         },
         _ => TransportError::Interrupted {

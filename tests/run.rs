@@ -1,0 +1,131 @@
+//! `fieldsync run` that sleeps (issue 32): between syncs the process is
+//! asleep until there is something to do — counted as its voluntary context
+//! switches over a minute, online and offline — and SIGHUP syncs now,
+//! SIGTERM stops it.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{patience, Env};
+
+/// How often the process gave up the CPU of its own accord: every wake-up
+/// from a sleep or a blocking read is one.
+fn wakeups(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches in /proc/PID/status")
+}
+
+fn start_run(db: &Path, log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_fieldsync"))
+        .arg("--db")
+        .arg(db)
+        .args(["run", "--interval", "300"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(log: &Path, what: &str, count: usize, within: Duration) -> String {
+    let deadline = Instant::now() + within * patience();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(what).count() >= count {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {count}× {what:?} in the log: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Wake-ups over a minute of `run` after its sync, asleep.
+fn idle_minute(child: &Child) -> u64 {
+    // Let the first sync's last writes settle.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = wakeups(child.id());
+    std::thread::sleep(Duration::from_secs(60));
+    wakeups(child.id()) - before
+}
+
+fn limit_or_report(what: &str, n: u64) {
+    println!("issue 32: {what}: {n} wake-up(s) in 60 s");
+    // Emulated (qemu-user), the emulator's own thread is what /proc counts.
+    if patience() == 1 {
+        assert!(n <= 6, "{what}: {n} wake-ups in 60 s");
+    }
+}
+
+#[test]
+fn online_it_sleeps_syncs_on_sighup_and_stops_on_sigterm() {
+    let env = Env::new("run-online");
+    env.site("moa", "S_MOA");
+    let db = env.db("moa");
+    env.init(&db, "moa");
+    let log = env.dir.join("run.log");
+    let mut child = start_run(&db, &log);
+    wait_for(&log, "sync ok", 1, Duration::from_secs(30));
+    limit_or_report("online, idle", idle_minute(&child));
+
+    signal(&child, "-HUP");
+    let text = wait_for(&log, "sync ok", 2, Duration::from_secs(10));
+    assert!(text.contains("SIGHUP: syncing now"), "{text}");
+
+    signal(&child, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(10) * patience();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "run did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("stopping on signal"), "{text}");
+}
+
+#[test]
+fn offline_it_probes_twice_a_minute_and_nothing_more() {
+    let env = Env::new("run-offline");
+    env.site("moa", "S_MOA");
+    let db = env.db("moa");
+    // A central nobody answers at: connection refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    env.init_url(&db, "moa", &url);
+    let log = env.dir.join("run.log");
+    let mut child = start_run(&db, &log);
+    wait_for(&log, "offline", 1, Duration::from_secs(30));
+    limit_or_report("offline", idle_minute(&child));
+    // The link comes back: the next probe finds the central and syncs.
+    let at = url.trim_start_matches("http://").to_string();
+    let _central = fieldsync::central::http::spawn(env.central.clone(), &at).unwrap();
+    let back = Instant::now();
+    let text = wait_for(&log, "sync ok", 1, Duration::from_secs(40));
+    assert!(text.contains("central reachable again"), "{text}");
+    println!(
+        "issue 32: offline → synced {:?} after the central came back",
+        back.elapsed()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
