@@ -83,6 +83,22 @@ fn online_it_sleeps_syncs_on_sighup_and_stops_on_sigterm() {
     let mut child = start_run(&db, &log);
     wait_for(&log, "sync ok", 1, Duration::from_secs(30));
     limit_or_report("online, idle", idle_minute(&child));
+    // Asleep, not "syncing now"; and a person's sync goes between two of its own.
+    let status = env.agent(&db, &["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains(&format!(
+            "fieldsync run (pid {}) syncs every 300 s, SIGHUP",
+            child.id()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("syncing now"), "{text}");
+    assert!(text.contains("steady on"), "{text}");
+    assert_eq!(env.sync(&db).0, 0);
+    let second = env.agent(&db, &["run"]);
+    assert_eq!(second.status.code(), Some(18));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
 
     signal(&child, "-HUP");
     let text = wait_for(&log, "sync ok", 2, Duration::from_secs(10));
@@ -100,6 +116,8 @@ fn online_it_sleeps_syncs_on_sighup_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("stopping on signal"), "{text}");
+    let status = env.agent(&db, &["status"]);
+    assert!(!String::from_utf8_lossy(&status.stdout).contains("fieldsync run (pid"));
 }
 
 #[test]

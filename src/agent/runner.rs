@@ -495,8 +495,14 @@ pub fn verify(db: &Path, json: bool) -> CmdResult {
 /// the link returns; stop at the next safe point on SIGTERM/SIGINT.
 pub fn run(db: &Path, interval: Duration) -> CmdResult {
     let waker = Waker::new()?;
-    let _lock = lock(db)?;
-    let (mut store, mut s) = start(db)?;
+    // One `run` per database; the sync lock is taken for each sync only, so
+    // `status` sees a sleeping run as asleep and a timer's or a person's
+    // `sync` may go between two of its syncs.
+    let _run = run_lock(db)?;
+    let (mut store, mut s) = {
+        let _lock = lock(db)?;
+        start(db)?
+    };
     let clock = s.client.clock();
     notify::notify("READY=1");
     let watchdog = notify::watchdog_interval();
@@ -510,9 +516,29 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
             "and a probe every 30 s while offline"
         }
     );
+    let wakes = format!(
+        "every {} s, SIGHUP, {}a probe every {} s while offline",
+        interval.as_secs(),
+        if watchdog.is_some() {
+            "the watchdog, "
+        } else {
+            ""
+        },
+        OFFLINE_PROBE_EVERY.as_secs()
+    );
+    status::note_run(db, Some(&wakes));
     loop {
         let (origin, dns) = (s.settings.origin.clone(), s.settings.net.dns.clone());
-        let report = sync_once(db, &mut store, &mut s, || probe(&origin, &dns));
+        let report = match lock(db) {
+            Ok(_lock) => sync_once(db, &mut store, &mut s, || probe(&origin, &dns)),
+            Err(f) if f.class == Class::Busy => {
+                log::info!(
+                    "a sync of this database is running already; run waits for its next turn"
+                );
+                crate::sync::Report::default()
+            }
+            Err(f) => return Err(f),
+        };
         notify::notify(&format!("STATUS=last sync: {:?}", report.outcome()));
         let wait = match report.outcome() {
             Outcome::Ok | Outcome::OkWithIntegrationErrors => {
@@ -568,11 +594,31 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
         }
         if waker.stop() {
             notify::notify("STOPPING=1");
+            status::note_run(db, None);
             log::info!("stopping on signal");
             return Ok(());
         }
         if waker.take_sync_now() {
             log::info!("SIGHUP: syncing now");
+        }
+    }
+}
+
+/// The lock that keeps a second `run` off a database, held for run's life.
+fn run_lock(db: &Path) -> Result<SyncLock, Failure> {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".run.lock");
+    let p = PathBuf::from(p);
+    let f = modes::open_exact(&p, modes::PRIVATE, false)
+        .map_err(|e| Failure::new(Class::Local, format!("lock file {}: {e}", p.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(SyncLock(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Failure::new(
+            Class::Busy,
+            "`fieldsync run` is already running on this database; not starting a second",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Failure::new(Class::Local, format!("lock: {e}")))
         }
     }
 }

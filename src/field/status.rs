@@ -92,6 +92,29 @@ pub struct Snapshot {
     /// last word. Cleared by the next sync that starts.
     #[serde(default)]
     pub failed_start: Option<Attempt>,
+    /// A `run` loop on this database: its pid and what wakes it.
+    #[serde(default)]
+    pub run: Option<RunNote>,
+}
+
+/// What `status` says of a `run` loop between its syncs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunNote {
+    pub pid: u32,
+    pub wakes: String,
+}
+
+/// `run` notes itself (and what wakes it) in the status file, or its end.
+pub fn note_run(db: &Path, wakes: Option<&str>) {
+    let path = snapshot_path(db);
+    let mut snap = read_snapshot(&path).unwrap_or_default();
+    snap.run = wakes.map(|w| RunNote {
+        pid: std::process::id(),
+        wakes: w.to_string(),
+    });
+    if let Err(e) = write_snapshot(&path, &snap) {
+        log::warn!("could not write the status file {}: {e}", path.display());
+    }
 }
 
 /// The last finished cycle, as the status shows it.
@@ -210,6 +233,9 @@ pub struct View {
     pub bundle_out: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bundle_in: Option<serde_json::Value>,
+    /// A `run` loop on this database and what wakes it.
+    #[serde(default)]
+    pub run: Option<String>,
 }
 
 impl View {
@@ -243,6 +269,7 @@ impl View {
             quarantined: 0,
             bundle_out: None,
             bundle_in: None,
+            run: None,
         }
     }
 }
@@ -317,6 +344,10 @@ pub fn view(
         quarantined: store.quarantined()?,
         bundle_out,
         bundle_in,
+        run: snap
+            .and_then(|s| s.run.as_ref())
+            .filter(|r| process_alive(r.pid))
+            .map(|r| format!("fieldsync run (pid {}) syncs {}", r.pid, r.wakes)),
     };
     if v.site.is_none() {
         v.class = Some(Class::NotConfigured);
@@ -505,6 +536,9 @@ pub fn render(v: &View, now: u64) -> String {
             );
         }
     }
+    if let Some(r) = &v.run {
+        line(&mut out, "run", r.clone());
+    }
     if v.running {
         let step = v
             .step
@@ -597,6 +631,7 @@ mod tests {
                 quarantined: 0,
                 bundle_out: None,
                 bundle_in: None,
+                run: None,
             };
             let text = render(&v, now_unix());
             assert!(text.contains(class.hint()), "{class:?}: {text}");

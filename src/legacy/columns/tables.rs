@@ -296,7 +296,7 @@ pub(super) static TABLES: &[(&str, &[Column])] = &[
             ("user_field_4", Bool, "false"),
         ],
     ),
-    // (no translation)
+    // category.rs
     (
         "item_category",
         &[
@@ -306,7 +306,7 @@ pub(super) static TABLES: &[(&str, &[Column])] = &[
             ("parent_ID", Key, "\"\""),
         ],
     ),
-    // (no translation)
+    // category.rs
     (
         "item_category_level1",
         &[
@@ -316,7 +316,7 @@ pub(super) static TABLES: &[(&str, &[Column])] = &[
             ("parent_ID", Key, "\"\""),
         ],
     ),
-    // (no translation)
+    // category.rs
     (
         "item_category_level2",
         &[
