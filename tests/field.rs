@@ -466,3 +466,50 @@ fn the_central_imports_central_data_in_bulk() {
         page["maxCursor"]
     );
 }
+
+/// Item 1: a refused `init` changes nothing — the credential included.
+#[test]
+fn a_refused_init_changes_nothing() {
+    let env = common::Env::new("field-init");
+    env.site("moa", "S_MOA");
+    env.site("kawakawa", "S_KAW");
+    let db = env.db("moa");
+    env.init(&db, "moa");
+    assert_eq!(env.sync(&db).0, 0);
+    let credential = db.with_extension("sqlite.credential");
+    let conf = db.with_extension("sqlite.conf");
+    let before = (
+        std::fs::read(&credential).unwrap(),
+        std::fs::read(&conf).unwrap(),
+    );
+    let out = agent()
+        .arg("--db")
+        .arg(&db)
+        .args([
+            "init",
+            "--url",
+            &env.url(),
+            "--site",
+            "kawakawa",
+            "--password-env",
+            "PW",
+        ])
+        .env("PW", "pw-kawakawa")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("belongs to site moa") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(
+        (
+            std::fs::read(&credential).unwrap(),
+            std::fs::read(&conf).unwrap()
+        ),
+        before,
+        "the refused init wrote"
+    );
+    assert_eq!(env.sync(&db).0, 0);
+}
