@@ -81,19 +81,16 @@ impl PasswordSource {
     }
 }
 
-/// A new central URL with a path is refused: the path would be dropped
-/// without a word and a central behind it never found.
-fn no_path(url: &str, origin: &Origin) -> Result<(), Failure> {
-    match Origin::path_in(url) {
-        Some(path) => Err(Failure::new(
-            Class::Input,
-            format!(
-                "{url:?} has a path ({path}); the central's API is at the root of its address: give just {}",
-                origin.url("").trim_end_matches('/')
-            ),
-        )),
-        None => Ok(()),
-    }
+/// What to tell a person who gave a central URL with a path: the path is
+/// dropped (§2: paths are absolute on the configured origin, as existing
+/// clients do), so they know which address is asked, never a silent drop.
+fn path_note(url: &str, origin: &Origin) -> Option<String> {
+    Origin::path_in(url).map(|path| {
+        format!(
+            "note: the path {path} of {url} is not used: the v5 API is asked at {}",
+            origin.url("/sync/v5/")
+        )
+    })
 }
 
 /// The terminal on stdin without echo, restored when dropped. Through `stty`
@@ -142,7 +139,6 @@ pub struct InitOptions {
 pub fn init(db: &Path, o: &InitOptions) -> CmdResult {
     let origin = Origin::parse(&o.url, o.allow_insecure_http)
         .map_err(|e| Failure::new(Class::Input, e.to_string()))?;
-    no_path(&o.url, &origin)?;
     for (k, v) in [
         (key::CENTRAL_URL, o.url.as_str()),
         (key::SITE_NAME, o.site.as_str()),
@@ -218,6 +214,9 @@ pub fn init(db: &Path, o: &InitOptions) -> CmdResult {
         o.url,
         places.file.display()
     );
+    if let Some(note) = path_note(&o.url, &origin) {
+        println!("{note}");
+    }
     if places.systemd.as_ref().is_some_and(|p| p.exists()) {
         println!(
             "note: this process has a systemd credential ({}), which wins over the file; update it too",
@@ -279,11 +278,10 @@ pub fn get(db: &Path, name: &str) -> CmdResult {
 pub fn set(db: &Path, name: &str, value: &str) -> CmdResult {
     let k = settable(name)?;
     k.check(value).map_err(|m| Failure::new(Class::Input, m))?;
-    if k.name == key::CENTRAL_URL {
-        if let Ok(origin) = Origin::parse(value, true) {
-            no_path(value, &origin)?;
-        }
-    }
+    let note = (k.name == key::CENTRAL_URL)
+        .then(|| Origin::parse(value, true).ok())
+        .flatten()
+        .and_then(|origin| path_note(value, &origin));
     let mut store = Store::open_configured(db)?;
     let mut conf = Conf::open(db, &mut store)?;
     conf.set(k.name, value);
@@ -298,6 +296,9 @@ pub fn set(db: &Path, name: &str, value: &str) -> CmdResult {
         );
     } else {
         println!("{} = {value}", k.name);
+    }
+    if let Some(note) = note {
+        println!("{note}");
     }
     Ok(())
 }

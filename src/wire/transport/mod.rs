@@ -125,9 +125,8 @@ impl Origin {
         Ok(origin)
     }
 
-    /// The path after the host in `url`, when it has one other than `/`: a
-    /// new configuration refuses it (the API is at the root of a central's
-    /// address, /sync/v5/…), where a stored one only drops it, as it always did.
+    /// The path after the host in `url`, when it has one other than `/`:
+    /// dropped (see above), and `init` says so rather than drop it unseen.
     pub fn path_in(url: &str) -> Option<&str> {
         let rest = url
             .strip_prefix("https://")
