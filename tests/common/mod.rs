@@ -554,10 +554,13 @@ impl Served {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(30 * u64::from(patience()));
         let addr = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(a) = text
+            // Only whole lines: the log may be read while the address line is
+            // half written ("127.0.0.1:4" before "1234\n").
+            let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+            if let Some(a) = whole
                 .lines()
                 .find_map(|l| l.split("serving v5 on http://").nth(1))
             {
