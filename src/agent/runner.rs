@@ -459,7 +459,10 @@ pub fn verify(db: &Path, json: bool) -> CmdResult {
         println!(
             "{}",
             serde_json::json!({"checked": checked, "restored": report.restored,
-                               "restore_waiting": report.restore_waiting, "sync": report})
+                               "restore_waiting": report.restore_waiting,
+                               "compared": report.compared,
+                               "compare_unavailable": report.compare_unavailable,
+                               "sync": report})
         );
     } else {
         println!(
@@ -479,6 +482,17 @@ pub fn verify(db: &Path, json: bool) -> CmdResult {
         for f in &checked.findings {
             println!("  {} {}: {:?}, {:?}", f.table, f.id, f.change, f.repair);
         }
+        if let Some(c) = &report.compared {
+            println!("{}", compared_line(c));
+            for (table, id, done) in &c.listed {
+                println!("  {table} {id}: {done}");
+            }
+        } else if report.compare_unavailable {
+            println!(
+                "not compared with the central: it lacks this project's compare extension \
+                 (a fieldsync central has it); this device's own records were checked"
+            );
+        }
     }
     match report.class {
         None => Ok(()),
@@ -486,6 +500,30 @@ pub fn verify(db: &Path, json: bool) -> CmdResult {
             c,
             report.error.unwrap_or_else(|| c.hint().into()),
         )),
+    }
+}
+
+/// One line on a comparison with the central, for a person.
+pub fn compared_line(c: &crate::store::compare::Compared) -> String {
+    if c.clean() {
+        format!(
+            "compared {} record(s) with the central: the same ({} request(s), {} bytes)",
+            c.records, c.requests, c.bytes
+        )
+    } else {
+        format!(
+            "compared {} record(s) with the central: {} differed — {} queued for the central, \
+             {} asked of the central, {} already in the outbox, {} only here and not this site's \
+             (left for a person) ({} request(s), {} bytes)",
+            c.records,
+            c.differences,
+            c.queued,
+            c.restore,
+            c.pending,
+            c.unmatched,
+            c.requests,
+            c.bytes
+        )
     }
 }
 

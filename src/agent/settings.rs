@@ -45,6 +45,7 @@ pub mod key {
     pub const RETRY_BASE: &str = "retry_base_ms";
     pub const BUSY_TIMEOUT: &str = "busy_timeout_ms";
     pub const CHECK_EVERY: &str = "check_every_syncs";
+    pub const COMPARE_EVERY: &str = "compare_every_syncs";
 }
 
 /// Who sets a key.
@@ -336,6 +337,15 @@ pub const KEYS: &[Key] = &[
         check: check_every,
     },
     Key {
+        name: key::COMPARE_EVERY,
+        env: None,
+        default: "288",
+        unit: "syncs",
+        set_by: SetBy::Deployer,
+        doc: "compare this device's records with the central's every this many syncs (a day of 5-minute syncs; a central found restored is compared with at once; 0: only with `fieldsync verify` or after a restore)",
+        check: check_every,
+    },
+    Key {
         name: key::BUSY_TIMEOUT,
         env: Some("FIELDSYNC_BUSY_TIMEOUT_MS"),
         default: "30000",
@@ -448,6 +458,7 @@ impl Settings {
             integration_wait: Duration::from_secs(number(key::INTEGRATION_WAIT)?),
             init_poll: Duration::from_secs(number(key::INIT_POLL)?),
             check_every: number(key::CHECK_EVERY)? as u32,
+            compare_every: number(key::COMPARE_EVERY)? as u32,
             ..Config::default()
         };
         let base = number(key::RETRY_BASE)?;

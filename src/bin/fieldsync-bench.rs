@@ -2,9 +2,21 @@
 //! binaries and runs it. The work is in `fieldsync::testkit::bench`.
 //!
 //!   fieldsync-bench [DIR] [--from-results]
+//!   fieldsync-bench [DIR] --compare N
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // Only the comparison with the central (issue 30), merged into DIR's results.
+    if let Some(i) = args.iter().position(|a| a == "--compare") {
+        let Some(n) = args.get(i + 1).and_then(|n| n.parse::<usize>().ok()) else {
+            eprintln!("fieldsync-bench: --compare needs a record count, e.g. --compare 100000");
+            std::process::exit(2);
+        };
+        args.drain(i..i + 2);
+        let dir = args.first().map_or("bench", String::as_str);
+        fieldsync::testkit::bench::runner::compare_only(std::path::Path::new(dir), n);
+        return;
+    }
     if let Some(other) = args
         .iter()
         .find(|a| a.starts_with('-') && *a != "--from-results")

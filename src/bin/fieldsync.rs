@@ -105,7 +105,7 @@ struct Sync {
     json: bool,
 }
 
-/// a sync that checks every record of this device against what was last synced
+/// a sync that checks every record of this device against what was last synced, and compares what it holds with the central
 #[derive(FromArgs)]
 #[argh(subcommand, name = "verify")]
 struct Verify {

@@ -51,6 +51,33 @@ impl Request {
 pub struct Reply {
     pub status: u16,
     pub body: Vec<u8>,
+    /// Where the change log really ends, for a `central_records` answer
+    /// (`Fieldsync-Log-End` [PC]): `maxCursor` never goes below the site's
+    /// cursor (§4), so a central restored from an older copy says it here.
+    pub log_end: Option<u64>,
+}
+
+/// A body of the JSON shape `A` handed to `f`, or 400 `invalid_body` that
+/// says which shape was `expected`.
+fn with_body<A: serde::de::DeserializeOwned>(
+    body: &[u8],
+    expected: &str,
+    f: impl FnOnce(A) -> super::Result<Reply>,
+) -> super::Result<Reply> {
+    match serde_json::from_slice(body) {
+        Ok(a) => f(a),
+        Err(e) => Ok(Reply::error(
+            400,
+            "invalid_body",
+            &format!("expected {expected}: {e}"),
+            Value::Null,
+        )),
+    }
+}
+
+/// 200 with `v` as JSON.
+fn answer(v: impl serde::Serialize) -> Reply {
+    Reply::json(200, serde_json::to_value(v).unwrap_or(Value::Null))
 }
 
 impl Reply {
@@ -58,6 +85,7 @@ impl Reply {
         Reply {
             status,
             body: v.to_string().into_bytes(),
+            log_end: None,
         }
     }
     pub fn error(status: u16, code: &str, message: &str, data: Value) -> Reply {
@@ -135,21 +163,19 @@ impl Central {
             ("GET", "queued_records") => self.pull_queue(&conn, site, req),
             ("GET", "central_records") => self.central_records(&conn, site, req),
             ("POST", "acknowledged_records") => self.acknowledge(&mut conn, site, req),
-            ("POST", "fieldsync/requeue") => match serde_json::from_slice(&req.body) {
-                Ok(ask) => {
-                    let answer = self.requeue(&mut conn, site, ask)?;
-                    Ok(Reply::json(
-                        200,
-                        serde_json::to_value(answer).unwrap_or(Value::Null),
-                    ))
-                }
-                Err(e) => Ok(Reply::error(
-                    400,
-                    "invalid_body",
-                    &format!("expected {{\"records\":[{{\"tableName\":…,\"recordId\":…}}]}}: {e}"),
-                    Value::Null,
-                )),
-            },
+            ("POST", "fieldsync/requeue") => with_body(
+                &req.body,
+                "{\"records\":[{\"tableName\":…,\"recordId\":…}]}",
+                |ask| Ok(answer(self.requeue(&mut conn, site, ask)?)),
+            ),
+            ("POST", "fieldsync/compare") => with_body(
+                &req.body,
+                "{\"root\":…,\"nodes\":[{\"table\":…,\"prefix\":…,\"count\":…,\"hash\":…}]}",
+                |ask| match super::verify::compare_problem(&ask) {
+                    Some(problem) => Ok(Reply::error(400, "invalid_body", &problem, Value::Null)),
+                    None => Ok(answer(self.compare(&conn, site, ask)?)),
+                },
+            ),
             ("POST", ep) if ep.starts_with("test/") => self
                 .test_endpoint(site, ep, &req.body)
                 .unwrap_or_else(|| Ok(not_found())),
@@ -439,6 +465,10 @@ impl Central {
             head,
             |id| format!("\"ID\":{id}"),
         )
+        .map(|r| Reply {
+            log_end: Some(max),
+            ..r
+        })
     }
 
     fn acknowledge(
@@ -462,6 +492,7 @@ impl Central {
         Ok(Reply {
             status: 204,
             body: Vec::new(),
+            log_end: None,
         })
     }
 }

@@ -176,18 +176,38 @@ pub fn spawn(central: Central, addr: &str) -> std::io::Result<Server> {
 }
 
 /// Serves until SIGTERM or SIGINT, then finishes the requests in flight.
+/// How often (in 200 ms steps: 30 s) the restore-detection note is brought up
+/// to the database while serving.
+const NOTE_EVERY: u32 = 150;
+
 pub fn serve(central: Central, listener: TcpListener) -> std::io::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let signal = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, signal.clone())?;
     }
+    // Before the first answer: a database older than the one last served
+    // must not be answered with its old epoch (central::epoch).
+    let note = |r: super::Result<()>| {
+        if let Err(e) = r {
+            log::warn!("restore detection: {e}");
+        }
+    };
+    note(central.check_restored().map(drop));
+    let keeper = central.clone();
     let server = Server::start(central, listener, Limits::default())?;
+    let mut since_note = 0u32;
     while !signal.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
+        since_note += 1;
+        if since_note >= NOTE_EVERY {
+            since_note = 0;
+            note(keeper.write_note());
+        }
     }
     log::info!("stopping: finishing the requests in flight");
     server.stop();
+    note(keeper.write_note());
     Ok(())
 }
 
@@ -412,6 +432,8 @@ struct Out {
     advertise: bool,
     /// The request body was not read: the connection cannot carry another.
     close: bool,
+    /// The central's epoch (16 hex digits, central::epoch).
+    epoch: [u8; 16],
 }
 
 /// The paths with an API behind them; anything else is 404 unread.
@@ -454,6 +476,13 @@ async fn handle(
                 .any(|a| a.split(',').any(|e| e.trim().starts_with("gzip"))),
         advertise: central.gzip_requests,
         close: false,
+        epoch: {
+            let mut e = [b'0'; 16];
+            let now = central.epoch();
+            let n = now.len().min(16);
+            e[..n].copy_from_slice(&now.as_bytes()[..n]);
+            e
+        },
     };
     if head_size > MAX_HEAD {
         out.close = true;
@@ -777,6 +806,13 @@ fn respond(reply: Reply, out: Out) -> hyper::Response<Full<Bytes>> {
     }
     // This project's verification extension [PC] (central::verify).
     b = b.header(super::verify::HEADER, super::verify::EXTENSIONS);
+    if let Some(end) = reply.log_end {
+        b = b.header(super::verify::LOG_END_HEADER, end);
+    }
+    b = b.header(
+        super::verify::EPOCH_HEADER,
+        std::str::from_utf8(&out.epoch).unwrap_or("0"),
+    );
     if out.close {
         b = b.header(header::CONNECTION, "close");
     }

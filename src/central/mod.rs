@@ -23,6 +23,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod bundle;
+pub mod epoch;
 mod error;
 pub mod http;
 pub mod import_lock;
@@ -221,6 +222,20 @@ CREATE TABLE v6_record (
     PRIMARY KEY (table_name, record_id)
 ) WITHOUT ROWID;
 ",
+    // 6: issue 30 (compare and repair): every write of a synced record counts,
+    // so a database older than the one last served is recognised (central::epoch).
+    "
+INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
+CREATE TRIGGER record_generation_insert AFTER INSERT ON record BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation';
+END;
+CREATE TRIGGER record_generation_update AFTER UPDATE ON record BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation';
+END;
+CREATE TRIGGER record_generation_delete AFTER DELETE ON record BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation';
+END;
+",
 ];
 
 /// What a site is doing right now; one request per site at a time (§6).
@@ -257,6 +272,8 @@ pub struct Central {
     pub public_url: Option<String>,
     /// The test endpoints of §10.8 answer (`serve --test-mode`); never by default.
     pub test_mode: bool,
+    /// The epoch every answer carries (central::epoch).
+    pub(crate) epoch: Arc<Mutex<String>>,
     /// One connection held for the central's lifetime: SQLite checkpoints and
     /// deletes the WAL when the last connection closes, which with a
     /// connection per request meant a checkpoint (and its fsyncs) after
@@ -304,6 +321,7 @@ impl Central {
             background_integration: true,
             public_url: None,
             test_mode: false,
+            epoch: Arc::default(),
         };
         let mut conn = c.conn()?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -335,6 +353,7 @@ impl Central {
             "UPDATE integration SET state = 'pending' WHERE state = 'running'",
             [],
         )?;
+        *c.epoch.lock().unwrap_or_else(|p| p.into_inner()) = epoch::load(&tx)?;
         tx.commit()?;
         Ok(c)
     }

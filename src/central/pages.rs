@@ -60,7 +60,11 @@ pub(super) fn page(
     lead: impl Fn(i64) -> String,
 ) -> super::Result<Reply> {
     let (body, _, _) = page_body(conn, sql, args, head, lead, PAGE_BYTES)?;
-    Ok(Reply { status: 200, body })
+    Ok(Reply {
+        status: 200,
+        body,
+        log_end: None,
+    })
 }
 
 /// [`page`]'s body, ended early once it holds `max_bytes` (a bundle's pages

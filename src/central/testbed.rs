@@ -111,6 +111,7 @@ impl Central {
         Ok(Reply {
             status: 200,
             body: json!({"changed": changed}).to_string().into_bytes(),
+            log_end: None,
         })
     }
 
@@ -174,6 +175,7 @@ impl Central {
             })
             .to_string()
             .into_bytes(),
+            log_end: None,
         })
     }
 }

@@ -181,6 +181,7 @@ fn data(v: Value) -> Reply {
     Reply {
         status: 200,
         body: json!({ "data": v }).to_string().into_bytes(),
+        log_end: None,
     }
 }
 
@@ -188,6 +189,7 @@ fn v6_error(variant: &str, detail: Value) -> Reply {
     Reply {
         status: 200,
         body: json!({"error": {variant: detail}}).to_string().into_bytes(),
+        log_end: None,
     }
 }
 

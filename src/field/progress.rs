@@ -158,6 +158,7 @@ pub fn line(
             duration(secs),
         ],
         Step::Check => vec!["checking this device's records against what was synced".into()],
+        Step::Compare => vec!["comparing this device's records with the central's".into()],
         Step::Push => [
             Some(count("push")),
             Some(format!("{} sent", size(sent))),

@@ -223,6 +223,12 @@ pub struct View {
     /// Records changed behind the rules that the central was not yet asked to
     /// send again.
     pub restore_waiting: u64,
+    /// What the last comparison with the central found and repaired (issue 30).
+    #[serde(default)]
+    pub compare: Option<crate::store::compare::Compared>,
+    /// Why a comparison with the central is owed (the central looked restored).
+    #[serde(default)]
+    pub compare_due: Option<String>,
     /// Stored rows set aside by a schema upgrade (not valid rows).
     pub quarantined: u64,
     /// The class of the current condition (exit-code meaning), if any.
@@ -266,6 +272,8 @@ impl View {
             rules: None,
             check: None,
             restore_waiting: 0,
+            compare: None,
+            compare_due: None,
             quarantined: 0,
             bundle_out: None,
             bundle_in: None,
@@ -341,6 +349,8 @@ pub fn view(
         rules: rules_note(store, now_unix())?,
         check: store.last_check()?,
         restore_waiting: store.restore_waiting()?,
+        compare: store.last_compare()?,
+        compare_due: store.compare_due()?,
         quarantined: store.quarantined()?,
         bundle_out,
         bundle_in,
@@ -489,6 +499,28 @@ pub fn render(v: &View, now: u64) -> String {
             out.push_str(&format!("{:<20} {} {}\n", "", f.table, f.id));
         }
     }
+    if let Some(c) = &v.compare {
+        line(
+            &mut out,
+            "compared",
+            if c.clean() {
+                format!("{} record(s) with the central: the same", c.records)
+            } else {
+                format!(
+                    "{} record(s) with the central: {} differed — {} sent again, {} asked of the central, \
+                     {} only here and not this site's (for a person)",
+                    c.records, c.differences, c.queued, c.restore, c.unmatched
+                )
+            },
+        );
+    }
+    if let Some(why) = &v.compare_due {
+        line(
+            &mut out,
+            "comparison owed",
+            format!("{} — at the next sync", why.replace('_', " ")),
+        );
+    }
     if v.restore_waiting > 0 {
         line(
             &mut out,
@@ -628,6 +660,8 @@ mod tests {
                 rules: None,
                 check: None,
                 restore_waiting: 0,
+                compare: None,
+                compare_due: None,
                 quarantined: 0,
                 bundle_out: None,
                 bundle_in: None,

@@ -11,10 +11,13 @@
 //! - [`owner`]: the owning store of a row and whether a writer may write it
 //!   ([`owner::judge`]), over whatever rows the judging side holds;
 //! - [`triggers`]: the same rules as the SQL text of the store's triggers;
+//! - [`digest`]: a record's canonical form and digest, and the summaries
+//!   site and central compare [PC];
 //! - [`columns`]: every column of each table, its wire type and legacy
 //!   default: the whole, legacy-shaped rows a central sends (§10.2, §10.3).
 
 pub mod columns;
+pub mod digest;
 pub mod owner;
 pub mod registry;
 pub mod row;

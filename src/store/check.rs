@@ -179,6 +179,34 @@ impl Tx<'_> {
             .map_err(|e| StoreError::sqlite("noting a synced delete", e))
     }
 
+    /// Whether this site may edit the record it holds as `row`; a created row
+    /// (`user`, `barcode`) counts as made here when its synced version said so.
+    pub(in crate::store) fn may_edit_synced(
+        &self,
+        table: &str,
+        id: &str,
+        row: &Value,
+    ) -> Result<bool, StoreError> {
+        let key = self.check_key();
+        let created_here = self
+            .conn()
+            .query_row(
+                "SELECT mine, mine_mac FROM record_check WHERE table_name = ?1 AND record_id = ?2",
+                params![table, id],
+                |r| Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()
+            .map_err(|e| StoreError::sqlite("reading a record's synced version", e))?
+            .is_some_and(|(m, mm)| m && mm == key.mine_mac(table, id, m));
+        self.may_edit(table, row, created_here)
+    }
+
+    /// Queues the record as it is now for the central (found missing or
+    /// older there by the comparison).
+    pub(in crate::store) fn requeue(&self, table: &str, id: &str) -> Result<(), StoreError> {
+        self.enqueue(table, id, false)
+    }
+
     /// Queues a change of `table`/`id` as the capture trigger would have.
     fn enqueue(&self, table: &str, id: &str, delete: bool) -> Result<(), StoreError> {
         let rank = i64::from(registry::order(table));
@@ -520,6 +548,17 @@ impl Store {
         };
         tx.commit()?;
         Ok(Some(dropped))
+    }
+
+    /// Adds records to the list the central is asked to send again.
+    pub(in crate::store) fn restore_later(
+        &mut self,
+        found: Vec<(String, String)>,
+    ) -> Result<(), StoreError> {
+        if found.is_empty() {
+            return Ok(());
+        }
+        self.note_restore(found)
     }
 
     fn note_restore(&mut self, found: Vec<(String, String)>) -> Result<(), StoreError> {

@@ -29,6 +29,7 @@
 pub mod buffer;
 pub mod bundle;
 pub mod check;
+pub mod compare;
 mod error;
 mod local;
 pub mod modes;

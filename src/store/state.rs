@@ -69,6 +69,16 @@ pub mod key {
     pub const SYNCS_SINCE_CHECK: &str = "syncs_since_check";
     /// Records the central is asked to send again (JSON list), see `check`.
     pub const RESTORE: &str = "restore";
+    /// The central's epoch last compared against (compare extension [PC]).
+    pub const CENTRAL_EPOCH: &str = "central_epoch";
+    /// Why a comparison with the central is owed (a restore was seen); unset
+    /// when none is. Set before the cursor moves back, so a power cut between
+    /// the two still compares.
+    pub const COMPARE_DUE: &str = "compare_due";
+    /// What the last comparison with the central found (JSON), for `status`.
+    pub const LAST_COMPARE: &str = "last_compare";
+    /// Syncs since the last comparison with the central.
+    pub const SYNCS_SINCE_COMPARE: &str = "syncs_since_compare";
 
     /// What moved from the shared file's `setting` into the state file with
     /// schema 5 (issue 26).

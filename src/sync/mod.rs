@@ -61,9 +61,18 @@ pub struct Config {
     /// Check the shared file against what was synced every this many syncs
     /// (issue 26; 0: only when asked). Defaults to [`CHECK_EVERY`].
     pub check_every: u32,
-    /// Check it in this cycle whatever the count (`fieldsync verify`).
+    /// Check it in this cycle whatever the count (`fieldsync verify`); also
+    /// compares with the central.
     pub check_now: bool,
+    /// Compare what this site holds with the central every this many syncs
+    /// (compare extension [PC]; 0: only when asked or owed). Defaults to
+    /// [`COMPARE_EVERY`].
+    pub compare_every: u32,
 }
+
+/// How often this site compares with the central by default: a day of syncs
+/// every five minutes. A restored central is compared with at once.
+pub const COMPARE_EVERY: u32 = 288;
 
 /// How often the shared file is checked by default: every sync. A check reads
 /// every record once (measured in README "Benchmarks"); a site with a very
@@ -83,6 +92,7 @@ impl Default for Config {
             max_gap_steps: 10_000,
             check_every: CHECK_EVERY,
             check_now: false,
+            compare_every: COMPARE_EVERY,
         }
     }
 }
@@ -96,6 +106,8 @@ pub enum Step {
     Initialise,
     /// The shared file checked against what was synced (issue 26).
     Check,
+    /// What this site holds compared with the central [PC] (issue 30).
+    Compare,
     Push,
     WaitIntegration,
     CentralRecords,
@@ -175,6 +187,12 @@ pub struct Report {
     /// them again (one without this project's extension).
     #[serde(default)]
     pub restore_waiting: u64,
+    /// What this cycle's comparison with the central found (when one ran).
+    #[serde(default)]
+    pub compared: Option<crate::store::compare::Compared>,
+    /// A comparison was asked for and the central lacks the extension.
+    #[serde(default)]
+    pub compare_unavailable: bool,
 }
 
 impl Report {
@@ -412,6 +430,7 @@ impl<T: Transport> Cycle<'_, T> {
         probe()?;
         self.step(Step::SiteInfo, 0, None);
         let site = self.site_info()?;
+        self.note_epoch()?;
         let Some(state) = self.initialisation(&site)? else {
             return Ok(());
         };
@@ -435,8 +454,9 @@ impl<T: Transport> Cycle<'_, T> {
         self.after_pull(state, &site)?;
         // The active store is known only once initialisation completes.
         self.refresh_hold()?;
-        if self.store.init_state()? == InitState::Initialised {
+        if verify::may_compare(self.store.init_state()?) {
             self.transfers()?;
+            self.compare_with_central()?;
         }
         self.step(Step::Done, 0, None);
         Ok(())

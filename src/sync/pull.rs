@@ -272,6 +272,20 @@ impl<T: Transport> Cycle<'_, T> {
             *gaps += 1;
             return Ok(Next::More);
         }
+        // `maxCursor` is never below the cursor asked from (§4); this
+        // project's central says where its log really ends [PC].
+        let end = self.client.log_end().or(max_cursor);
+        if let Some(max) = end.filter(|end| *end < cursor) {
+            // The change log ends before the cursor: the central went back
+            // in time (restored from an older copy).
+            drop(tx);
+            self.central_went_back(cursor, max)?;
+            let tx = self.store.tx()?;
+            tx.set_cursor(max)?;
+            tx.set_max_cursor(max)?;
+            tx.commit()?;
+            return Ok(Next::Done);
+        }
         // Done. An unknown maxCursor means "where we are" (§9.2).
         tx.set_max_cursor(max_cursor.unwrap_or(cursor).max(cursor))?;
         tx.commit()?;

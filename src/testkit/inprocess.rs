@@ -88,7 +88,11 @@ impl Transport for InProcess {
         let fate = (self.hook)(&ex);
         let reply = match fate {
             Fate::Fail(e) => return Err(e),
-            Fate::Answer(status, body) => Reply { status, body },
+            Fate::Answer(status, body) => Reply {
+                status,
+                body,
+                log_end: None,
+            },
             Fate::Pass | Fate::LoseAnswer => {
                 let (p, q) = req.path.split_once('?').unwrap_or((req.path, ""));
                 let reply = self.central.handle(&CentralRequest {
@@ -110,15 +114,26 @@ impl Transport for InProcess {
                 reply
             }
         };
+        let mut headers = vec![
+            ("content-type".into(), "application/json".into()),
+            (
+                crate::central::verify::HEADER.into(),
+                crate::central::verify::EXTENSIONS.into(),
+            ),
+            (
+                crate::central::verify::EPOCH_HEADER.into(),
+                self.central.epoch(),
+            ),
+        ];
+        if let Some(end) = reply.log_end {
+            headers.push((
+                crate::central::verify::LOG_END_HEADER.into(),
+                end.to_string(),
+            ));
+        }
         Ok(Response {
             status: reply.status,
-            headers: vec![
-                ("content-type".into(), "application/json".into()),
-                (
-                    crate::central::verify::HEADER.into(),
-                    crate::central::verify::EXTENSIONS.into(),
-                ),
-            ],
+            headers,
             body: Box::new(Cursor::new(reply.body)),
         })
     }

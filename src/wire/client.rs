@@ -61,6 +61,10 @@ pub enum Gzip {
 /// The response header by which a central advertises this project's
 /// extensions [PC].
 pub const VERIFY_HEADER: &str = "fieldsync-extensions";
+/// The response header by which this project's central names its epoch [PC].
+pub const EPOCH_HEADER: &str = "fieldsync-epoch";
+/// … and where its change log ends, on a `central_records` answer [PC].
+pub const LOG_END_HEADER: &str = "fieldsync-log-end";
 
 /// Push bodies above this are gzipped for a central that takes them (§9.1).
 pub const GZIP_PUSH_ABOVE: usize = 1024;
@@ -81,6 +85,13 @@ pub struct Client<T: Transport> {
     /// The central answered with this project's verification extension
     /// advertised [PC] (`Fieldsync-Extensions: verify`).
     verifies: bool,
+    /// … and its comparison (`compare` in the same header).
+    compares: bool,
+    /// The central's epoch (`Fieldsync-Epoch` [PC]) from its last answer.
+    epoch: Option<String>,
+    /// Where its change log ends (`Fieldsync-Log-End` [PC]), from the last
+    /// `central_records` answer.
+    log_end: Option<u64>,
 }
 
 impl<T: Transport> Client<T> {
@@ -100,6 +111,9 @@ impl<T: Transport> Client<T> {
             in_flight: Rc::default(),
             gzip: Gzip::Unknown,
             verifies: false,
+            compares: false,
+            epoch: None,
+            log_end: None,
         }
     }
 
@@ -123,6 +137,23 @@ impl<T: Transport> Client<T> {
     /// [PC]; never called on one that did not.
     pub fn verifies(&self) -> bool {
         self.verifies
+    }
+
+    /// Whether the central advertised this project's compare extension [PC].
+    pub fn compares(&self) -> bool {
+        self.compares
+    }
+
+    /// The epoch the central's last answer carried [PC]; it changes when the
+    /// central finds its database restored from an older copy.
+    pub fn epoch(&self) -> Option<&str> {
+        self.epoch.as_deref()
+    }
+
+    /// Where the central's change log ends, as its last `central_records`
+    /// answer said [PC] (a central without the extension: `None`).
+    pub fn log_end(&self) -> Option<u64> {
+        self.log_end
     }
 
     pub fn gzip(&self) -> Gzip {
@@ -227,11 +258,19 @@ impl<T: Transport> Client<T> {
             {
                 self.gzip = Gzip::Advertised;
             }
-            if resp.header(VERIFY_HEADER).is_some_and(|v| {
-                v.split(',')
-                    .any(|e| e.trim().eq_ignore_ascii_case("verify"))
-            }) {
-                self.verifies = true;
+            if let Some(v) = resp.header(VERIFY_HEADER) {
+                let has = |name: &str| v.split(',').any(|e| e.trim().eq_ignore_ascii_case(name));
+                self.verifies |= has("verify");
+                self.compares |= has("compare");
+            }
+            if let Some(n) = resp.header(LOG_END_HEADER) {
+                self.log_end = n.trim().parse().ok();
+            }
+            if let Some(e) = resp.header(EPOCH_HEADER) {
+                let e = e.trim();
+                if !e.is_empty() && e.len() <= 64 && e.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    self.epoch = Some(e.to_string());
+                }
             }
             // §9.4: a redirect is a captive portal or a proxy, never the central.
             if (300..400).contains(&resp.status) {
@@ -358,6 +397,7 @@ impl<T: Transport> Client<T> {
 
     /// One page of the central-data change log after `cursor` (§3), read whole.
     pub fn central_records(&mut self, cursor: u64, limit: u32) -> Result<Page, WireError> {
+        self.log_end = None;
         self.page(&format!("/central_records?cursor={cursor}&limit={limit}"))
     }
 
@@ -407,6 +447,23 @@ impl<T: Transport> Client<T> {
             Timeouts::DEFAULT,
         )?;
         Ok(answer.records)
+    }
+
+    /// Sends the site's summaries of `nodes` [PC] and returns the central's
+    /// word on each. Only for a central that advertised `compare`.
+    pub fn compare(
+        &mut self,
+        root: bool,
+        nodes: Vec<protocol::Node>,
+    ) -> Result<protocol::CompareAnswer, WireError> {
+        let body = serde_json::to_vec(&protocol::CompareRequest { root, nodes })
+            .map_err(|e| ProtocolError::Violation(format!("encoding a compare request: {e}")))?;
+        self.json(
+            Method::Post,
+            "/fieldsync/compare",
+            Some(&body),
+            Timeouts::DEFAULT,
+        )
     }
 
     pub fn acknowledge(&mut self, ids: &[String]) -> Result<(), WireError> {

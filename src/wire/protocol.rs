@@ -218,6 +218,60 @@ pub struct RequeueAnswer {
     pub records: Vec<(RecordKey, Requeued)>,
 }
 
+/// Nodes one compare request may name [PC] (README "Protocol addendum: compare").
+pub const MAX_COMPARE_NODES: usize = 256;
+
+/// One node of the compare tree as one side sums it [PC]: the records of
+/// `table` whose ID hash starts with `prefix`, their count and the XOR of
+/// their digests (32 hex digits; [`crate::legacy::digest`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Node {
+    pub table: String,
+    #[serde(default)]
+    pub prefix: String,
+    pub count: u64,
+    pub hash: String,
+}
+
+/// `POST /sync/v5/fieldsync/compare` body [PC]: the site's summaries of some
+/// nodes. `root`: these are whole tables, and the central adds every table it
+/// holds for the site that the site did not name (as if the site had none).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompareRequest {
+    #[serde(default)]
+    pub root: bool,
+    pub nodes: Vec<Node>,
+}
+
+/// One record of a leaf node, as the central holds it for the site.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Leaf {
+    pub id: String,
+    pub hash: String,
+}
+
+/// The central's word on one node [PC]: the same, or what it holds below it
+/// — its non-empty child nodes, or (at most [`crate::legacy::digest::LEAF`]
+/// records) the records themselves.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeAnswer {
+    pub table: String,
+    #[serde(default)]
+    pub prefix: String,
+    pub same: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<Vec<Node>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<Vec<Leaf>>,
+}
+
+/// `POST /sync/v5/fieldsync/compare` answer [PC], one entry per node asked
+/// (and, for a root request, per table the site did not name).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompareAnswer {
+    pub nodes: Vec<NodeAnswer>,
+}
+
 /// Error codes of §4.
 pub mod code {
     pub const SITE_NAME_NOT_FOUND: &str = "site_name_not_found";

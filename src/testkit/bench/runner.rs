@@ -255,6 +255,67 @@ fn measure_size(root: &Path, n: usize, seed: u64) -> Size {
     s
 }
 
+/// Issue 30's figure: `n` records the site pushed, compared with the central
+/// when identical and after the central lost one, by `fieldsync verify`
+/// (requests and bytes as the agent and the link emulator count them).
+pub fn compare_leg(root: &Path, n: usize, seed: u64) -> Value {
+    let mut g = Gen(seed ^ n as u64);
+    let env = setup(root, &format!("compare-{n}"), Shape::LOOPBACK);
+    init_agent(&env);
+    sync(&env);
+    let rows = site_records(&mut g, "S_BENCH", n);
+    let file = env.dir.join("records.jsonl");
+    write_import(&file, &rows);
+    assert_eq!(agent(&env, &["import", file.to_str().unwrap()]).exit, 0);
+    sync(&env);
+    let verify = |what: &str| {
+        let r = agent(&env, &["verify", "--json"]);
+        assert_eq!(r.exit, 0, "verify ({what}) failed: {}", r.report);
+        let c = &r.report["compared"];
+        json!({"records": c["records"], "requests": c["requests"], "bytes": c["bytes"],
+               "wire_bytes": r.up + r.down, "differences": c["differences"],
+               "queued": c["queued"], "secs": r.secs, "cpu_ms": r.cpu_ms, "rss_kib": r.rss_kib})
+    };
+    let same = verify("identical");
+    let (table, id) = (
+        rows[n / 2].0,
+        rows[n / 2].1["ID"].as_str().unwrap_or("").to_string(),
+    );
+    let lost = env
+        .central
+        .conn()
+        .unwrap()
+        .execute(
+            "DELETE FROM record WHERE table_name = ?1 AND record_id = ?2",
+            [table, id.as_str()],
+        )
+        .unwrap();
+    assert_eq!(lost, 1);
+    let one_lost = verify("one lost");
+    json!({"records": n, "identical": same, "one_lost": one_lost})
+}
+
+/// `fieldsync-bench --compare N`: only [`compare_leg`], merged into DIR's
+/// results and report.
+pub fn compare_only(out_dir: &Path, n: usize) {
+    let root = std::env::temp_dir().join(format!("fieldsync-bench-{}", std::process::id()));
+    eprintln!("bench: compare, {n} records");
+    let leg = compare_leg(&root, n, 20261122);
+    let _ = std::fs::remove_dir_all(&root);
+    let path = out_dir.join("results.json");
+    let mut results: BTreeMap<String, Value> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    println!("{}", serde_json::to_string_pretty(&leg).unwrap());
+    results.insert("compare".into(), leg);
+    std::fs::create_dir_all(out_dir).unwrap();
+    std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+    if results.contains_key("sizes") {
+        run(out_dir, true);
+    }
+}
+
 /// Rows per second of plain INSERTs into `record` through the store's triggers
 /// (ownership and change capture), one transaction, one prepared statement.
 fn raw_inserts(db: &Path, rows: &[(&str, Value)]) -> f64 {
@@ -448,6 +509,8 @@ pub fn run(out_dir: &Path, from_results: bool) {
     results.insert("two_g".into(), two_g);
     results.insert("two_g_plain".into(), two_g_plain);
     results.insert("corpus_gzip_ratio".into(), json!(corpus_ratio()));
+    eprintln!("bench: compare with the central, 100,000 records");
+    results.insert("compare".into(), compare_leg(&root, 100_000, seed));
     if !pouch.is_empty() {
         results.insert("pouchdb".into(), json!(pouch));
     }
