@@ -334,9 +334,22 @@ fn records_a_central_answered_and_lost_are_sent_again() {
             [],
         )
         .unwrap();
+    let metrics = c.dir.join("fieldsync.prom");
+    let set = agent(
+        &db,
+        &["config", "set", "metrics_file", metrics.to_str().unwrap()],
+    );
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
     let (out, _) = verify(&db);
     let compared = &out["compared"];
     assert_eq!(compared["differences"], 5, "{out}");
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(prom.contains("fieldsync_compare_differences 5\n"), "{prom}");
+    assert!(prom.contains("fieldsync_compare_owed 0\n"), "{prom}");
     assert_eq!(compared["queued"], 5, "{out}");
     assert!(
         compared["requests"].as_u64().unwrap() <= 10,
@@ -503,4 +516,39 @@ fn a_site_file_edited_behind_the_rules_is_repaired() {
     );
     // After the local half, the two sides agree.
     assert_eq!(out["compared"]["differences"], 0, "{out}");
+}
+
+#[test]
+fn against_a_central_without_the_extension_only_the_device_is_checked() {
+    // A real central behind a front that passes none of its fieldsync
+    // headers on: to the agent, a legacy central.
+    let env = common::Env::new("verify-legacy");
+    env.site("kaw", "S_KAW");
+    let f = common::fake::front(env.central.clone(), false, false);
+    let db = env.db("kaw");
+    env.init_url(&db, "kaw", &format!("http://{}", f.addr));
+    sync(&db);
+    write_own(&db, 0, 3);
+    sync(&db);
+    let out = agent(&db, &["verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("checked "), "{text}");
+    assert!(
+        text.contains("not compared with the central: it lacks this project's compare extension"),
+        "{text}"
+    );
+    let seen = f.seen.lock().unwrap().clone();
+    assert!(
+        !seen.iter().any(|s| s.contains("fieldsync/")),
+        "never tried against a central that did not advertise it: {seen:?}"
+    );
+    let (json, _) = verify(&db);
+    assert_eq!(json["compare_unavailable"], true, "{json}");
+    assert!(json["compared"].is_null());
 }

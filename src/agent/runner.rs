@@ -390,6 +390,8 @@ fn write_metrics(
         outbox_held: outbox.held,
         integration_pending: counts.pending,
         integration_failed: counts.failed,
+        compared: store.last_compare().map_err(|e| e.to_string())?,
+        compare_owed: store.compare_due().map_err(|e| e.to_string())?.is_some(),
     };
     metrics::write(path, &sample).map_err(|e| e.to_string())
 }

@@ -33,6 +33,10 @@ pub struct Sample {
     pub outbox_held: u64,
     pub integration_pending: u64,
     pub integration_failed: u64,
+    /// The last comparison with the central (issue 30), if one ran.
+    pub compared: Option<crate::store::compare::Compared>,
+    /// A comparison is owed: the central looked restored.
+    pub compare_owed: bool,
 }
 
 /// Label values are quoted strings: backslash, quote and newline escaped.
@@ -209,6 +213,28 @@ pub fn render(s: &Sample) -> String {
     ] {
         one(&mut out, name, help, v as f64);
     }
+    if let Some(c) = &s.compared {
+        for (name, help, v) in [
+            (
+                "fieldsync_compare_differences",
+                "Records that differed from the central at the last comparison (repaired or listed).",
+                c.differences,
+            ),
+            (
+                "fieldsync_compare_unmatched_records",
+                "Records held here, not this site's, that the central has no copy of (last comparison); a person decides.",
+                c.unmatched,
+            ),
+        ] {
+            one(&mut out, name, help, v as f64);
+        }
+    }
+    one(
+        &mut out,
+        "fieldsync_compare_owed",
+        "1 while a comparison with the central is owed because it looked restored.",
+        f64::from(u8::from(s.compare_owed)),
+    );
     out.push_str("# EOF\n");
     out
 }
