@@ -86,7 +86,7 @@ impl Class {
             Class::HardwareId => "this device is not the one registered for this site; ask the administrator to reset the hardware id on the central server",
             Class::Version => "this fieldsync version does not match the central server; upgrade fieldsync (or the central)",
             Class::Site => "the central server's answer does not match this site's identity or the protocol; call support before changing anything",
-            Class::Rejected => "the central refused some records; see `fieldsync queue --rejected`, fix them, then `fieldsync queue retry`",
+            Class::Rejected => "some records cannot be sent: `fieldsync queue --rejected` lists them with the reason; fix them in the app and run `fieldsync queue retry`, or discard one for good with `fieldsync queue drop TABLE ID --yes`",
             Class::Integration => "some received records could not be applied yet; they are retried on every sync (see `fieldsync status`)",
             Class::Local => "a problem on this device (disk, database or permissions); see the message",
             Class::Input => "the command or input is wrong; see the message",

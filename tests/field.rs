@@ -518,3 +518,72 @@ fn a_refused_init_changes_nothing() {
     );
     assert_eq!(env.sync(&db).0, 0);
 }
+
+/// Item 4: a record that can never be sent is set aside without stopping
+/// the sync, `status` says what to do in words, and a person can discard it
+/// (with a confirmation and a log line) — after which nothing asks any more.
+#[test]
+fn a_record_that_cannot_be_sent_can_be_dropped() {
+    let env = common::Env::new("field-drop");
+    env.site("moa", "S_MOA");
+    let db = env.db("moa");
+    env.init(&db, "moa");
+    assert_eq!(env.sync(&db).0, 0);
+    // The app stored text that is not UTF-8: it can never be sent. It is the
+    // only change waiting, so the final push follows the set-aside at once.
+    common::sql(&db)
+        .execute(
+            "INSERT INTO record (table_name, record_id, data) VALUES ('transact', 'B4', \
+             CAST(X'7B224944223A224234222C2273746F72655F4944223A22535F4D4F41222C226E223A22FF227D' AS TEXT))",
+            [],
+        )
+        .unwrap();
+    let (code, report, stderr) = env.sync(&db);
+    assert_eq!(code, 16, "set aside, not a protocol error: {stderr}");
+    assert_eq!(
+        report["rejected"].as_u64().unwrap() + report["too_large"].as_u64().unwrap(),
+        1,
+        "{report}"
+    );
+    let led = |db: &std::path::Path| {
+        let out = env.agent(db, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["led"].as_str().unwrap_or("").to_string()
+    };
+    let text = |db: &std::path::Path| {
+        String::from_utf8_lossy(&env.agent(db, &["status"]).stdout).into_owned()
+    };
+    let status = text(&db);
+    assert!(status.contains("queue drop TABLE ID --yes"), "{status}");
+    assert_eq!(led(&db), "attention");
+    // Put back: no longer a person's matter until the next sync says so.
+    assert!(env.agent(&db, &["queue", "retry"]).status.success());
+    let status = text(&db);
+    assert!(status.contains("sent by the next sync"), "{status}");
+    assert_ne!(led(&db), "attention");
+    assert_eq!(env.sync(&db).0, 16);
+    // Discarding asks for a confirmation first.
+    let ask = env.agent(&db, &["queue", "drop", "transact", "B4"]);
+    assert_eq!(ask.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&ask.stderr).contains("--yes"));
+    let done = env.agent(&db, &["queue", "drop", "transact", "B4", "--yes"]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(String::from_utf8_lossy(&done.stderr).contains("a person dropped"));
+    let left: i64 = common::sql(&db)
+        .query_row(
+            "SELECT count(*) FROM record WHERE record_id = 'B4'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "never synced: removed here");
+    let status = text(&db);
+    assert!(status.contains("nothing is set aside now"), "{status}");
+    assert!(!status.contains("what to do"), "{status}");
+    assert_eq!(led(&db), "synced");
+    assert_eq!(env.sync(&db).0, 0);
+}

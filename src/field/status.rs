@@ -366,12 +366,25 @@ pub fn view(
         v.class = a.class;
         v.what_to_do = a.hint.clone();
     }
-    v.led = crate::field::led::pattern(
-        running,
-        v.last_attempt.as_ref().map(|a| a.outcome),
-        pending,
-        v.outbox_rejected,
-    );
+    let mut outcome = v.last_attempt.as_ref().map(|a| a.outcome);
+    // The last sync stopped only for records set aside, and a person has
+    // since put them back (`queue retry`) or dropped them (`queue drop`):
+    // nothing is left to act on, whatever the last attempt said.
+    if v.class == Some(Class::Rejected) && v.outbox_rejected == 0 {
+        v.class = None;
+        v.what_to_do = (pending > 0).then(|| {
+            "the records put back are sent by the next sync (or run `fieldsync sync` now)"
+                .to_string()
+        });
+        if let Some(a) = v.last_attempt.as_mut() {
+            a.error = a
+                .error
+                .take()
+                .map(|e| format!("{e}; since put back or dropped: nothing is set aside now"));
+        }
+        outcome = Some(Outcome::Ok);
+    }
+    v.led = crate::field::led::pattern(running, outcome, pending, v.outbox_rejected);
     Ok(v)
 }
 

@@ -264,6 +264,15 @@ impl Store {
     }
 }
 
+/// Whether the shared file holds the record, whatever its text.
+fn held_here(conn: &Connection, table: &str, id: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM record WHERE table_name = ?1 AND record_id = ?2)",
+        params![table, id],
+        |r| r.get(0),
+    )
+}
+
 /// Whether the site ever synced a version of the record.
 fn was_synced(conn: &Connection, table: &str, id: &str) -> rusqlite::Result<bool> {
     conn.query_row(
@@ -540,7 +549,9 @@ impl Store {
             .map_err(err)?;
         let dropped = if synced {
             Dropped::Restore
-        } else if tx.get(table, id)?.is_some() {
+        } else if held_here(tx.conn(), table, id).map_err(err)? {
+            // Not read as a row: a record set aside for being unreadable
+            // (text that is not UTF-8) must be droppable too.
             tx.delete_received(table, id)?;
             Dropped::Deleted
         } else {

@@ -43,9 +43,15 @@ impl<T: Transport> Cycle<'_, T> {
                 batch::MIN_BATCH_BYTES.min(self.cfg.batch_bytes),
                 self.cfg.batch_bytes,
             );
-            let (b, set_aside) = self.fill(total, budget)?;
+            let (mut b, set_aside) = self.fill(total, budget)?;
             if b.is_empty() && total > set_aside {
                 continue; // only unsendable records were in the way; read again
+            }
+            if b.is_empty() && total > 0 {
+                // Everything pending was set aside: the final push announces
+                // nothing left (§5 step 3), or the central takes it for a
+                // batch still on its way and starts no integration.
+                b = Batch::new(0);
             }
             let final_push = b.is_empty();
             let (body, sent) = b.finish();
