@@ -587,3 +587,92 @@ fn a_record_that_cannot_be_sent_can_be_dropped() {
     assert_eq!(led(&db), "synced");
     assert_eq!(env.sync(&db).0, 0);
 }
+
+/// Item 8: a database on storage that refuses writes (a card that turned
+/// read-only, a read-only mount) can still be diagnosed: `status` and
+/// `check` work and say so; `sync` says what to look at.
+#[test]
+fn a_read_only_card_can_be_diagnosed() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if root && !common::have("setpriv") {
+        eprintln!("skipped: running as root without setpriv to drop to another user");
+        return;
+    }
+    let env = common::Env::new("field-ro");
+    env.site("moa", "S_MOA");
+    let db = env.db("moa");
+    env.init(&db, "moa");
+    assert_eq!(env.sync(&db).0, 0);
+    // The device's files, on a directory nobody may write.
+    let dir = env.dir.join("card");
+    std::fs::create_dir(&dir).unwrap();
+    for ext in ["sqlite", "sqlite.conf", "sqlite.credential", "sqlite.state"] {
+        std::fs::copy(db.with_extension(ext), dir.join(format!("moa.{ext}"))).unwrap();
+    }
+    let ro = dir.join("moa.sqlite");
+    let run = |args: &[&str]| {
+        let mut cmd = if root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_fieldsync"));
+            c
+        } else {
+            agent()
+        };
+        cmd.arg("--db").arg(&ro).args(args).output().unwrap()
+    };
+    if root {
+        let ok = Command::new("chown")
+            .args(["-R", "65534"])
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    let ok = Command::new("chmod")
+        .arg("555")
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = run(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(text.contains("storage              read-only"), "{text}");
+    assert!(
+        text.contains("SD card that turned read-only is failing"),
+        "{text}"
+    );
+    assert!(text.contains("rapid flicker"), "{text}");
+    let json = run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["read_only"], true);
+    let check = run(&["check"]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("the connection to the central works"));
+    let sync = run(&["sync"]);
+    assert_eq!(sync.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&sync.stderr).contains("card or mount became read-only"),
+        "{}",
+        String::from_utf8_lossy(&sync.stderr)
+    );
+    let _ = Command::new("chmod").arg("755").arg(&dir).status();
+}

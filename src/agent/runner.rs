@@ -119,6 +119,21 @@ pub fn lock(db: &Path) -> Result<SyncLock, Failure> {
         // says more than the lock file's.
         match crate::store::must_exist(db) {
             Err(why) => Failure::from(why),
+            Ok(()) if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+            {
+                Failure::new(
+                    Class::Local,
+                    format!(
+                        "cannot write the lock file {} ({e}): run as the user that owns the device's \
+                         files (sudo -u fieldsync …), or the card or mount became read-only \
+                         (`fieldsync status` still works)",
+                        p.display()
+                    ),
+                )
+            }
             Ok(()) => Failure::new(Class::Local, format!("lock file {}: {e}", p.display())),
         }
     })?;

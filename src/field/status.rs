@@ -229,6 +229,10 @@ pub struct View {
     /// Why a comparison with the central is owed (the central looked restored).
     #[serde(default)]
     pub compare_due: Option<String>,
+    /// The database is on storage that refuses writes (a failing card, a
+    /// read-only mount): nothing can sync or be saved until it is writable.
+    #[serde(default)]
+    pub read_only: bool,
     /// Stored rows set aside by a schema upgrade (not valid rows).
     pub quarantined: u64,
     /// The class of the current condition (exit-code meaning), if any.
@@ -274,6 +278,7 @@ impl View {
             restore_waiting: 0,
             compare: None,
             compare_due: None,
+            read_only: false,
             quarantined: 0,
             bundle_out: None,
             bundle_in: None,
@@ -351,6 +356,7 @@ pub fn view(
         restore_waiting: store.restore_waiting()?,
         compare: store.last_compare()?,
         compare_due: store.compare_due()?,
+        read_only: store.read_only(),
         quarantined: store.quarantined()?,
         bundle_out,
         bundle_in,
@@ -383,6 +389,11 @@ pub fn view(
                 .map(|e| format!("{e}; since put back or dropped: nothing is set aside now"));
         }
         outcome = Some(Outcome::Ok);
+    }
+    if v.read_only {
+        // Nothing else can be done before this: no sync, no app write, lands.
+        v.what_to_do = Some(READ_ONLY_HINT.into());
+        outcome = Some(Outcome::NeedsAttention);
     }
     v.led = crate::field::led::pattern(running, outcome, pending, v.outbox_rejected);
     Ok(v)
@@ -423,6 +434,10 @@ pub fn ago(then: u64, now: u64) -> String {
         _ => format!("{} days ago", d / 86_400),
     }
 }
+
+/// What to do about a database on storage that refuses writes.
+pub const READ_ONLY_HINT: &str = "the storage is read-only: nothing can be synced or saved. An SD card \
+     that turned read-only is failing: copy the files off it and replace it (or remount it writable)";
 
 /// The human view, a few plain lines.
 pub fn render(v: &View, now: u64) -> String {
@@ -488,6 +503,13 @@ pub fn render(v: &View, now: u64) -> String {
         if let Some(e) = &a.error {
             line(&mut out, "problem", e.clone());
         }
+    }
+    if v.read_only {
+        line(
+            &mut out,
+            "storage",
+            "read-only (shown as last written)".into(),
+        );
     }
     if let Some(w) = &v.what_to_do {
         line(&mut out, "what to do", w.clone());
@@ -675,6 +697,7 @@ mod tests {
                 restore_waiting: 0,
                 compare: None,
                 compare_due: None,
+                read_only: false,
                 quarantined: 0,
                 bundle_out: None,
                 bundle_in: None,

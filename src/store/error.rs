@@ -115,7 +115,7 @@ impl fmt::Display for StoreError {
             ),
             StoreError::Full => write!(f, "disk full: free space on the device, then sync again (nothing was lost)"),
             StoreError::ReadOnly(m) => {
-                write!(f, "database is read-only ({m}); check the file's owner and permissions")
+                write!(f, "database is read-only ({m}); check the files' owner and permissions, and whether the card or mount became read-only (`fieldsync status` still works)")
             }
             StoreError::Schema(m) => write!(f, "database schema: {m}"),
             StoreError::Missing(p) => write!(

@@ -79,6 +79,9 @@ pub struct Store {
     path: PathBuf,
     /// The key of the record checks (see [`check`]), from the state file.
     check_key: check::Key,
+    /// Opened from read-only storage (a card that turned read-only, a
+    /// read-only mount): readable for `status` and `check`, nothing written.
+    read_only: bool,
 }
 
 /// The agent's own state file beside the database.
@@ -200,6 +203,7 @@ impl Store {
             agent,
             path: path.to_path_buf(),
             check_key: check::Key::none(),
+            read_only: false,
         })
     }
 
@@ -214,8 +218,7 @@ impl Store {
     /// `status` that must never take the write lock.
     pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
         must_exist(path)?;
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .map_err(|e| StoreError::sqlite(format!("opening {}", path.display()), e))?;
+        let (conn, read_only) = open_reading(path)?;
         conn.busy_timeout(busy_timeout())
             .map_err(|e| StoreError::sqlite("busy timeout", e))?;
         if !schema::is_fieldsync(&conn)? {
@@ -231,8 +234,7 @@ impl Store {
             {
                 return Err(StoreError::Untrusted(state, why));
             }
-            Connection::open_with_flags(&state, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-                .map_err(|e| StoreError::sqlite(format!("opening {}", state.display()), e))?
+            open_reading(&state)?.0
         } else {
             // Not migrated by this build yet: an empty state reads as "nothing known".
             Connection::open_in_memory().map_err(|e| StoreError::sqlite("opening memory db", e))?
@@ -255,7 +257,13 @@ impl Store {
             agent,
             path: path.to_path_buf(),
             check_key: check::Key::none(),
+            read_only,
         })
+    }
+
+    /// Whether the store was found on read-only storage ([`Store::open_existing`]).
+    pub fn read_only(&self) -> bool {
+        self.read_only
     }
 
     pub fn open_in_memory() -> Result<Store, StoreError> {
@@ -282,6 +290,7 @@ impl Store {
             agent,
             path,
             check_key: check::Key::none(),
+            read_only: false,
         };
         schema::migrate(&mut store)?;
         store.check_key = check::Key::load(&store.agent)?;
@@ -725,6 +734,48 @@ pub(in crate::store) fn get_record(
             .map(Some)
             .map_err(|e| StoreError::Schema(format!("stored {table} {id} is not JSON: {e}"))),
     }
+}
+
+/// Opens a file for reading as the agent would (read-write, so WAL works),
+/// or, where the storage refuses writes (SQLite cannot make the WAL's index
+/// file in a read-only directory or on a read-only card), as an immutable
+/// file — nothing can write there — so a person can still see what it holds.
+/// Returns whether it is read-only.
+fn open_reading(path: &Path) -> Result<(Connection, bool), StoreError> {
+    use rusqlite::OpenFlags;
+    let err = |e| StoreError::sqlite(format!("opening {}", path.display()), e);
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(err)?;
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(_) => return Ok((conn, false)),
+        Err(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen
+            ) => {}
+        Err(e) => return Err(err(e)),
+    }
+    drop(conn);
+    let uri = format!("file:{}?immutable=1", uri_path(path));
+    let conn = Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(err)?;
+    Ok((conn, true))
+}
+
+/// `path` for a `file:` URI: the characters a URI gives meaning to escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'%' | b'?' | b'#' | 0..=0x20 | 0x7f..=0xff => out.push_str(&format!("%{b:02X}")),
+            _ => out.push(char::from(*b)),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
