@@ -588,17 +588,56 @@ fn a_record_that_cannot_be_sent_can_be_dropped() {
     assert_eq!(env.sync(&db).0, 0);
 }
 
+/// Whether the tests run as root (who ignores file modes: a test of what
+/// another user meets drops to `nobody` with setpriv).
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The agent as a user who is not root: `nobody` when the tests run as root
+/// (None without setpriv), else the test's own user.
+fn agent_as_other() -> Option<Command> {
+    if !running_as_root() {
+        return Some(agent());
+    }
+    if !common::have("setpriv") {
+        return None;
+    }
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_fieldsync"));
+    Some(c)
+}
+
+/// A copy of the device's files in `dir`, owned by the user of
+/// [`agent_as_other`]; returns its database.
+fn device_copy(db: &std::path::Path, dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::create_dir(dir).unwrap();
+    for ext in ["sqlite", "sqlite.conf", "sqlite.credential", "sqlite.state"] {
+        std::fs::copy(db.with_extension(ext), dir.join(format!("moa.{ext}"))).unwrap();
+    }
+    if running_as_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "65534"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    dir.join("moa.sqlite")
+}
+
 /// Item 8: a database on storage that refuses writes (a card that turned
 /// read-only, a read-only mount) can still be diagnosed: `status` and
 /// `check` work and say so; `sync` says what to look at.
 #[test]
 fn a_read_only_card_can_be_diagnosed() {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    if root && !common::have("setpriv") {
+    if agent_as_other().is_none() {
         eprintln!("skipped: running as root without setpriv to drop to another user");
         return;
     }
@@ -609,31 +648,16 @@ fn a_read_only_card_can_be_diagnosed() {
     assert_eq!(env.sync(&db).0, 0);
     // The device's files, on a directory nobody may write.
     let dir = env.dir.join("card");
-    std::fs::create_dir(&dir).unwrap();
-    for ext in ["sqlite", "sqlite.conf", "sqlite.credential", "sqlite.state"] {
-        std::fs::copy(db.with_extension(ext), dir.join(format!("moa.{ext}"))).unwrap();
-    }
-    let ro = dir.join("moa.sqlite");
+    let ro = device_copy(&db, &dir);
     let run = |args: &[&str]| {
-        let mut cmd = if root {
-            let mut c = Command::new("setpriv");
-            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-                .arg(env!("CARGO_BIN_EXE_fieldsync"));
-            c
-        } else {
-            agent()
-        };
-        cmd.arg("--db").arg(&ro).args(args).output().unwrap()
-    };
-    if root {
-        let ok = Command::new("chown")
-            .args(["-R", "65534"])
-            .arg(&dir)
-            .status()
+        agent_as_other()
             .unwrap()
-            .success();
-        assert!(ok);
-    }
+            .arg("--db")
+            .arg(&ro)
+            .args(args)
+            .output()
+            .unwrap()
+    };
     let ok = Command::new("chmod")
         .arg("555")
         .arg(&dir)
@@ -675,4 +699,44 @@ fn a_read_only_card_can_be_diagnosed() {
         String::from_utf8_lossy(&sync.stderr)
     );
     let _ = Command::new("chmod").arg("755").arg(&dir).status();
+}
+
+/// Item 6: a stick this user may not write says what to do about it.
+#[test]
+fn a_stick_mounted_for_another_user_says_how_to_mount_it() {
+    if agent_as_other().is_none() {
+        eprintln!("skipped: running as root without setpriv to drop to another user");
+        return;
+    }
+    let env = common::Env::new("field-stick");
+    env.site("moa", "S_MOA");
+    let db = env.db("moa");
+    env.init(&db, "moa");
+    assert_eq!(env.sync(&db).0, 0);
+    let dev = device_copy(&db, &env.dir.join("device"));
+    // The stick: a directory of another user (root's own, or the test user's
+    // made unwritable when not root).
+    let stick = env.dir.join("stick");
+    std::fs::create_dir(&stick).unwrap();
+    if !running_as_root() {
+        assert!(Command::new("chmod")
+            .arg("555")
+            .arg(&stick)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let out = agent_as_other()
+        .unwrap()
+        .arg("--db")
+        .arg(&dev)
+        .arg("export")
+        .arg(&stick)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(err.contains("uid=fieldsync,gid=fieldsync"), "{err}");
+    let _ = Command::new("chmod").arg("755").arg(&stick).status();
 }

@@ -152,6 +152,19 @@ pub enum BundleError {
 impl std::fmt::Display for BundleError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            BundleError::Io(p, e) if e.kind() == std::io::ErrorKind::PermissionDenied => write!(
+                f,
+                "bundle {}: {e}: this user may not write or read there. A stick mounted by root \
+                 or by `pi` is theirs: mount it for the fieldsync group (e.g. `sudo mount -o \
+                 uid=fieldsync,gid=fieldsync /dev/sda1 /media/usb`, or udisks), or copy the file \
+                 through a directory fieldsync can use",
+                p.display()
+            ),
+            BundleError::Io(p, e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => write!(
+                f,
+                "bundle {}: {e}: the stick is read-only (its lock switch, or mounted read-only)",
+                p.display()
+            ),
             BundleError::Io(p, e) => write!(f, "bundle {}: {e}", p.display()),
             BundleError::NotABundle(p, why) => write!(
                 f,
