@@ -740,3 +740,17 @@ fn a_stick_mounted_for_another_user_says_how_to_mount_it() {
     assert!(err.contains("uid=fieldsync,gid=fieldsync"), "{err}");
     let _ = Command::new("chmod").arg("755").arg(&stick).status();
 }
+
+/// Item 10: a device never set up shows the light off, as README's table
+/// says — not "a person must act".
+#[test]
+fn a_device_never_set_up_shows_the_light_off() {
+    let env = common::Env::new("field-off");
+    let out = env.agent(&env.db("never"), &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["led"], "off", "{v}");
+    let out = env.agent(&env.db("never"), &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("off: not set up yet"), "{text}");
+}

@@ -24,6 +24,8 @@ pub enum Pattern {
     Syncing,
     Offline,
     Attention,
+    /// Not set up: nothing drives the light yet.
+    Off,
 }
 
 impl Pattern {
@@ -38,6 +40,7 @@ impl Pattern {
             Pattern::Syncing => (100, 100),
             Pattern::Offline => (100, 1900),
             Pattern::Attention => (50, 50),
+            Pattern::Off => (0, 1),
         }
     }
 
@@ -54,15 +57,17 @@ impl Pattern {
                 "short flash: the central server cannot be reached; data is kept and sent later"
             }
             Pattern::Attention => "rapid flicker: a person must act",
+            Pattern::Off => "off: not set up yet, or fieldsync does not run",
         }
     }
 
-    pub const ALL: [Pattern; 5] = [
+    pub const ALL: [Pattern; 6] = [
         Pattern::Synced,
         Pattern::Waiting,
         Pattern::Syncing,
         Pattern::Offline,
         Pattern::Attention,
+        Pattern::Off,
     ];
 }
 

@@ -266,7 +266,7 @@ impl View {
             running: false,
             step: None,
             progress: None,
-            led: Pattern::Attention,
+            led: Pattern::Off,
             what_to_do: Some(format!(
                 "{} (no database at {})",
                 Class::NotConfigured.hint(),
