@@ -754,3 +754,37 @@ fn a_device_never_set_up_shows_the_light_off() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("off: not set up yet"), "{text}");
 }
+
+/// Item 10: the packaged udev rule hands over only the status LED the
+/// package uses, never the Pi's power LED (blinking, it reads as
+/// under-voltage), and agrees with the package's default LED.
+#[test]
+fn the_udev_rule_takes_only_the_status_led() {
+    let rule = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/60-fieldsync-leds.rules"
+    ))
+    .unwrap();
+    let rules: Vec<&str> = rule
+        .lines()
+        .filter(|l| l.starts_with("SUBSYSTEM=="))
+        .collect();
+    assert_eq!(rules.len(), 1, "{rule}");
+    let kernel = rules[0]
+        .split("KERNEL==\"")
+        .nth(1)
+        .and_then(|k| k.split('"').next())
+        .expect("the rule names its LEDs");
+    let names: Vec<&str> = kernel.split('|').collect();
+    assert!(!names.iter().any(|n| n.contains("PWR") || *n == "led1" || n.contains('*')), "{kernel}");
+    let default = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/default.env"
+    ))
+    .unwrap();
+    let led = default
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("FIELDSYNC_LED="))
+        .expect("the package sets a status LED");
+    assert!(names.contains(&led.trim_matches('"')), "{led} vs {kernel}");
+}
