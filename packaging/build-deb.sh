@@ -54,6 +54,9 @@ cat > "$root/DEBIAN/postinst" <<'POSTINST'
 set -e
 if [ "$1" = configure ]; then
   if ! getent passwd fieldsync >/dev/null; then
+    # The home exists first (owned by root until install -d below), so adduser
+    # has nothing to warn about.
+    mkdir -p /var/lib/fieldsync
     adduser --system --group --home /var/lib/fieldsync --no-create-home fieldsync >/dev/null
   fi
   # 3770: the clinic app's users join the fieldsync group (setgid keeps their files
@@ -82,6 +85,20 @@ if [ -d /run/systemd/system ]; then
   systemctl disable fieldsync-sync.timer fieldsync.service >/dev/null 2>&1 || true
 fi
 rm -f /etc/systemd/system/timers.target.wants/fieldsync-sync.timer
+# Count what was never sent while the binary is still here: a purge keeps a
+# database with unsent records (postrm), never deletes a clinic's work.
+db=/var/lib/fieldsync/fieldsync.sqlite
+if [ -e "$db" ]; then
+  q=$(runuser -u fieldsync -- /usr/bin/fieldsync --db "$db" -q queue --json 2>/dev/null || true)
+  n=$(printf '%s' "$q" | sed -n 's/.*"pending":\([0-9]*\).*"rejected":\([0-9]*\).*/\1 \2/p' | awk '{print $1 + $2}')
+  if [ -z "$n" ]; then
+    echo unknown > /var/lib/fieldsync/.unsent
+  elif [ "$n" -gt 0 ]; then
+    echo "$n" > /var/lib/fieldsync/.unsent
+  else
+    rm -f /var/lib/fieldsync/.unsent
+  fi
+fi
 PRERM
 cat > "$root/DEBIAN/postrm" <<'POSTRM'
 #!/bin/sh
@@ -89,7 +106,13 @@ set -e
 [ -d /run/systemd/system ] && systemctl daemon-reload || true
 # The clinic's data stays on remove; only purge deletes it.
 if [ "$1" = purge ]; then
-  rm -rf /var/lib/fieldsync
+  if [ -e /var/lib/fieldsync/.unsent ]; then
+    kept=/var/lib/fieldsync.unsent-$(date +%Y%m%d%H%M%S)
+    mv /var/lib/fieldsync "$kept"
+    echo "fieldsync: $(cat "$kept/.unsent") record(s) were never sent to the central; the data is kept in $kept (reinstall and sync, or delete it once it is safe)" >&2
+  else
+    rm -rf /var/lib/fieldsync
+  fi
   getent passwd fieldsync >/dev/null && deluser --system fieldsync >/dev/null 2>&1 || true
 fi
 POSTRM

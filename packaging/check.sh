@@ -49,6 +49,32 @@ if [ "$(id -u)" = 0 ] && [ "$arch" = "$(dpkg --print-architecture)" ]; then
   [ -d /var/lib/fieldsync ]
   [ "$(stat -c %a:%G /var/lib/fieldsync)" = "3770:fieldsync" ] || { echo "/var/lib/fieldsync is $(stat -c %a:%G /var/lib/fieldsync), want 3770:fieldsync" >&2; exit 1; }
   [ -e /etc/systemd/system/timers.target.wants/fieldsync-sync.timer ] || [ -d /run/systemd/system ]
+  # A purge with records never sent keeps the data (with a central to make
+  # some: the development build's, when this machine has one).
+  central=${FIELDSYNC_CENTRAL_BIN:-target/debug/fieldsync-central}
+  if [ -x "$central" ] && [ "$arch" = amd64 ]; then
+    c=$(mktemp -d)
+    PW=pw "$central" --db "$c/c.sqlite" site add moa --password-env PW >/dev/null
+    "$central" --db "$c/c.sqlite" store add S_MOA --site moa >/dev/null
+    "$central" --db "$c/c.sqlite" serve --listen 127.0.0.1:47291 2>"$c/log" &
+    cpid=$!
+    sleep 1
+    db=/var/lib/fieldsync/fieldsync.sqlite
+    as() { runuser -u fieldsync -- /usr/bin/fieldsync --db "$db" "$@"; }
+    PW=pw runuser -u fieldsync -- env PW=pw /usr/bin/fieldsync --db "$db" init --url http://127.0.0.1:47291 \
+      --allow-insecure-http --site moa --password-env PW >/dev/null
+    as -q sync
+    as put transact '{"ID":"T1","store_ID":"S_MOA"}'
+    kill "$cpid"; wait "$cpid" 2>/dev/null || true
+    rm -rf "$c"
+    dpkg --purge fieldsync 2>"$c.err" >/dev/null
+    kept=$(ls -d /var/lib/fieldsync.unsent-* 2>/dev/null | head -1)
+    [ -n "$kept" ] && [ -e "$kept/fieldsync.sqlite" ] || { echo "purge deleted unsent records" >&2; exit 1; }
+    grep -q "1 record(s) were never sent" "$c.err" || { echo "purge did not say why it kept the data" >&2; cat "$c.err" >&2; exit 1; }
+    rm -rf "$kept" "$c.err"
+    echo "purge with unsent records keeps them: ok"
+    dpkg -i "$deb" >/dev/null
+  fi
   dpkg --purge fieldsync >/dev/null
   for p in /usr/bin/fieldsync /usr/lib/systemd/system/fieldsync-sync.timer /etc/default/fieldsync /var/lib/fieldsync \
     /etc/systemd/system/timers.target.wants/fieldsync-sync.timer; do

@@ -776,7 +776,12 @@ fn the_udev_rule_takes_only_the_status_led() {
         .and_then(|k| k.split('"').next())
         .expect("the rule names its LEDs");
     let names: Vec<&str> = kernel.split('|').collect();
-    assert!(!names.iter().any(|n| n.contains("PWR") || *n == "led1" || n.contains('*')), "{kernel}");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("PWR") || *n == "led1" || n.contains('*')),
+        "{kernel}"
+    );
     let default = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/packaging/default.env"
@@ -787,4 +792,43 @@ fn the_udev_rule_takes_only_the_status_led() {
         .find_map(|l| l.trim().strip_prefix("FIELDSYNC_LED="))
         .expect("the package sets a status LED");
     assert!(names.contains(&led.trim_matches('"')), "{led} vs {kernel}");
+}
+
+/// Item 13: the link emulator listens where it is told and says what it
+/// forwards, not a bare address.
+#[test]
+fn the_link_emulator_listens_where_told_and_says_what_it_does() {
+    use std::io::BufRead;
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fieldsync-linkem"))
+        .arg(upstream.local_addr().unwrap().to_string())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--rtt-ms",
+            "600",
+            "--down-bps",
+            "32000",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.contains(&format!("listening on 127.0.0.1:{port}")),
+        "{line}"
+    );
+    assert!(line.contains("down 32000 B/s, RTT 600 ms"), "{line}");
+    assert!(
+        line.contains(&format!("point the agent at http://127.0.0.1:{port}")),
+        "{line}"
+    );
 }

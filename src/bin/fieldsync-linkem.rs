@@ -1,5 +1,6 @@
 //! `fieldsync-linkem`: the link emulator as a process, for benches and by hand.
-//! Prints the listening address on the first line, then runs until killed.
+//! Says where it listens and what it forwards on its first line, then runs
+//! until killed.
 
 use std::time::Duration;
 
@@ -10,9 +11,12 @@ use fieldsync::testkit::linkem::{Linkem, Plan, Shape};
 /// direction, and seeded faults.
 #[derive(FromArgs)]
 struct Cli {
-    /// the upstream address, HOST:PORT
+    /// the upstream address, HOST:PORT (e.g. the central's)
     #[argh(positional)]
     upstream: std::net::SocketAddr,
+    /// where to listen, HOST:PORT (default 127.0.0.1:0: a free port on loopback)
+    #[argh(option, default = "String::from(\"127.0.0.1:0\")")]
+    listen: String,
     /// client→upstream bytes per second (0: unlimited)
     #[argh(option, default = "0")]
     up_bps: u64,
@@ -44,11 +48,28 @@ fn main() {
         fault_rate: cli.fault_rate,
         scripted: Default::default(),
     };
-    let link = Linkem::start(cli.upstream, shape, plan).unwrap_or_else(|e| {
-        eprintln!("fieldsync-linkem: {e}");
+    let link = Linkem::start_on(&cli.listen, cli.upstream, shape, plan).unwrap_or_else(|e| {
+        eprintln!("fieldsync-linkem: listen on {}: {e}", cli.listen);
         std::process::exit(1)
     });
-    println!("{}", link.addr);
+    let rate = |bps: u64| {
+        if bps == 0 {
+            "unlimited".to_string()
+        } else {
+            format!("{bps} B/s")
+        }
+    };
+    println!(
+        "fieldsync-linkem: listening on {} and forwarding to {} (up {}, down {}, RTT {} ms, fault rate {}); \
+         point the agent at http://{}",
+        link.addr,
+        cli.upstream,
+        rate(cli.up_bps),
+        rate(cli.down_bps),
+        cli.rtt_ms,
+        cli.fault_rate,
+        link.addr
+    );
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }

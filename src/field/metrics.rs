@@ -162,12 +162,12 @@ pub fn render(s: &Sample) -> String {
             ),
             (
                 "fieldsync_last_sync_sent_bytes",
-                "Bytes the last sync sent (request bodies and heads, as on the wire).",
+                "Bytes the last sync put on the link (heads and bodies, compressed as sent).",
                 r.bytes_sent as f64,
             ),
             (
                 "fieldsync_last_sync_received_bytes",
-                "Bytes the last sync received.",
+                "Bytes the link brought the last sync (heads and bodies, compressed as they came).",
                 r.bytes_received as f64,
             ),
             (

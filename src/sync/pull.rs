@@ -208,10 +208,13 @@ impl<T: Transport> Cycle<'_, T> {
         total: Option<u64>,
     ) -> Result<(Applied, PullHeader), SyncError> {
         let pulled_before = self.pulled(source);
-        let traffic = self.client.traffic();
+        let client = &*self.client;
         let observe = &mut *self.observe;
         let tx = self.store.receiving()?;
         let mut progress = |done: u64| {
+            // The page was read whole before it is applied (wire::page): its
+            // bytes are in these counts.
+            let traffic = client.traffic();
             observe(Progress {
                 step: source.step(),
                 done: pulled_before + done,

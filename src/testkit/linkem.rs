@@ -115,7 +115,17 @@ pub struct Linkem {
 impl Linkem {
     /// Listens on 127.0.0.1:0 and forwards to `upstream`.
     pub fn start(upstream: SocketAddr, shape: Shape, plan: Plan) -> std::io::Result<Linkem> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Linkem::start_on("127.0.0.1:0", upstream, shape, plan)
+    }
+
+    /// [`Linkem::start`] listening on `listen` (`HOST:PORT`; port 0: any).
+    pub fn start_on(
+        listen: &str,
+        upstream: SocketAddr,
+        shape: Shape,
+        plan: Plan,
+    ) -> std::io::Result<Linkem> {
+        let listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
         let rng = plan.seed.max(1);
         let state = Arc::new(Mutex::new(State { plan, rng }));

@@ -92,6 +92,8 @@ pub struct Client<T: Transport> {
     /// Where its change log ends (`Fieldsync-Log-End` [PC]), from the last
     /// `central_records` answer.
     log_end: Option<u64>,
+    /// The transport's link counts when this cycle's counting started.
+    wire_base: Option<crate::wire::transport::Wire>,
 }
 
 impl<T: Transport> Client<T> {
@@ -101,6 +103,7 @@ impl<T: Transport> Client<T> {
         hardware_id: String,
         clock: Arc<dyn Clock>,
     ) -> Client<T> {
+        let wire_base = transport.wire();
         Client {
             transport,
             auth,
@@ -114,6 +117,7 @@ impl<T: Transport> Client<T> {
             compares: false,
             epoch: None,
             log_end: None,
+            wire_base,
         }
     }
 
@@ -123,14 +127,22 @@ impl<T: Transport> Client<T> {
         self
     }
 
-    /// What crossed the link since [`Client::start_counting`].
+    /// What crossed the link since [`Client::start_counting`]: as the
+    /// connection carried it where the transport counts that (heads
+    /// included, gzip bodies compressed), else the bodies as read.
     pub fn traffic(&self) -> Traffic {
-        self.traffic
+        let mut t = self.traffic;
+        if let (Some(now), Some(base)) = (self.transport.wire(), self.wire_base) {
+            t.bytes_sent = now.sent.saturating_sub(base.sent);
+            t.bytes_received = now.received.saturating_sub(base.received);
+        }
+        t
     }
 
     /// Starts the counts of a new cycle.
     pub fn start_counting(&mut self) {
         self.traffic = Traffic::default();
+        self.wire_base = self.transport.wire();
     }
 
     /// Whether the central advertised this project's verification extension

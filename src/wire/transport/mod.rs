@@ -16,6 +16,8 @@ pub use error::{Certificate, TransportError};
 use super::resolve::{self, Dns};
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Connect timeout. Defaults to 15 s (§2): a 2G link with a cold radio takes several
@@ -82,6 +84,20 @@ impl Response {
 /// Moves one HTTP exchange.
 pub trait Transport {
     fn call(&mut self, req: &Request<'_>) -> Result<Response, TransportError>;
+
+    /// Bytes that crossed the link so far, both ways, as the connection
+    /// carried them (heads included, bodies as sent: compressed when they
+    /// were) — what a metered link bills. `None` where there is no link.
+    fn wire(&self) -> Option<Wire> {
+        None
+    }
+}
+
+/// Bytes on the link since the transport was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wire {
+    pub sent: u64,
+    pub received: u64,
 }
 
 /// Parsed `scheme://host[:port]`; the path of a configured base URL is dropped, as
@@ -200,6 +216,8 @@ pub struct Network {
 pub struct HttpTransport {
     origin: Origin,
     agent: ureq::Agent,
+    /// What every connection of `agent` carried ([`Counting`]).
+    counts: Arc<Counts>,
 }
 
 impl HttpTransport {
@@ -224,12 +242,97 @@ impl HttpTransport {
             .tls_config(tls)
             .user_agent(format!("fieldsync/{}", crate::wire::protocol::APP_VERSION))
             .build();
+        let counts = Arc::new(Counts::default());
         let agent = ureq::Agent::with_parts(
             config,
-            ureq::unversioned::transport::DefaultConnector::new(),
+            Counting {
+                inner: ureq::unversioned::transport::DefaultConnector::new(),
+                counts: counts.clone(),
+            },
             SyncResolver(net.dns.clone()),
         );
-        Ok(HttpTransport { origin, agent })
+        Ok(HttpTransport {
+            origin,
+            agent,
+            counts,
+        })
+    }
+}
+
+/// Bytes through every connection of one transport.
+#[derive(Debug, Default)]
+struct Counts {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+/// ureq's own connector chain (TCP, TLS), each connection wrapped so that
+/// the bytes it carries are counted: the pull progress and the reports show
+/// bytes as the link carried them, not as they were after decompression
+/// (issue 29: a rate 3–4× the link's is no help on a metered link).
+#[derive(Debug)]
+struct Counting {
+    inner: ureq::unversioned::transport::DefaultConnector,
+    counts: Arc<Counts>,
+}
+
+impl ureq::unversioned::transport::Connector for Counting {
+    type Out = Box<dyn ureq::unversioned::transport::Transport>;
+
+    fn connect(
+        &self,
+        details: &ureq::unversioned::transport::ConnectionDetails,
+        chained: Option<()>,
+    ) -> Result<Option<Self::Out>, ureq::Error> {
+        Ok(self.inner.connect(details, chained)?.map(|t| {
+            Box::new(Counted {
+                inner: t,
+                counts: self.counts.clone(),
+            }) as Self::Out
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct Counted {
+    inner: Box<dyn ureq::unversioned::transport::Transport>,
+    counts: Arc<Counts>,
+}
+
+impl ureq::unversioned::transport::Transport for Counted {
+    fn buffers(&mut self) -> &mut dyn ureq::unversioned::transport::Buffers {
+        self.inner.buffers()
+    }
+
+    fn transmit_output(
+        &mut self,
+        amount: usize,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<(), ureq::Error> {
+        self.counts.sent.fetch_add(amount as u64, Ordering::Relaxed);
+        self.inner.transmit_output(amount, timeout)
+    }
+
+    fn await_input(
+        &mut self,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<bool, ureq::Error> {
+        // What was there and not yet consumed stays; the growth is what arrived.
+        let before = self.inner.buffers().input().len();
+        let progress = self.inner.await_input(timeout)?;
+        let after = self.inner.buffers().input().len();
+        self.counts
+            .received
+            .fetch_add(after.saturating_sub(before) as u64, Ordering::Relaxed);
+        Ok(progress)
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.inner.is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.inner.is_tls()
     }
 }
 
@@ -345,6 +448,13 @@ fn roots(tls: &Tls) -> Result<ureq::tls::RootCerts, TransportError> {
 }
 
 impl Transport for HttpTransport {
+    fn wire(&self) -> Option<Wire> {
+        Some(Wire {
+            sent: self.counts.sent.load(Ordering::Relaxed),
+            received: self.counts.received.load(Ordering::Relaxed),
+        })
+    }
+
     fn call(&mut self, req: &Request<'_>) -> Result<Response, TransportError> {
         let url = self.origin.url(req.path);
         // No progress for `no_progress` either way fails the request (rev 2); the
