@@ -569,6 +569,14 @@ fn a_completed_site_is_not_initialised_again() {
     let (code, _, err) = s.env.sync(&second);
     assert_ne!(code, 0);
     assert!(err.contains("already set up on another database"), "{err}");
+    // Item 5 of the field issue: what to do, not "call support".
+    let status = s.env.agent(&second, &["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("Two databases cannot sync as one site"),
+        "{text}"
+    );
+    assert!(!text.contains("call support"), "{text}");
     // The first goes on syncing.
     sync_ok(&s.env, &db);
     let out = s.admin(&["site", "reinitialise", "a"]);

@@ -118,14 +118,17 @@ impl<T: Transport> Cycle<'_, T> {
                     // Nothing was queued for this database: it must not pull
                     // the queue of the device the site belongs to.
                     self.set_init_state(before)?;
-                    return Err(SyncError::Attention(
-                        Class::Site,
-                        format!(
-                            "this site is already set up on another database or device ({message}); \
-                             nothing was changed here — if this device replaces the old one, ask the \
-                             administrator to reset the site's hardware id or re-initialise it"
+                    return Err(SyncError::Advised {
+                        class: Class::Site,
+                        message: format!(
+                            "this site is already set up on another database or device ({message})"
                         ),
-                    ));
+                        hint: "nothing was changed here. Two databases cannot sync as one site: \
+                               use the one already set up; if this device replaces the old one, ask \
+                               the administrator to run `fieldsync-central site reinitialise SITE` \
+                               (or, on mSupply, reset the site's hardware id)"
+                            .into(),
+                    });
                 }
                 Ok(r) => {
                     crash_point!("initialise-answered");

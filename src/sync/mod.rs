@@ -221,6 +221,12 @@ pub enum SyncError {
     /// The cycle stopped on a condition a person must look at (site identity,
     /// re-initialisation requested centrally, wrong number of active stores).
     Attention(Class, String),
+    /// The same, when what to do is known better than the class's hint says.
+    Advised {
+        class: Class,
+        message: String,
+        hint: String,
+    },
 }
 
 impl SyncError {
@@ -234,6 +240,7 @@ impl SyncError {
             SyncError::Wire(e) => e.class(),
             SyncError::Unreadable(_) => Class::Site,
             SyncError::Attention(c, _) => *c,
+            SyncError::Advised { class, .. } => *class,
         }
     }
 
@@ -258,6 +265,7 @@ impl SyncError {
     pub fn hint(&self) -> Option<String> {
         match self {
             SyncError::Wire(WireError::Transport(t)) => t.advice(),
+            SyncError::Advised { hint, .. } => Some(hint.clone()),
             _ => None,
         }
     }
@@ -290,6 +298,7 @@ impl fmt::Display for SyncError {
                 u.why
             ),
             SyncError::Attention(_, m) => f.write_str(m),
+            SyncError::Advised { message, .. } => f.write_str(message),
         }
     }
 }
