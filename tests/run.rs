@@ -147,3 +147,177 @@ fn offline_it_probes_twice_a_minute_and_nothing_more() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Two network namespaces joined by a veth pair: the central in one, the
+/// agent in the other; removed when dropped.
+struct Namespaces {
+    central: String,
+    agent: String,
+}
+
+impl Namespaces {
+    /// `None` where they cannot be made (not root, no `ip`, a sandbox).
+    fn make() -> Option<Namespaces> {
+        let n = std::process::id();
+        let ns = Namespaces {
+            central: format!("fsc{n}"),
+            agent: format!("fsa{n}"),
+        };
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let (c, a) = (ns.central.as_str(), ns.agent.as_str());
+        let made = ip(&["netns", "add", c])
+            && ip(&["netns", "add", a])
+            && ip(&[
+                "link", "add", "vc", "netns", c, "type", "veth", "peer", "name", "va", "netns", a,
+            ])
+            && ip(&["-n", c, "addr", "add", "10.9.0.1/24", "dev", "vc"])
+            && ip(&["-n", c, "link", "set", "vc", "up"])
+            && ip(&["-n", c, "link", "set", "lo", "up"])
+            && ip(&["-n", a, "addr", "add", "10.9.0.2/24", "dev", "va"])
+            && ip(&["-n", a, "link", "set", "lo", "up"]);
+        made.then_some(ns)
+    }
+
+    fn exec(&self, ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+
+    /// The agent's side of the link up or down.
+    fn link(&self, up: bool) {
+        let ok = Command::new("ip")
+            .args([
+                "-n",
+                &self.agent,
+                "link",
+                "set",
+                "va",
+                if up { "up" } else { "down" },
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+/// A child process killed when dropped (a failing test leaves none behind).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in [&self.agent, &self.central] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The kernel's link events (netlink) wake `run` while offline: a sync
+/// starts within moments of the agent's link coming up, not at the next
+/// 30-second probe.
+#[test]
+fn a_link_that_comes_up_syncs_within_two_seconds() {
+    let Some(ns) = Namespaces::make() else {
+        eprintln!("skipped: network namespaces cannot be made here (needs root and `ip`)");
+        return;
+    };
+    let env = Env::new("run-link");
+    let db = env.dir.join("moa.sqlite");
+    let cdb = env.dir.join("central.sqlite");
+    let admin = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
+            .arg("--db")
+            .arg(&cdb)
+            .args(args)
+            .env("PW", "pw-moa")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // The test's own in-process central has this file open; the one in the
+    // namespace serves it too (WAL: two processes are fine).
+    admin(&["site", "add", "moa", "--password-env", "PW"]);
+    admin(&["store", "add", "S_MOA", "--site", "moa"]);
+    let _central = Killed(
+        ns.exec(&ns.central, env!("CARGO_BIN_EXE_fieldsync-central"))
+            .arg("--db")
+            .arg(&cdb)
+            .args(["serve", "--listen", "10.9.0.1:47401"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = common::agent_env(
+        &db,
+        &[
+            "init",
+            "--url",
+            "http://10.9.0.1:47401",
+            "--allow-insecure-http",
+            "--site",
+            "moa",
+            "--password-env",
+            "PW",
+        ],
+        &[("PW", "pw-moa")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = env.dir.join("run.log");
+    let _agent = Killed(
+        ns.exec(&ns.agent, env!("CARGO_BIN_EXE_fieldsync"))
+            .arg("--db")
+            .arg(&db)
+            .args(["run", "--interval", "300"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let text = wait_for(&log, "offline", 1, Duration::from_secs(30));
+    if !text.contains("link changes from the kernel") {
+        // Emulated (qemu-user) a netlink socket may not be offered.
+        assert!(
+            patience() > 1,
+            "run does not use the kernel's link events: {text}"
+        );
+        eprintln!("skipped: no netlink under emulation: {text}");
+        return;
+    }
+    // Let the first probe's 30 s be far away, then bring the link up.
+    std::thread::sleep(Duration::from_secs(1));
+    let up = Instant::now();
+    ns.link(true);
+    let text = wait_for(&log, "sync ok", 1, Duration::from_secs(10));
+    let took = up.elapsed();
+    assert!(
+        text.contains("the kernel reports a network change"),
+        "{text}"
+    );
+    println!("issue 32: link up → sync ok in {took:?}");
+    if patience() == 1 {
+        assert!(took < Duration::from_secs(2), "{took:?}: {text}");
+    }
+}

@@ -22,6 +22,7 @@ pub mod courier;
 pub mod credential;
 #[cfg(feature = "central")]
 pub mod demo;
+pub mod link;
 pub mod records;
 pub mod runner;
 pub mod settings;

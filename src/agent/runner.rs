@@ -28,6 +28,7 @@ use crate::wire::TransportError;
 
 use super::conf::Conf;
 use super::credential;
+use super::link;
 use super::settings::Settings;
 use super::{CmdResult, Failure};
 
@@ -37,6 +38,9 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// While offline, `run` probes this often so a sync starts soon after the link
 /// returns. Defaults to 30 s.
 pub const OFFLINE_PROBE_EVERY: Duration = Duration::from_secs(30);
+/// After the kernel reports a link change: a probe at once, then after 2 s,
+/// 4 s, … (each failed probe doubles the step from this).
+const LINK_SETTLE: Duration = Duration::from_secs(1);
 /// How often a long sync tells systemd's watchdog it is alive, at most.
 /// Defaults to 5 s, well inside any watchdog interval a unit sets.
 const WATCHDOG_PING_MAX: Duration = Duration::from_secs(5);
@@ -562,24 +566,42 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
     notify::notify("READY=1");
     let watchdog = notify::watchdog_interval();
     let mut failures: u32 = 0;
+    // Link changes from the kernel, where it tells: a sync moments after the
+    // link returns. The probe every 30 s stays either way: a central that was
+    // down comes back on a link that never changed.
+    let events = match link::LinkEvents::open() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            log::info!("link changes from the kernel are not available ({e}); probing every 30 s while offline");
+            None
+        }
+    };
+    let offline_wakes = format!(
+        "{}a probe every {} s while offline",
+        if events.is_some() {
+            "link changes from the kernel and "
+        } else {
+            ""
+        },
+        OFFLINE_PROBE_EVERY.as_secs()
+    );
     log::info!(
-        "run: a sync every {} s; woken early by SIGHUP, {}",
+        "run: a sync every {} s; woken early by SIGHUP, {}{offline_wakes}",
         interval.as_secs(),
         if watchdog.is_some() {
-            "the watchdog's half-interval, and a probe every 30 s while offline"
+            "the watchdog's half-interval, "
         } else {
-            "and a probe every 30 s while offline"
+            ""
         }
     );
     let wakes = format!(
-        "every {} s, SIGHUP, {}a probe every {} s while offline",
+        "every {} s, SIGHUP, {}{offline_wakes}",
         interval.as_secs(),
         if watchdog.is_some() {
             "the watchdog, "
         } else {
             ""
-        },
-        OFFLINE_PROBE_EVERY.as_secs()
+        }
     );
     status::note_run(db, Some(&wakes));
     loop {
@@ -620,8 +642,16 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
         // process (a tablet's battery pays for every wake-up).
         let until = clock.now() + wait;
         let offline = report.outcome() == Outcome::Offline;
-        let mut next_probe = clock.now() + OFFLINE_PROBE_EVERY;
+        // Every 30 s; after a link change, at once and then 2 s, 4 s, … up
+        // to the 30 s again.
+        let mut probe_every = OFFLINE_PROBE_EVERY;
+        let mut next_probe = clock.now() + probe_every;
         let mut next_ping = watchdog.map(|w| clock.now() + w);
+        // Events from while the link was up (an address renewed) are old news.
+        let link = events.as_ref().filter(|_| offline);
+        if let Some(l) = link {
+            l.drain();
+        }
         loop {
             let now = clock.now();
             if waker.stop() || waker.sync_now() || now >= until {
@@ -636,7 +666,8 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
                     log::info!("central reachable again; syncing now");
                     break;
                 }
-                next_probe = clock.now() + OFFLINE_PROBE_EVERY;
+                probe_every = (probe_every * 2).min(OFFLINE_PROBE_EVERY);
+                next_probe = clock.now() + probe_every;
             }
             let mut wake = until;
             if offline {
@@ -645,7 +676,16 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
             if let Some(p) = next_ping {
                 wake = wake.min(p);
             }
-            waker.sleep(wake.saturating_duration_since(clock.now()));
+            if waker.sleep(wake.saturating_duration_since(clock.now()), link) == link::Woke::Link {
+                let n = link.map_or(0, link::LinkEvents::drain);
+                log::info!(
+                    "the kernel reports a network change ({n} event(s)); probing the central"
+                );
+                // At once, and once more shortly: an address may come a
+                // moment before its route, DHCP a moment before DNS.
+                next_probe = clock.now();
+                probe_every = LINK_SETTLE;
+            }
         }
         if waker.stop() {
             notify::notify("STOPPING=1");
@@ -692,6 +732,7 @@ impl Waker {
         let fail = |e: std::io::Error| Failure::new(Class::Local, format!("signal handler: {e}"));
         let (rx, tx) = std::os::unix::net::UnixStream::pair().map_err(fail)?;
         tx.set_nonblocking(true).map_err(fail)?;
+        rx.set_nonblocking(true).map_err(fail)?;
         let (stop, now) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicBool::new(false)),
@@ -718,14 +759,16 @@ impl Waker {
         self.now.swap(false, Ordering::SeqCst)
     }
 
-    /// Sleeps `d` at most, less if a signal comes.
-    fn sleep(&self, d: Duration) {
+    /// Sleeps `d` at most, less if a signal comes or (when `link` is given)
+    /// the kernel reports a link change; what woke it.
+    fn sleep(&self, d: Duration, link: Option<&link::LinkEvents>) -> link::Woke {
         use std::io::Read;
-        let _ = self
-            .rx
-            .set_read_timeout(Some(d.max(Duration::from_millis(1))));
-        let mut buf = [0u8; 64];
-        let _ = (&self.rx).read(&mut buf);
+        let woke = link::sleep(&self.rx, link, d.max(Duration::from_millis(1)));
+        if woke == link::Woke::Signal {
+            let mut buf = [0u8; 64];
+            while matches!((&self.rx).read(&mut buf), Ok(n) if n > 0) {}
+        }
+        woke
     }
 }
 

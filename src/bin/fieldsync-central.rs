@@ -444,6 +444,11 @@ fn run(cli: Cli) -> Result<(), String> {
                      central data through /sync/v5/test/*; never run a production central like this"
                 );
             }
+            // Before the first answer (and before saying it serves): a
+            // database older than the one last served gets a new epoch.
+            if let Err(e) = central.check_restored() {
+                log::warn!("restore detection: {e}");
+            }
             let listener = std::net::TcpListener::bind(&s.listen)
                 .map_err(|e| format!("listen on {}: {e}", s.listen))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;

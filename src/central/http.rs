@@ -186,14 +186,13 @@ pub fn serve(central: Central, listener: TcpListener) -> std::io::Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, signal.clone())?;
     }
-    // Before the first answer: a database older than the one last served
-    // must not be answered with its old epoch (central::epoch).
+    // The caller has checked for a restored database before it said it
+    // serves (Central::check_restored); here the note is kept up to date.
     let note = |r: super::Result<()>| {
         if let Err(e) = r {
             log::warn!("restore detection: {e}");
         }
     };
-    note(central.check_restored().map(drop));
     let keeper = central.clone();
     let server = Server::start(central, listener, Limits::default())?;
     let mut since_note = 0u32;
