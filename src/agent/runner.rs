@@ -648,7 +648,7 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
         let mut next_probe = clock.now() + probe_every;
         let mut next_ping = watchdog.map(|w| clock.now() + w);
         // Events from while the link was up (an address renewed) are old news.
-        let link = events.as_ref().filter(|_| offline);
+        let mut link = events.as_ref().filter(|_| offline);
         if let Some(l) = link {
             l.drain();
         }
@@ -678,6 +678,14 @@ pub fn run(db: &Path, interval: Duration) -> CmdResult {
             }
             if waker.sleep(wake.saturating_duration_since(clock.now()), link) == link::Woke::Link {
                 let n = link.map_or(0, link::LinkEvents::drain);
+                if n == 0 {
+                    // Readable but nothing to read: a socket that misbehaves
+                    // (an emulator's) would wake the loop without end. The
+                    // 30 s probe carries on alone until the next sync.
+                    log::warn!("the kernel's link events woke run with nothing to read; probing every 30 s instead");
+                    link = None;
+                    continue;
+                }
                 log::info!(
                     "the kernel reports a network change ({n} event(s)); probing the central"
                 );

@@ -3,9 +3,25 @@
 //!
 //!   fieldsync-bench [DIR] [--from-results]
 //!   fieldsync-bench [DIR] --compare N
+//!   fieldsync-bench [DIR] --fleet N[,N…]
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // Only the fleet bench (issue 31), merged into DIR's results.
+    if let Some(i) = args.iter().position(|a| a == "--fleet") {
+        let sizes: Vec<usize> = args
+            .get(i + 1)
+            .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_default();
+        if sizes.is_empty() {
+            eprintln!("fieldsync-bench: --fleet needs site counts, e.g. --fleet 100,1000");
+            std::process::exit(2);
+        }
+        args.drain(i..i + 2);
+        let dir = args.first().map_or("bench", String::as_str);
+        fieldsync::testkit::bench::runner::fleet_only(std::path::Path::new(dir), &sizes);
+        return;
+    }
     // Only the comparison with the central (issue 30), merged into DIR's results.
     if let Some(i) = args.iter().position(|a| a == "--compare") {
         let Some(n) = args.get(i + 1).and_then(|n| n.parse::<usize>().ok()) else {

@@ -247,6 +247,47 @@ pub fn report(sizes: &[Size], r: &BTreeMap<String, Value>) -> String {
             }
         }
     }
+    if let Some(runs) = r.get("fleet").and_then(Value::as_array) {
+        let _ = writeln!(md, "\n## The central at fleet scale (issue 31)\n");
+        let _ = writeln!(md, "`fieldsync-bench --fleet N`: N sites, each the release agent binary (one process per sync), against one reference central (SQLite) in the bench process over loopback HTTP; 8 syncs in flight; a day is 50 records a site. Central CPU is the bench process's.\n");
+        let _ = writeln!(md, "| sites | scenario | syncs | syncs/s | p50 s | p99 s | records | central CPU µs/record | notes |");
+        let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---|");
+        for run in runs {
+            for (key, label) in [
+                ("burst", "burst: initialising at once"),
+                ("steady", "steady: a day's records each"),
+                ("backlog", "backlog beside the others"),
+            ] {
+                let v = &run[key];
+                let notes = if key == "backlog" {
+                    format!(
+                        "{} records from one site in {:.1} s",
+                        v["backlog_records"],
+                        f(&v["backlog_secs"])
+                    )
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {label} | {} | {:.1} | {:.2} | {:.2} | {} | {:.0} | {notes} |",
+                    run["sites"],
+                    v["syncs"],
+                    f(&v["syncs_per_sec"]),
+                    f(&v["p50_secs"]),
+                    f(&v["p99_secs"]),
+                    v["records"],
+                    f(&v["central_cpu_us_per_record"])
+                );
+            }
+            let _ = writeln!(
+                md,
+                "| {} | the run | | | | | {} on the central of {} pushed | | central peak {:.0} MiB, database {:.0} MiB |",
+                run["sites"], run["records_on_central"], run["records_pushed"], f(&run["central_peak_mib"]), f(&run["database_mib"])
+            );
+        }
+        let _ = writeln!(md);
+    }
     md
 }
 

@@ -316,6 +316,32 @@ pub fn compare_only(out_dir: &Path, n: usize) {
     }
 }
 
+/// `fieldsync-bench --fleet N[,N…]`: only the fleet bench (issue 31), at each
+/// size, merged into DIR's results and report. The backlog is 100 records per
+/// site, at most 100,000.
+pub fn fleet_only(out_dir: &Path, sizes: &[usize]) {
+    let root = std::env::temp_dir().join(format!("fieldsync-bench-{}", std::process::id()));
+    let mut runs = Vec::new();
+    for &n in sizes {
+        let leg = super::fleet::run(&root, n, (n * 100).min(100_000), 20261122);
+        println!("{}", serde_json::to_string_pretty(&leg).unwrap());
+        runs.push(leg);
+        let _ = std::fs::remove_dir_all(root.join(format!("fleet-{n}")));
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    let path = out_dir.join("results.json");
+    let mut results: BTreeMap<String, Value> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    results.insert("fleet".into(), json!(runs));
+    std::fs::create_dir_all(out_dir).unwrap();
+    std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+    if results.contains_key("sizes") {
+        run(out_dir, true);
+    }
+}
+
 /// Rows per second of plain INSERTs into `record` through the store's triggers
 /// (ownership and change capture), one transaction, one prepared statement.
 fn raw_inserts(db: &Path, rows: &[(&str, Value)]) -> f64 {
