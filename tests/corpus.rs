@@ -203,4 +203,23 @@ fn every_table_travels_with_every_value_intact() {
         "corpus: {checked} rows of {} tables compared on the central and two sites",
         tables.len()
     );
+    // Issue 30: the comparison agrees — both sites hold, digest for digest,
+    // what the central says they should, every table's canonical form included.
+    for db in [&a, &b] {
+        let out = env.agent(db, &["verify", "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v["compared"]["differences"],
+            0,
+            "{}: {}",
+            db.display(),
+            v["compared"]
+        );
+    }
 }

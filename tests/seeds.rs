@@ -57,6 +57,29 @@ impl Seed {
     fn has(&self, db: &Path, table: &str, id: &str) -> Option<Value> {
         common::record(db, table, id)
     }
+    /// Issue 30: at the end of a story every site holds what the central
+    /// says it should, record for record (`fieldsync verify`: the comparison
+    /// finds no difference, so a daily comparison repairs nothing).
+    fn all_agree(&self) {
+        for db in [&self.site1, &self.site2, &self.hub] {
+            self.sync_ok(db);
+            let out = self.env.agent(db, &["verify", "--json"]);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(
+                v["compared"]["differences"],
+                0,
+                "{} differs from the central: {}",
+                db.display(),
+                v["compared"]
+            );
+        }
+    }
 }
 
 #[test]
@@ -108,6 +131,7 @@ fn store_data_reaches_collectors_only_and_transfer_copies_get_only_their_transfe
         s.has(&s.hub, "transact", "CI_C1").is_none(),
         "a transfer of C is not B's collector's business"
     );
+    s.all_agree();
 }
 
 #[test]
@@ -158,6 +182,7 @@ fn central_data_reaches_every_site_and_no_site_can_change_it() {
         s.env.central.get("item", "I_PARA").unwrap().unwrap()["item_name"],
         "Paracetamol 500mg"
     );
+    s.all_agree();
 }
 
 #[test]
@@ -213,6 +238,7 @@ fn stock_transfer_between_remote_sites_is_numbered_and_linked_everywhere() {
         (Some("CI_C9"), Some(12)),
         "site 2 sees the link"
     );
+    s.all_agree();
 }
 
 #[test]
@@ -303,6 +329,7 @@ fn requisition_from_site_2_is_answered_and_numbered_by_site_1() {
         .query_row("SELECT count(*) FROM record WHERE table_name='requisition' AND json_extract(data,'$.linked_requisition_id')='RQ_C'", [], |r| r.get(0))
         .unwrap();
     assert_eq!(responses, 1);
+    s.all_agree();
 }
 
 #[test]
@@ -363,6 +390,7 @@ fn patients_reach_where_they_are_visible_and_are_edited_only_at_home() {
         s.has(&s.site2, "name", "PAT1").unwrap()["name"],
         "Aroha Ngata-Smith"
     );
+    s.all_agree();
 }
 
 #[test]
