@@ -48,7 +48,7 @@ fn store(i: usize) -> String {
 }
 
 /// This process's CPU time so far (the central's work, in the bench).
-fn cpu() -> Duration {
+pub(super) fn cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command's closing parenthesis: utime is the 14th
     // field of the line, the 12th after it.

@@ -282,7 +282,7 @@ pub fn report(sizes: &[Size], r: &BTreeMap<String, Value>) -> String {
             }
             let _ = writeln!(
                 md,
-                "| {} | the run | | | | | {} on the central of {} pushed | | central peak {:.0} MiB, database {:.0} MiB |",
+                "| {} | the run | | | | | {} on the central of {} pushed | | bench process peak {:.0} MiB (the central and the rows the bench generated), central database {:.0} MiB |",
                 run["sites"], run["records_on_central"], run["records_pushed"], f(&run["central_peak_mib"]), f(&run["database_mib"])
             );
         }

@@ -269,12 +269,15 @@ pub fn compare_leg(root: &Path, n: usize, seed: u64) -> Value {
     assert_eq!(agent(&env, &["import", file.to_str().unwrap()]).exit, 0);
     sync(&env);
     let verify = |what: &str| {
+        let cpu0 = super::fleet::cpu();
         let r = agent(&env, &["verify", "--json"]);
+        let central_ms = (super::fleet::cpu() - cpu0).as_millis() as u64;
         assert_eq!(r.exit, 0, "verify ({what}) failed: {}", r.report);
         let c = &r.report["compared"];
         json!({"records": c["records"], "requests": c["requests"], "bytes": c["bytes"],
                "wire_bytes": r.up + r.down, "differences": c["differences"],
-               "queued": c["queued"], "secs": r.secs, "cpu_ms": r.cpu_ms, "rss_kib": r.rss_kib})
+               "queued": c["queued"], "secs": r.secs, "cpu_ms": r.cpu_ms, "rss_kib": r.rss_kib,
+               "central_cpu_ms": central_ms})
     };
     let same = verify("identical");
     let (table, id) = (
