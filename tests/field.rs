@@ -832,3 +832,54 @@ fn the_link_emulator_listens_where_told_and_says_what_it_does() {
         "{line}"
     );
 }
+
+/// Item 7: a misspelt host name says "check the URL", and `status` names
+/// the central it tries.
+#[test]
+fn a_misspelt_host_says_check_the_url() {
+    let dns = fieldsync::testkit::dns::DnsServer::start(&[(
+        "central.clinic.test",
+        std::net::Ipv4Addr::LOCALHOST,
+    )])
+    .unwrap();
+    let dns_addr = dns.addr.to_string();
+    let env = common::Env::new("field-nxdomain");
+    env.site("moa", "S_MOA");
+    let db = env.db("moa");
+    let vars = [("FIELDSYNC_DNS", dns_addr.as_str()), ("PW", "pw-moa")];
+    let out = common::agent_env(
+        &db,
+        &[
+            "init",
+            "--url",
+            "https://centrl.clinic.test",
+            "--site",
+            "moa",
+            "--password-env",
+            "PW",
+        ],
+        &vars,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = common::agent_env(&db, &["sync"], &vars);
+    assert_eq!(
+        out.status.code(),
+        Some(10),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = common::agent_env(&db, &["status"], &vars);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("central              https://centrl.clinic.test"),
+        "{text}"
+    );
+    assert!(
+        text.contains("host name does not exist: check it in the URL"),
+        "{text}"
+    );
+}

@@ -450,6 +450,9 @@ pub fn render(v: &View, now: u64) -> String {
             .clone()
             .unwrap_or_else(|| "(not set: run `fieldsync init`)".into()),
     );
+    if let Some(url) = &v.central_url {
+        line(&mut out, "central", url.clone());
+    }
     line(
         &mut out,
         "active store",

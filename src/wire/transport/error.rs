@@ -92,6 +92,20 @@ impl TransportError {
                  `fieldsync config set ca_file PATH`"
                     .into(),
             ),
+            // A name that does not exist (not "no DNS reachable", which is
+            // the link): most often a mistyped URL.
+            TransportError::Unreachable { detail, .. }
+                if detail.starts_with("cannot resolve")
+                    && (detail.contains("no such name")
+                        || detail.contains("Name or service not known")) =>
+            {
+                Some(
+                    "the central's host name does not exist: check it in the URL \
+                     (`fieldsync config get central_url`; `fieldsync init --url …` to correct it); \
+                     if it is right, the network's DNS does not know it"
+                        .into(),
+                )
+            }
             TransportError::Certificate(Certificate::Time { .. }) => Some(format!(
                 "the device clock says {}: set the time or check NTP (a Pi has no battery clock)",
                 crate::clock::utc_date(crate::clock::now_unix())
