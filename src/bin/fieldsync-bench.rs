@@ -4,6 +4,7 @@
 //!   fieldsync-bench [DIR] [--from-results]
 //!   fieldsync-bench [DIR] --compare N
 //!   fieldsync-bench [DIR] --fleet N[,N…]
+//!   fieldsync-bench --size N
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,6 +21,16 @@ fn main() {
         args.drain(i..i + 2);
         let dir = args.first().map_or("bench", String::as_str);
         fieldsync::testkit::bench::runner::fleet_only(std::path::Path::new(dir), &sizes);
+        return;
+    }
+    // One push and one pull of N records, printed and not merged: the quick
+    // before/after figure of a change to the central's push or pull path.
+    if let Some(i) = args.iter().position(|a| a == "--size") {
+        let Some(n) = args.get(i + 1).and_then(|n| n.parse::<usize>().ok()) else {
+            eprintln!("fieldsync-bench: --size needs a record count, e.g. --size 10000");
+            std::process::exit(2);
+        };
+        fieldsync::testkit::bench::runner::size_only(n);
         return;
     }
     // Only the comparison with the central (issue 30), merged into DIR's results.

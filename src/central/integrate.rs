@@ -124,9 +124,10 @@ impl Central {
 
 /// Rows integrated per write transaction at most, the bytes of data read for
 /// one, and the time one may take: with them no integration holds the write
-/// lock for much longer than `CHUNK_TIME` (§10.9), and memory holds one row.
+/// lock for much longer than `CHUNK_TIME` (§10.9), and memory holds one chunk
+/// (at most `CHUNK_BYTES` of row text, plus one row larger than that).
 const CHUNK_ROWS: usize = 1_000;
-const CHUNK_BYTES: i64 = 8 << 20;
+const CHUNK_BYTES: i64 = 2 << 20;
 const CHUNK_TIME: Duration = Duration::from_millis(250);
 /// Headers whose responding halves are made per write transaction.
 const RESPOND_CHUNK: usize = 50;
@@ -196,26 +197,44 @@ struct Chunk {
 /// Integrates the next staged rows of `site` in order (upserts by rank, then
 /// deletes children first; see [`super::staging::integration_order`]), each
 /// judged again now, until the chunk's rows, bytes or time are used up.
+///
+/// Set-based where SQLite gains by it: the chunk is read with one query, each
+/// row parsed once, and the central's copies of its records and of its lines'
+/// headers read with one query per table; the staged totals move once.
 fn apply_chunk(conn: &Connection, site: u32) -> Result<Chunk> {
     let started = std::time::Instant::now();
-    // Keys first (bounded by bytes), then one row at a time: memory holds one
-    // row whatever the staging weighs.
-    let mut keys: Vec<(String, String)> = Vec::new();
+    let mut staged: Vec<SyncRecord> = Vec::new();
+    let mut sizes: Vec<(Option<i64>, i64)> = Vec::new();
     {
         let mut stmt = conn.prepare_cached(
-            "SELECT table_name, record_id, bytes FROM staging WHERE site_id = ?1 ORDER BY ord, seq LIMIT ?2",
+            "SELECT table_name, record_id, action, data, out_seq, bytes FROM staging WHERE site_id = ?1 \
+             ORDER BY ord, seq LIMIT ?2",
         )?;
         let mut rows = stmt.query(params![site, CHUNK_ROWS as i64])?;
         let mut bytes = 0i64;
         while let Some(r) = rows.next()? {
-            let size: i64 = r.get(2)?;
-            if !keys.is_empty() && bytes + size > CHUNK_BYTES {
+            let size: i64 = r.get(5)?;
+            if !staged.is_empty() && bytes + size > CHUNK_BYTES {
                 break;
             }
             bytes += size;
-            keys.push((r.get(0)?, r.get(1)?));
+            let data: Option<String> = r.get(3)?;
+            staged.push(SyncRecord {
+                id: None,
+                sync_out_id: None,
+                table_name: r.get(0)?,
+                record_id: r.get(1)?,
+                action: r.get(2)?,
+                record_data: data.and_then(|d| serde_json::value::RawValue::from_string(d).ok()),
+            });
+            sizes.push((r.get(4)?, size));
         }
     }
+    let shapes: Vec<judge::Shape> = staged
+        .iter()
+        .map(|r| judge::Shape::staged(&r.action, r.data_text(), &r.record_id))
+        .collect();
+    judge::prefetch(conn, &staged, &shapes)?;
     // Judged again now: this site's stores as they are, every row as it is.
     let stores = routing::active_stores(conn, site)?;
     let who = Pusher {
@@ -224,26 +243,25 @@ fn apply_chunk(conn: &Connection, site: u32) -> Result<Chunk> {
         primary: admin::primary_site(conn)? == Some(site),
     };
     // A header is looked for in the central's copy and in this site's staging.
-    let held = judge::PushRows::new(conn, site, &[]);
+    let held = judge::PushRows::new(conn, site);
     let mut chunk = Chunk {
         rows: 0,
         integrated: 0,
         refused: 0,
     };
-    for (table, id) in keys {
+    let (mut taken_rows, mut taken_bytes) = (0i64, 0i64);
+    for ((rec, shape), (out_seq, size)) in staged.iter().zip(shapes).zip(sizes) {
         if chunk.rows > 0 && started.elapsed() >= CHUNK_TIME {
             break;
         }
         chunk.rows += 1;
-        let (action, data, out_seq, size): (String, Option<String>, Option<i64>, i64) = conn
-            .prepare_cached(
-                "DELETE FROM staging WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3 \
-                 RETURNING action, data, out_seq, bytes",
-            )?
-            .query_row(params![site, table, id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?;
-        staging::add_to_total(conn, site, -1, -size)?;
+        let (table, id) = (rec.table_name.as_str(), rec.record_id.as_str());
+        conn.prepare_cached(
+            "DELETE FROM staging WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3",
+        )?
+        .execute(params![site, table, id])?;
+        taken_rows += 1;
+        taken_bytes += size;
         if let Some(seq) = out_seq {
             // What each record's newest pushed version was (see staging::superseded).
             conn.prepare_cached(
@@ -252,12 +270,13 @@ fn apply_chunk(conn: &Connection, site: u32) -> Result<Chunk> {
             )?
             .execute(params![site, table, id, seq])?;
         }
-        match integrate_row(conn, site, &who, &held, &table, &id, &action, data)? {
+        match integrate_row(conn, site, &who, &held, table, id, shape)? {
             Outcome::Integrated => chunk.integrated += 1,
             Outcome::Refused => chunk.refused += 1,
             Outcome::Unchanged => {}
         }
     }
+    staging::add_to_total(conn, site, -taken_rows, -taken_bytes)?;
     Ok(chunk)
 }
 
@@ -268,7 +287,6 @@ enum Outcome {
 }
 
 /// Integrates one staged row: judged again, then applied and routed.
-#[allow(clippy::too_many_arguments)]
 fn integrate_row(
     conn: &Connection,
     site: u32,
@@ -276,8 +294,7 @@ fn integrate_row(
     held: &judge::PushRows,
     table: &str,
     id: &str,
-    action: &str,
-    data: Option<String>,
+    shape: judge::Shape,
 ) -> Result<Outcome> {
     let refuse = |reason: &str| -> Result<Outcome> {
         conn.prepare_cached(
@@ -286,32 +303,24 @@ fn integrate_row(
         .execute(params![site, table, id, reason, now()])?;
         Ok(Outcome::Refused)
     };
-    let rec = SyncRecord {
-        id: None,
-        sync_out_id: None,
-        table_name: table.to_string(),
-        record_id: id.to_string(),
-        action: action.to_string(),
-        record_data: data
-            .as_deref()
-            .and_then(|d| serde_json::value::RawValue::from_string(d.to_string()).ok()),
-    };
-    if let Some(refusal) = judge::record(held, who, &rec)? {
+    if let Some(refusal) = judge::record(held, who, table, id, &shape)? {
         let reason = refusal.code();
         log::warn!("site {site}: refused {table} {id} at integration ({reason})");
         return refuse(reason);
     }
-    if action == "delete" {
-        return Ok(match get(conn, table, id)? {
-            Some(old) => {
-                delete(conn, site, table, id, &old)?;
-                Outcome::Integrated
-            }
-            None => Outcome::Unchanged,
-        });
-    }
-    let Some(pushed) = data.and_then(|d| serde_json::from_str::<Value>(&d).ok()) else {
-        return Ok(Outcome::Unchanged);
+    let pushed = match shape {
+        judge::Shape::Upsert(row) => row,
+        judge::Shape::Delete => {
+            return Ok(match get(conn, table, id)? {
+                Some(old) => {
+                    delete(conn, site, table, id, &old)?;
+                    Outcome::Integrated
+                }
+                None => Outcome::Unchanged,
+            });
+        }
+        // Refused by the judgement above.
+        judge::Shape::Malformed(_) => return Ok(Outcome::Unchanged),
     };
     if let Some(registry::Owner::Parent {
         field: link,
@@ -369,8 +378,7 @@ fn delete(conn: &Connection, site: u32, table: &str, id: &str, old: &Value) -> R
     if central_kind(table, old) {
         return routing::central_change(conn, table, id, "delete", None, Some(site));
     }
-    conn.prepare_cached("DELETE FROM record WHERE table_name = ?1 AND record_id = ?2")?
-        .execute(params![table, id])?;
+    routing::delete_row(conn, table, id)?;
     routing::route(conn, table, id, "delete", old, &[site])
 }
 

@@ -13,7 +13,7 @@
 //! [`crate::legacy::row::Problem::code`]): a row the agents could not read on
 //! pull is refused on push, so it never reaches another site's queue.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::routing::{get, Copy};
 use super::{CentralError, Result};
 use crate::legacy::owner::{self, field, Reason, Rows, Write, Writer};
-use crate::legacy::row;
+use crate::legacy::{registry, row};
 use crate::wire::protocol::{Action, RejectedRecord, SyncRecord};
 
 /// The pushing site as the judge sees it.
@@ -65,29 +65,43 @@ pub struct Refused {
 
 /// The rows a judgement of `site`'s push looks at: the central's copy first,
 /// then the row as the site sends it in the same batch, then as it staged it
-/// earlier (a line's header may be in either). The batch is indexed once, so
-/// judging it costs time linear in its length (§10.9).
+/// earlier (a line's header may be in either). The batch is indexed once and
+/// each of its rows parsed once, so judging it costs time linear in its length
+/// (§10.9).
 pub(crate) struct PushRows<'a> {
     conn: &'a Connection,
     site: u32,
-    batch: &'a [SyncRecord],
-    /// (table, record) → its last position in `batch`.
-    index: HashMap<(&'a str, &'a str), usize>,
+    /// (table, record) → the batch's last version of it, parsed (`None`: a delete).
+    batch: HashMap<(&'a str, &'a str), Option<&'a Value>>,
 }
 
 impl<'a> PushRows<'a> {
-    pub(crate) fn new(conn: &'a Connection, site: u32, batch: &'a [SyncRecord]) -> PushRows<'a> {
-        let index = batch
-            .iter()
-            .enumerate()
-            .map(|(i, r)| ((r.table_name.as_str(), r.record_id.as_str()), i))
-            .collect();
+    pub(crate) fn new(conn: &'a Connection, site: u32) -> PushRows<'a> {
         PushRows {
             conn,
             site,
-            batch,
-            index,
+            batch: HashMap::new(),
         }
+    }
+
+    fn with_batch(
+        conn: &'a Connection,
+        site: u32,
+        batch: &'a [SyncRecord],
+        shapes: &'a [Shape],
+    ) -> PushRows<'a> {
+        let batch = batch
+            .iter()
+            .zip(shapes)
+            .map(|(r, shape)| {
+                let row = match shape {
+                    Shape::Upsert(v) => Some(v),
+                    _ => None,
+                };
+                ((r.table_name.as_str(), r.record_id.as_str()), row)
+            })
+            .collect();
+        PushRows { conn, site, batch }
     }
 }
 
@@ -97,10 +111,8 @@ impl Rows for PushRows<'_> {
         if let Some(r) = Copy(self.conn).row(table, id)? {
             return Ok(Some(r));
         }
-        if let Some(&i) = self.index.get(&(table, id)) {
-            return Ok(self.batch[i]
-                .data_text()
-                .and_then(|d| serde_json::from_str(d).ok()));
+        if let Some(row) = self.batch.get(&(table, id)) {
+            return Ok(row.cloned());
         }
         staged_row(self.conn, self.site, table, id)
     }
@@ -117,21 +129,78 @@ impl Rows for PushRows<'_> {
     }
 }
 
+/// A pushed record as the protocol reads it, before anyone's rules: its row
+/// parsed (once), a delete, or why it is malformed.
+pub(crate) enum Shape {
+    Upsert(Value),
+    Delete,
+    Malformed(&'static str),
+}
+
+impl Shape {
+    /// Reads `rec` (§6: keys, action, a row the agents can read).
+    pub(crate) fn of(rec: &SyncRecord) -> Shape {
+        if rec.table_name.is_empty() || rec.record_id.is_empty() {
+            return Shape::Malformed("missing_key");
+        }
+        match Action::parse(&rec.action) {
+            None => Shape::Malformed("unknown_action"),
+            Some(Action::Merge) => Shape::Malformed("merge_not_accepted"),
+            Some(Action::Delete) => Shape::Delete,
+            Some(Action::Upsert) => match rec.data_text() {
+                None => Shape::Malformed("missing_key"),
+                Some(text) => Shape::row(text, &rec.record_id),
+            },
+        }
+    }
+
+    /// An upserted row's text: checked, then parsed. A row staged was checked
+    /// when it was pushed, so [`Shape::staged`] parses it only.
+    fn row(text: &str, id: &str) -> Shape {
+        if let Err(p) = row::check(text, Some(id)) {
+            return Shape::Malformed(p.code());
+        }
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) => Shape::Upsert(v),
+            Err(_) => Shape::Malformed("bad_type"),
+        }
+    }
+
+    /// A staged row (checked when it was pushed): parsed once; the full check
+    /// runs only if it does not parse as an object with the record's ID.
+    pub(crate) fn staged(action: &str, data: Option<&str>, id: &str) -> Shape {
+        if action == "delete" {
+            return Shape::Delete;
+        }
+        let Some(text) = data else {
+            return Shape::Malformed("missing_key");
+        };
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) if v.get("ID").and_then(Value::as_str) == Some(id) => Shape::Upsert(v),
+            _ => Shape::row(text, id),
+        }
+    }
+}
+
 /// Judges a push batch: every record, with the batch and this site's staging
-/// as places where a line's header may be.
+/// as places where a line's header may be. Set-based: each row is parsed once,
+/// and the central's copies of the batch's records and of its lines' headers
+/// are read with one query per table before any is judged.
 pub fn batch(
     conn: &Connection,
     who: &Pusher,
     batch: &[SyncRecord],
 ) -> Result<std::result::Result<(), Refused>> {
     super::routing::with_memo(|| {
-        let rows = PushRows::new(conn, who.site, batch);
+        let shapes: Vec<Shape> = batch.iter().map(Shape::of).collect();
+        prefetch(conn, batch, &shapes)?;
+        let rows = PushRows::with_batch(conn, who.site, batch, &shapes);
         let mut refused = Refused {
             malformed: false,
             records: Vec::new(),
         };
-        for rec in batch {
-            if let Some(r) = record(&rows, who, rec)? {
+        for (rec, shape) in batch.iter().zip(&shapes) {
+            if let Some(r) = record(&rows, who, &rec.table_name, &rec.record_id, shape)? {
                 refused.malformed |= matches!(r, Refusal::Malformed(_));
                 refused.records.push(RejectedRecord {
                     sync_out_id: rec.sync_out_id.clone().unwrap_or_default(),
@@ -147,6 +216,31 @@ pub fn batch(
             Err(refused)
         })
     })
+}
+
+/// Reads into the memo, a query per table, the central's copies of `batch`'s
+/// records and of the headers its lines name.
+pub(crate) fn prefetch(conn: &Connection, batch: &[SyncRecord], shapes: &[Shape]) -> Result<()> {
+    let mut wanted: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (rec, shape) in batch.iter().zip(shapes) {
+        wanted
+            .entry(rec.table_name.as_str())
+            .or_default()
+            .push(rec.record_id.as_str());
+        if let (
+            Shape::Upsert(row),
+            Some(registry::Owner::Parent {
+                field: link, table, ..
+            }),
+        ) = (shape, registry::lookup(&rec.table_name).map(|t| t.owner))
+        {
+            wanted.entry(table).or_default().push(field(row, link));
+        }
+    }
+    for (table, ids) in wanted {
+        super::routing::prefetch(conn, table, &ids)?;
+    }
+    Ok(())
 }
 
 /// A row `site` has staged (its header's place before integration).
@@ -165,38 +259,29 @@ pub(crate) fn staged_row(
     Ok(text.flatten().and_then(|t| serde_json::from_str(&t).ok()))
 }
 
-/// Judges one record; `None` when it is accepted.
-pub(crate) fn record(rows: &PushRows, who: &Pusher, rec: &SyncRecord) -> Result<Option<Refusal>> {
-    if rec.table_name.is_empty() || rec.record_id.is_empty() {
-        return Ok(Some(Refusal::Malformed("missing_key")));
-    }
-    let parsed;
-    let write = match Action::parse(&rec.action) {
-        None => return Ok(Some(Refusal::Malformed("unknown_action"))),
-        Some(Action::Merge) => return Ok(Some(Refusal::Malformed("merge_not_accepted"))),
-        Some(Action::Upsert) => {
-            let Some(text) = rec.data_text() else {
-                return Ok(Some(Refusal::Malformed("missing_key")));
-            };
-            if let Err(p) = row::check(text, Some(&rec.record_id)) {
-                return Ok(Some(Refusal::Malformed(p.code())));
-            }
-            parsed = serde_json::from_str::<Value>(text)
-                .map_err(|e| CentralError::Invalid(e.to_string()))?;
-            Write::Upsert(&parsed)
-        }
-        Some(Action::Delete) => Write::Delete,
+/// Judges one record of `table`/`id`, read as `shape`; `None` when it is accepted.
+pub(crate) fn record(
+    rows: &PushRows,
+    who: &Pusher,
+    table: &str,
+    id: &str,
+    shape: &Shape,
+) -> Result<Option<Refusal>> {
+    let write = match shape {
+        Shape::Malformed(code) => return Ok(Some(Refusal::Malformed(code))),
+        Shape::Upsert(row) => Write::Upsert(row),
+        Shape::Delete => Write::Delete,
     };
-    let existing = get(rows.conn, &rec.table_name, &rec.record_id)?;
+    let existing = get(rows.conn, table, id)?;
     let writer = Writer {
         stores: who.stores,
         primary: who.primary,
     };
-    if let Some(reason) = owner::judge(&writer, &rec.table_name, write, existing.as_ref(), rows)? {
+    if let Some(reason) = owner::judge(&writer, table, write, existing.as_ref(), rows)? {
         return Ok(Some(Refusal::NotOwned(reason)));
     }
     Ok(match write {
-        Write::Upsert(row) => duplicate(rows.conn, &rec.table_name, &rec.record_id, row)?,
+        Write::Upsert(row) => duplicate(rows.conn, table, id, row)?,
         Write::Delete => None,
     }
     .map(Refusal::Duplicate))

@@ -18,22 +18,105 @@ use super::{CentralError, Result, CENTRAL_SITE_ID};
 use crate::legacy::owner::{self, field, Rows};
 use crate::legacy::registry::{self, Kind, DISPENSARY_ONLY};
 
+/// The central's copy of `table`/`id`. Within a [`with_memo`] scope each row is
+/// read and parsed once (parsing stored rows was the largest share of the
+/// central's time in a push, issue 31): lines look their header up for the
+/// judgement, the owner, the routing and the transfer party.
 pub fn get(conn: &Connection, table: &str, id: &str) -> Result<Option<Value>> {
+    if let Some(hit) = MEMO.with(|m| {
+        m.borrow()
+            .as_ref()
+            .and_then(|m| m.rows.get(&(table.to_string(), id.to_string())).cloned())
+    }) {
+        return Ok(hit);
+    }
     let text: Option<String> = conn
         .prepare_cached("SELECT data FROM record WHERE table_name = ?1 AND record_id = ?2")?
         .query_row(params![table, id], |r| r.get(0))
         .optional()?;
-    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    let row: Option<Value> = text.and_then(|t| serde_json::from_str(&t).ok());
+    remember(table, id, row.as_ref());
+    Ok(row)
 }
 
-/// Store facts memoised for one judge, integrate or initialise call, so routing
-/// thousands of rows does not look the same store up thousands of times. A write
-/// of a `store` row (the primary's, in a mirrored system) clears them.
+/// Rows held in a memo at most: beyond it the memo starts again (bounded memory
+/// whatever a chunk or batch looks up).
+const MEMO_ROWS: usize = 4_096;
+
+/// Notes what the central holds of `table`/`id` in the memo, if one is open.
+fn remember(table: &str, id: &str, row: Option<&Value>) {
+    MEMO.with(|m| {
+        if let Some(m) = m.borrow_mut().as_mut() {
+            if m.rows.len() >= MEMO_ROWS {
+                m.rows.clear();
+            }
+            m.rows
+                .insert((table.to_string(), id.to_string()), row.cloned());
+        }
+    });
+}
+
+/// A write of `table`/`id`: the memo forgets it (read again when next asked).
+fn forget_row(table: &str, id: &str) {
+    MEMO.with(|m| {
+        if let Some(m) = m.borrow_mut().as_mut() {
+            m.rows.remove(&(table.to_string(), id.to_string()));
+        }
+    });
+}
+
+/// Reads the central's copies of `ids` of `table` into the memo with one query
+/// (a set, not a row at a time): the stored copies and headers a batch's
+/// judgement or an integration chunk will ask for. Without an open memo it
+/// does nothing.
+pub(crate) fn prefetch(conn: &Connection, table: &str, ids: &[&str]) -> Result<()> {
+    let open = MEMO.with(|m| m.borrow().is_some());
+    if !open || ids.is_empty() {
+        return Ok(());
+    }
+    // Keys not already in the memo; those not found are remembered as absent.
+    let mut wanted: Vec<&str> = MEMO.with(|m| {
+        let m = m.borrow();
+        let rows = &m.as_ref().expect("memo is open").rows;
+        ids.iter()
+            .copied()
+            .filter(|id| !id.is_empty() && !rows.contains_key(&(table.to_string(), id.to_string())))
+            .collect()
+    });
+    wanted.sort_unstable();
+    wanted.dedup();
+    for part in wanted.chunks(MEMO_ROWS / 4) {
+        let list = serde_json::to_string(part).map_err(|e| CentralError::Invalid(e.to_string()))?;
+        let mut found: HashMap<String, Value> = HashMap::with_capacity(part.len());
+        let mut stmt = conn.prepare_cached(
+            "SELECT record_id, data FROM record WHERE table_name = ?1 \
+             AND record_id IN (SELECT value FROM json_each(?2))",
+        )?;
+        let mut rows = stmt.query(params![table, list])?;
+        while let Some(r) = rows.next()? {
+            let (id, text): (String, String) = (r.get(0)?, r.get(1)?);
+            if let Ok(v) = serde_json::from_str(&text) {
+                found.insert(id, v);
+            }
+        }
+        for id in part {
+            remember(table, id, found.get(*id));
+        }
+    }
+    Ok(())
+}
+
+/// Store facts and rows memoised for one judge, integrate or initialise call, so
+/// routing thousands of rows does not look the same store or header up (and
+/// parse it) thousands of times. A write of a row forgets it; a write of a
+/// `store` row (the primary's, in a mirrored system) or a merge forgets all.
 #[derive(Default)]
 struct Memo {
     active: HashMap<String, Option<u32>>,
     copies: HashMap<(String, Option<String>), Vec<u32>>,
     by_name: HashMap<String, Option<String>>,
+    /// (table, record) → the central's copy, parsed; `None`: not held.
+    rows: HashMap<(String, String), Option<Value>>,
 }
 
 thread_local! {
@@ -47,7 +130,7 @@ pub(crate) fn with_memo<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     out
 }
 
-fn forget_stores() {
+fn forget_all() {
     MEMO.with(|m| {
         if let Some(m) = m.borrow_mut().as_mut() {
             *m = Memo::default();
@@ -159,6 +242,21 @@ pub fn enqueue(
     data: Option<&Value>,
     merge: bool,
 ) -> Result<()> {
+    let text = data.map(Value::to_string);
+    enqueue_text(conn, site, table, id, action, text.as_deref(), merge)
+}
+
+/// [`enqueue`] with the row already serialised (a stored row queued as it is
+/// stored, or one routed to several sites).
+pub(crate) fn enqueue_text(
+    conn: &Connection,
+    site: u32,
+    table: &str,
+    id: &str,
+    action: &str,
+    data: Option<&str>,
+    merge: bool,
+) -> Result<()> {
     if site == CENTRAL_SITE_ID {
         return Ok(());
     }
@@ -171,7 +269,7 @@ pub fn enqueue(
     conn.prepare_cached(
         "INSERT INTO sync_out (site_id, table_name, record_id, action, data, is_merge) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![site, table, id, action, data.map(|d| d.to_string()), merge as i64])?;
+    .execute(params![site, table, id, action, data, merge as i64])?;
     Ok(())
 }
 
@@ -370,21 +468,24 @@ pub(crate) fn route(
             }
         }
     }
-    for site in recipients(conn, table, row, false)? {
-        if !skip.contains(&site) {
-            for (t, id, r) in &brought {
-                enqueue(conn, site, t, id, "update", Some(r), false)?;
-            }
-            enqueue(
-                conn,
-                site,
-                table,
-                id,
-                action,
-                if action == "delete" { None } else { Some(row) },
-                false,
-            )?;
+    let sites: Vec<u32> = recipients(conn, table, row, false)?
+        .into_iter()
+        .filter(|s| !skip.contains(s))
+        .collect();
+    if sites.is_empty() {
+        return Ok(());
+    }
+    // Serialised once, whatever the number of recipients.
+    let brought: Vec<(&str, String, String)> = brought
+        .into_iter()
+        .map(|(t, id, r)| (t, id, r.to_string()))
+        .collect();
+    let text = (action != "delete").then(|| row.to_string());
+    for site in sites {
+        for (t, id, r) in &brought {
+            enqueue_text(conn, site, t, id, "update", Some(r), false)?;
         }
+        enqueue_text(conn, site, table, id, action, text.as_deref(), false)?;
     }
     Ok(())
 }
@@ -429,9 +530,18 @@ pub(crate) fn write_row(
          owner_store = coalesce(excluded.owner_store, record.owner_store)",
     )?
     .execute(params![table, id, row.to_string(), site, owner_store])?;
+    forget_row(table, id);
     if table == "store" {
-        forget_stores();
+        forget_all();
     }
+    Ok(())
+}
+
+/// Deletes the central's copy of `table`/`id` (a site's delete of its store data).
+pub(crate) fn delete_row(conn: &Connection, table: &str, id: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM record WHERE table_name = ?1 AND record_id = ?2")?
+        .execute(params![table, id])?;
+    forget_row(table, id);
     Ok(())
 }
 
@@ -467,8 +577,9 @@ pub fn central_change(
         None => {
             conn.prepare_cached("DELETE FROM record WHERE table_name = ?1 AND record_id = ?2")?
                 .execute(params![table, id])?;
+            forget_row(table, id);
             if table == "store" {
-                forget_stores();
+                forget_all();
             }
         }
     }
@@ -516,6 +627,8 @@ pub fn central_merge(conn: &Connection, table: &str, keep: &str, drop: &str) -> 
     }
     conn.prepare_cached("DELETE FROM record WHERE table_name = ?1 AND record_id = ?2")?
         .execute(params![table, drop])?;
+    // Every row naming `drop` changed: nothing memoised holds.
+    forget_all();
     let data = json!({"mergeIdToKeep": keep, "mergeIdToDelete": drop});
     conn.prepare_cached(
         "INSERT INTO changelog (table_name, record_id, action, data) VALUES (?1, ?2, 'merge', ?3)",
@@ -544,7 +657,7 @@ fn queue_matching(
                 continue;
             };
             if wanted(t.name, &row)? {
-                enqueue(conn, site, t.name, &id, "update", Some(&row), false)?;
+                enqueue_text(conn, site, t.name, &id, "update", Some(&data), false)?;
                 n += 1;
             }
         }
@@ -691,7 +804,7 @@ fn fill_step(
                             Kind::Central | Kind::Created
                         );
                     if central || recipients(conn, t.name, &row, true)?.contains(&site) {
-                        enqueue(conn, site, t.name, &id, "update", Some(&row), false)?;
+                        enqueue_text(conn, site, t.name, &id, "update", Some(&data), false)?;
                         queued += 1;
                     }
                 }

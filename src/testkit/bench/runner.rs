@@ -298,6 +298,15 @@ pub fn compare_leg(root: &Path, n: usize, seed: u64) -> Value {
     json!({"records": n, "identical": same, "one_lost": one_lost})
 }
 
+/// `fieldsync-bench --size N`: one push and one pull of `n` records
+/// ([`measure_size`]), printed as JSON; nothing is merged into the results.
+pub fn size_only(n: usize) {
+    let root = std::env::temp_dir().join(format!("fieldsync-bench-{}", std::process::id()));
+    let s = measure_size(&root, n, 20261122);
+    let _ = std::fs::remove_dir_all(&root);
+    println!("{}", serde_json::to_string_pretty(&s).unwrap());
+}
+
 /// `fieldsync-bench --compare N`: only [`compare_leg`], merged into DIR's
 /// results and report.
 pub fn compare_only(out_dir: &Path, n: usize) {
