@@ -830,3 +830,46 @@ pub struct InitPosition {
     table: usize,
     after: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memo_rows() -> usize {
+        MEMO.with(|m| m.borrow().as_ref().map_or(0, |m| m.rows.len()))
+    }
+
+    #[test]
+    fn the_memo_never_answers_an_older_row_and_stays_bounded() {
+        let tmp = crate::testkit::tempdir::TempDir::new("memo");
+        let central = super::super::Central::open(&tmp.join("c.sqlite")).unwrap();
+        let conn = central.conn().unwrap();
+        write_row(&conn, "item", "I1", &json!({"ID": "I1", "code": "a"}), None).unwrap();
+        with_memo(|| {
+            prefetch(&conn, "item", &["I1", "I2", "I1"])?;
+            assert_eq!(memo_rows(), 2, "found and absent are both remembered");
+            assert_eq!(get(&conn, "item", "I1")?.unwrap()["code"], "a");
+            assert_eq!(get(&conn, "item", "I2")?, None);
+            write_row(&conn, "item", "I1", &json!({"ID": "I1", "code": "b"}), None)?;
+            write_row(&conn, "item", "I2", &json!({"ID": "I2"}), None)?;
+            assert_eq!(get(&conn, "item", "I1")?.unwrap()["code"], "b");
+            assert!(get(&conn, "item", "I2")?.is_some());
+            delete_row(&conn, "item", "I2")?;
+            assert_eq!(get(&conn, "item", "I2")?, None);
+            // A merge rewrites rows it does not name: nothing memoised survives.
+            write_row(&conn, "item", "I3", &json!({"ID": "I3"}), None)?;
+            assert!(get(&conn, "item", "I3")?.is_some());
+            central_merge(&conn, "item", "I1", "I3")?;
+            assert_eq!(get(&conn, "item", "I3")?, None);
+            let many: Vec<String> = (0..MEMO_ROWS + 10).map(|i| format!("X{i}")).collect();
+            let ids: Vec<&str> = many.iter().map(String::as_str).collect();
+            prefetch(&conn, "item", &ids)?;
+            assert!(memo_rows() <= MEMO_ROWS, "{} rows memoised", memo_rows());
+            Ok(())
+        })
+        .unwrap();
+        // Outside a memo nothing is kept, and reads go to the file.
+        assert_eq!(memo_rows(), 0);
+        assert_eq!(get(&conn, "item", "I1").unwrap().unwrap()["code"], "b");
+    }
+}

@@ -231,6 +231,8 @@ impl Tx<'_> {
             .and_then(|mut s| s.query_map([bundle], |r| r.get(0))?.collect())
             .map_err(&e)?;
         let mut done = Confirmed::default();
+        // No record is written while these are confirmed.
+        let run = self.confirming()?;
         for seq in seqs {
             let entry: Option<(String, String, bool)> = c
                 .query_row(
@@ -265,7 +267,7 @@ impl Tx<'_> {
                 .optional()
                 .map_err(&e)?;
             match (delete, current) {
-                (false, Some(text)) => self.mark_synced(&table, &id, &text, true)?,
+                (false, Some(text)) => self.mark_confirmed(&run, &table, &id, &text)?,
                 _ => self.forget_synced(&table, &id)?,
             }
         }

@@ -96,32 +96,78 @@ impl Key {
 
 /// The rows a judgement of this site's own write looks at, with the answer
 /// for a created row (`user`, `barcode`) given: whether this site made it.
+/// With `memo`, each row read is kept for the next judgement (a confirmation
+/// run writes no record, so a line's header read once stays true).
 struct Judged<'t, 'a> {
     tx: &'t Tx<'a>,
     created_here: bool,
+    memo: Option<&'t Confirming>,
 }
 
 impl Rows for Judged<'_, '_> {
     type Error = StoreError;
     fn row(&self, table: &str, id: &str) -> Result<Option<Value>, StoreError> {
-        self.tx.get(table, id)
+        let Some(memo) = self.memo else {
+            return self.tx.get(table, id);
+        };
+        let key = (table.to_string(), id.to_string());
+        if let Some(hit) = memo.rows.borrow().get(&key) {
+            return Ok(hit.clone());
+        }
+        let row = self.tx.get(table, id)?;
+        let mut rows = memo.rows.borrow_mut();
+        if rows.len() >= CONFIRMING_ROWS {
+            rows.clear();
+        }
+        rows.insert(key, row.clone());
+        Ok(row)
     }
     fn created_by_writer(&self, _: &str, _: &str) -> Result<Option<bool>, StoreError> {
         Ok(Some(self.created_here))
     }
 }
 
+/// Rows a [`Confirming`] keeps at most.
+const CONFIRMING_ROWS: usize = 1024;
+
+/// What a run of judgements shares — a push's confirmations, a chunk of the
+/// check (issue 31: each judgement read the active store and its line's
+/// header again): the agent's active store, read once, and the rows the
+/// judgements read. Only for a run that writes no record meanwhile.
+pub(in crate::store) struct Confirming {
+    active: Option<String>,
+    rows: std::cell::RefCell<std::collections::HashMap<(String, String), Option<Value>>>,
+}
+
 impl Tx<'_> {
+    /// Starts a run of confirmations (see [`Confirming`]).
+    pub(in crate::store) fn confirming(&self) -> Result<Confirming, StoreError> {
+        Ok(Confirming {
+            active: state::get(self.agent(), state::key::ACTIVE_STORE)?.filter(|a| !a.is_empty()),
+            rows: Default::default(),
+        })
+    }
+
     /// Whether this site may edit `row` (its active store's data, its own
     /// patients, a created row it made), by the rules and the agent's own
     /// idea of the active store — never the shared file's copy of it.
     fn may_edit(&self, table: &str, row: &Value, created_here: bool) -> Result<bool, StoreError> {
-        let Some(active) =
-            state::get(self.agent(), state::key::ACTIVE_STORE)?.filter(|a| !a.is_empty())
-        else {
+        let active = state::get(self.agent(), state::key::ACTIVE_STORE)?;
+        self.may_edit_as(active.as_deref(), None, table, row, created_here)
+    }
+
+    fn may_edit_as(
+        &self,
+        active: Option<&str>,
+        memo: Option<&Confirming>,
+        table: &str,
+        row: &Value,
+        created_here: bool,
+    ) -> Result<bool, StoreError> {
+        let Some(active) = active.filter(|a| !a.is_empty()) else {
             return Ok(false);
         };
-        let stores = [active];
+        let stores = [active.to_string()];
         let writer = Writer {
             stores: &stores,
             primary: false,
@@ -129,8 +175,28 @@ impl Tx<'_> {
         let rows = Judged {
             tx: self,
             created_here,
+            memo,
         };
         Ok(owner::judge(&writer, table, Write::Upsert(row), None, &rows)?.is_none())
+    }
+
+    /// [`Tx::mark_synced`] for a record of this site's confirmed push, in a
+    /// run of confirmations.
+    pub(in crate::store) fn mark_confirmed(
+        &self,
+        run: &Confirming,
+        table: &str,
+        id: &str,
+        text: &str,
+    ) -> Result<(), StoreError> {
+        if is_local(table) {
+            return Ok(());
+        }
+        let mine = match serde_json::from_str::<Value>(text) {
+            Ok(row) => self.may_edit_as(run.active.as_deref(), Some(run), table, &row, true)?,
+            Err(_) => false,
+        };
+        self.write_check(table, id, text, mine)
     }
 
     /// Notes `text` as the version of `table`/`id` the site last synced (it
@@ -150,6 +216,10 @@ impl Tx<'_> {
             Ok(row) => self.may_edit(table, &row, created_here)?,
             Err(_) => false,
         };
+        self.write_check(table, id, text, mine)
+    }
+
+    fn write_check(&self, table: &str, id: &str, text: &str, mine: bool) -> Result<(), StoreError> {
         let key = self.check_key();
         self.conn()
             .prepare_cached(
@@ -412,9 +482,12 @@ impl Store {
             };
             after = (last.table.clone(), last.id.clone());
             let tx = self.tx()?;
+            // The check writes no record: the rows its judgements read hold
+            // for the chunk.
+            let run = tx.confirming()?;
             for seen in &chunk {
                 checked.records += 1;
-                if let Some(f) = tx.judge_seen(seen)? {
+                if let Some(f) = tx.judge_seen(&run, seen)? {
                     if f.repair == Repair::Restore {
                         restore.push((f.table.clone(), f.id.clone()));
                     }
@@ -636,7 +709,7 @@ impl Store {
 impl Tx<'_> {
     /// Judges one record of the scan; `None` when it is as synced or waits in
     /// the outbox as it may.
-    fn judge_seen(&self, seen: &Seen) -> Result<Option<Finding>, StoreError> {
+    fn judge_seen(&self, run: &Confirming, seen: &Seen) -> Result<Option<Finding>, StoreError> {
         if is_local(&seen.table) {
             return Ok(None);
         }
@@ -676,7 +749,13 @@ impl Tx<'_> {
             (Some(false), _) => false,
             // Not a row at all: the push sets it aside with its reason.
             (_, None) => true,
-            (_, Some(r)) => self.may_edit(&seen.table, r, was_mine.unwrap_or(true))?,
+            (_, Some(r)) => self.may_edit_as(
+                run.active.as_deref(),
+                Some(run),
+                &seen.table,
+                r,
+                was_mine.unwrap_or(true),
+            )?,
         };
         Ok(match (&seen.outbox, may, synced) {
             // Captured by the triggers, and the site may make it: it waits to go.

@@ -143,6 +143,8 @@ pub(super) fn for_each_pending(
 fn mark_sent(tx: &Tx, sent: &[Sent]) -> Result<u64, StoreError> {
     let err = |e| StoreError::sqlite("confirming pushed records", e);
     let mut n = 0;
+    // No record is written while these are confirmed.
+    let run = tx.confirming()?;
     for s in sent {
         let marked: Option<(String, String, bool)> = tx
             .conn()
@@ -167,7 +169,7 @@ fn mark_sent(tx: &Tx, sent: &[Sent]) -> Result<u64, StoreError> {
             .and_then(|mut st| st.query_row(params![table, id], |r| r.get(0)).optional())
             .map_err(err)?;
         match (delete, current) {
-            (false, Some(text)) => tx.mark_synced(&table, &id, &text, true)?,
+            (false, Some(text)) => tx.mark_confirmed(&run, &table, &id, &text)?,
             _ => tx.forget_synced(&table, &id)?,
         }
     }
