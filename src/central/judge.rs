@@ -13,7 +13,9 @@
 //! [`crate::legacy::row::Problem::code`]): a row the agents could not read on
 //! pull is refused on push, so it never reaches another site's queue.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
@@ -23,6 +25,10 @@ use super::{CentralError, Result};
 use crate::legacy::owner::{self, field, Reason, Rows, Write, Writer};
 use crate::legacy::{registry, row};
 use crate::wire::protocol::{Action, RejectedRecord, SyncRecord};
+
+/// Staged rows a batch's judgement keeps at most (its lines' headers pushed
+/// in earlier batches).
+const STAGED_MEMO_ROWS: usize = 4_096;
 
 /// The pushing site as the judge sees it.
 pub struct Pusher<'a> {
@@ -73,6 +79,10 @@ pub(crate) struct PushRows<'a> {
     site: u32,
     /// (table, record) → the batch's last version of it, parsed (`None`: a delete).
     batch: HashMap<(&'a str, &'a str), Option<&'a Value>>,
+    /// Rows of this site's staging read so far, when judging a batch (the
+    /// staging does not change under a read transaction; integration deletes
+    /// from it as it goes, so it keeps none).
+    staged: Option<RefCell<HashMap<(String, String), Option<Rc<Value>>>>>,
 }
 
 impl<'a> PushRows<'a> {
@@ -81,7 +91,26 @@ impl<'a> PushRows<'a> {
             conn,
             site,
             batch: HashMap::new(),
+            staged: None,
         }
+    }
+
+    /// A row of this site's staging (memoised when judging a batch).
+    fn staged(&self, table: &str, id: &str) -> Result<Option<Rc<Value>>> {
+        let Some(memo) = &self.staged else {
+            return Ok(staged_row(self.conn, self.site, table, id)?.map(Rc::new));
+        };
+        let key = (table.to_string(), id.to_string());
+        if let Some(hit) = memo.borrow().get(&key) {
+            return Ok(hit.clone());
+        }
+        let row = staged_row(self.conn, self.site, table, id)?.map(Rc::new);
+        let mut memo = memo.borrow_mut();
+        if memo.len() >= STAGED_MEMO_ROWS {
+            memo.clear();
+        }
+        memo.insert(key, row.clone());
+        Ok(row)
     }
 
     fn with_batch(
@@ -101,7 +130,12 @@ impl<'a> PushRows<'a> {
                 ((r.table_name.as_str(), r.record_id.as_str()), row)
             })
             .collect();
-        PushRows { conn, site, batch }
+        PushRows {
+            conn,
+            site,
+            batch,
+            staged: Some(RefCell::new(HashMap::new())),
+        }
     }
 }
 
@@ -114,7 +148,18 @@ impl Rows for PushRows<'_> {
         if let Some(row) = self.batch.get(&(table, id)) {
             return Ok(row.cloned());
         }
-        staged_row(self.conn, self.site, table, id)
+        Ok(self.staged(table, id)?.map(Rc::unwrap_or_clone))
+    }
+    fn field(&self, table: &str, id: &str, name: &str) -> Result<Option<String>> {
+        if let Some(f) = Copy(self.conn).field(table, id, name)? {
+            return Ok(Some(f));
+        }
+        if let Some(row) = self.batch.get(&(table, id)) {
+            return Ok(row.map(|r| field(r, name).to_string()));
+        }
+        Ok(self
+            .staged(table, id)?
+            .map(|r| field(&r, name).to_string()))
     }
     fn last_owner(&self, table: &str, id: &str) -> Result<Option<String>> {
         Copy(self.conn).last_owner(table, id)

@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
@@ -23,6 +24,22 @@ use crate::legacy::registry::{self, Kind, DISPENSARY_ONLY};
 /// central's time in a push, issue 31): lines look their header up for the
 /// judgement, the owner, the routing and the transfer party.
 pub fn get(conn: &Connection, table: &str, id: &str) -> Result<Option<Value>> {
+    Ok(shared(conn, table, id)?.map(Rc::unwrap_or_clone))
+}
+
+/// One string field of the central's copy of `table`/`id` (see
+/// [`owner::Rows::field`]): from the memo without copying the row.
+pub(crate) fn get_field(
+    conn: &Connection,
+    table: &str,
+    id: &str,
+    name: &str,
+) -> Result<Option<String>> {
+    Ok(shared(conn, table, id)?.map(|r| field(&r, name).to_string()))
+}
+
+/// [`get`], shared with the memo.
+fn shared(conn: &Connection, table: &str, id: &str) -> Result<Option<Rc<Value>>> {
     if let Some(hit) = MEMO.with(|m| {
         m.borrow()
             .as_ref()
@@ -34,8 +51,8 @@ pub fn get(conn: &Connection, table: &str, id: &str) -> Result<Option<Value>> {
         .prepare_cached("SELECT data FROM record WHERE table_name = ?1 AND record_id = ?2")?
         .query_row(params![table, id], |r| r.get(0))
         .optional()?;
-    let row: Option<Value> = text.and_then(|t| serde_json::from_str(&t).ok());
-    remember(table, id, row.as_ref());
+    let row: Option<Rc<Value>> = text.and_then(|t| serde_json::from_str(&t).ok()).map(Rc::new);
+    remember(table, id, row.clone());
     Ok(row)
 }
 
@@ -44,14 +61,13 @@ pub fn get(conn: &Connection, table: &str, id: &str) -> Result<Option<Value>> {
 const MEMO_ROWS: usize = 4_096;
 
 /// Notes what the central holds of `table`/`id` in the memo, if one is open.
-fn remember(table: &str, id: &str, row: Option<&Value>) {
+fn remember(table: &str, id: &str, row: Option<Rc<Value>>) {
     MEMO.with(|m| {
         if let Some(m) = m.borrow_mut().as_mut() {
             if m.rows.len() >= MEMO_ROWS {
                 m.rows.clear();
             }
-            m.rows
-                .insert((table.to_string(), id.to_string()), row.cloned());
+            m.rows.insert((table.to_string(), id.to_string()), row);
         }
     });
 }
@@ -87,7 +103,7 @@ pub(crate) fn prefetch(conn: &Connection, table: &str, ids: &[&str]) -> Result<(
     wanted.dedup();
     for part in wanted.chunks(MEMO_ROWS / 4) {
         let list = serde_json::to_string(part).map_err(|e| CentralError::Invalid(e.to_string()))?;
-        let mut found: HashMap<String, Value> = HashMap::with_capacity(part.len());
+        let mut found: HashMap<String, Rc<Value>> = HashMap::with_capacity(part.len());
         let mut stmt = conn.prepare_cached(
             "SELECT record_id, data FROM record WHERE table_name = ?1 \
              AND record_id IN (SELECT value FROM json_each(?2))",
@@ -96,11 +112,11 @@ pub(crate) fn prefetch(conn: &Connection, table: &str, ids: &[&str]) -> Result<(
         while let Some(r) = rows.next()? {
             let (id, text): (String, String) = (r.get(0)?, r.get(1)?);
             if let Ok(v) = serde_json::from_str(&text) {
-                found.insert(id, v);
+                found.insert(id, Rc::new(v));
             }
         }
         for id in part {
-            remember(table, id, found.get(*id));
+            remember(table, id, found.remove(*id));
         }
     }
     Ok(())
@@ -116,7 +132,7 @@ struct Memo {
     copies: HashMap<(String, Option<String>), Vec<u32>>,
     by_name: HashMap<String, Option<String>>,
     /// (table, record) → the central's copy, parsed; `None`: not held.
-    rows: HashMap<(String, String), Option<Value>>,
+    rows: HashMap<(String, String), Option<Rc<Value>>>,
 }
 
 thread_local! {
@@ -208,6 +224,9 @@ impl Rows for Copy<'_> {
     type Error = CentralError;
     fn row(&self, table: &str, id: &str) -> Result<Option<Value>> {
         get(self.0, table, id)
+    }
+    fn field(&self, table: &str, id: &str, name: &str) -> Result<Option<String>> {
+        get_field(self.0, table, id, name)
     }
     fn last_owner(&self, table: &str, id: &str) -> Result<Option<String>> {
         Ok(self
@@ -419,16 +438,18 @@ pub(crate) fn transfer_party(
     row: &Value,
     owner_store: &str,
 ) -> Result<Option<String>> {
-    let header = match table {
-        "transact" | "requisition" => Some(row.clone()),
-        "trans_line" => get(conn, "transact", field(row, "transaction_ID"))?,
-        "requisition_line" => get(conn, "requisition", field(row, "requisition_ID"))?,
+    let name_id = match table {
+        "transact" | "requisition" => Some(field(row, "name_ID").to_string()),
+        "trans_line" => get_field(conn, "transact", field(row, "transaction_ID"), "name_ID")?,
+        "requisition_line" => {
+            get_field(conn, "requisition", field(row, "requisition_ID"), "name_ID")?
+        }
         _ => None,
     };
-    let Some(header) = header else {
+    let Some(name_id) = name_id else {
         return Ok(None);
     };
-    Ok(store_of_name(conn, field(&header, "name_ID"))?.filter(|st| st != owner_store))
+    Ok(store_of_name(conn, &name_id)?.filter(|st| st != owner_store))
 }
 
 /// Routes one changed row to its recipients, except `skip` (the pushing site and,

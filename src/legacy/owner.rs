@@ -18,6 +18,12 @@ pub trait Rows {
     type Error;
     /// The row `table`/`id` as this side holds it, if it does.
     fn row(&self, table: &str, id: &str) -> Result<Option<Value>, Self::Error>;
+    /// One string field of that row (`None`: no such row; "" when the row has
+    /// no such string): what a line's owner needs of its header. A side that
+    /// keeps parsed rows answers it without copying the row.
+    fn field(&self, table: &str, id: &str, name: &str) -> Result<Option<String>, Self::Error> {
+        Ok(self.row(table, id)?.map(|r| field(&r, name).to_string()))
+    }
     /// The owning store the record had when this side last wrote it: a line
     /// whose header is gone keeps being judged by it (§10.9). `None`: unknown.
     fn last_owner(&self, _table: &str, _id: &str) -> Result<Option<String>, Self::Error> {
@@ -47,9 +53,7 @@ pub fn owner_of<R: Rows + ?Sized>(
             field: f,
             table: parent_table,
             parent_field,
-        }) => rows
-            .row(parent_table, field(row, f))?
-            .map(|p| field(&p, parent_field).to_string()),
+        }) => rows.field(parent_table, field(row, f), parent_field)?,
         _ => None,
     };
     Ok(own.filter(|s| !s.is_empty()))
