@@ -26,6 +26,9 @@ use crate::legacy::owner::{self, field, Reason, Rows, Write, Writer};
 use crate::legacy::{registry, row};
 use crate::wire::protocol::{Action, RejectedRecord, SyncRecord};
 
+/// (table, record) → a row read once, parsed; `None`: not there.
+type RowMemo = HashMap<(String, String), Option<Rc<Value>>>;
+
 /// Staged rows a batch's judgement keeps at most (its lines' headers pushed
 /// in earlier batches).
 const STAGED_MEMO_ROWS: usize = 4_096;
@@ -82,7 +85,7 @@ pub(crate) struct PushRows<'a> {
     /// Rows of this site's staging read so far, when judging a batch (the
     /// staging does not change under a read transaction; integration deletes
     /// from it as it goes, so it keeps none).
-    staged: Option<RefCell<HashMap<(String, String), Option<Rc<Value>>>>>,
+    staged: Option<RefCell<RowMemo>>,
 }
 
 impl<'a> PushRows<'a> {
@@ -157,9 +160,7 @@ impl Rows for PushRows<'_> {
         if let Some(row) = self.batch.get(&(table, id)) {
             return Ok(row.map(|r| field(r, name).to_string()));
         }
-        Ok(self
-            .staged(table, id)?
-            .map(|r| field(&r, name).to_string()))
+        Ok(self.staged(table, id)?.map(|r| field(&r, name).to_string()))
     }
     fn last_owner(&self, table: &str, id: &str) -> Result<Option<String>> {
         Copy(self.conn).last_owner(table, id)

@@ -51,7 +51,9 @@ fn shared(conn: &Connection, table: &str, id: &str) -> Result<Option<Rc<Value>>>
         .prepare_cached("SELECT data FROM record WHERE table_name = ?1 AND record_id = ?2")?
         .query_row(params![table, id], |r| r.get(0))
         .optional()?;
-    let row: Option<Rc<Value>> = text.and_then(|t| serde_json::from_str(&t).ok()).map(Rc::new);
+    let row: Option<Rc<Value>> = text
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .map(Rc::new);
     remember(table, id, row.clone());
     Ok(row)
 }
