@@ -10,6 +10,7 @@
 //! row into a central that answers 400 for a whole batch. One check, used by every
 //! reader, keeps all sides agreeing on what a row says.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -132,6 +133,48 @@ impl State {
     }
 }
 
+/// The keys of one object seen so far, borrowed from the row's text where
+/// they have no escapes. Legacy rows have a few dozen keys: a short list of
+/// hashes is searched without allocating a string per key (every row of every
+/// push and pull passes here; issue 31), and a set takes over for a large
+/// object, so a hostile one with many keys costs linear time.
+#[derive(Default)]
+struct Keys<'de> {
+    few: Vec<(u64, Cow<'de, str>)>,
+    many: Option<HashSet<Cow<'de, str>>>,
+}
+
+/// Keys searched in the list at most before the set takes over.
+const FEW_KEYS: usize = 64;
+
+impl<'de> Keys<'de> {
+    /// Adds `k`; false when it was there already.
+    fn insert(&mut self, k: Cow<'de, str>) -> bool {
+        if let Some(set) = &mut self.many {
+            return set.insert(k);
+        }
+        let h = Self::hash(&k);
+        if self.few.iter().any(|(fh, fk)| *fh == h && *fk == k) {
+            return false;
+        }
+        if self.few.len() == FEW_KEYS {
+            let mut set: HashSet<Cow<'de, str>> = self.few.drain(..).map(|(_, k)| k).collect();
+            set.insert(k);
+            self.many = Some(set);
+            return true;
+        }
+        self.few.push((h, k));
+        true
+    }
+
+    /// FNV-1a: a cheap filter before the string compare.
+    fn hash(k: &str) -> u64 {
+        k.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+}
+
 /// The top level: must be an object; its `ID` is remembered.
 struct Top<'s> {
     state: &'s mut State,
@@ -150,9 +193,9 @@ impl<'de> Visitor<'de> for Top<'_> {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut keys = HashSet::new();
-        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if !keys.insert(k.clone().into_owned()) {
+        let mut keys = Keys::default();
+        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+            if !keys.insert(k.clone()) {
                 return Err(self.state.fail(Problem::DuplicateKey(k.into_owned())));
             }
             if k == "ID" {
@@ -275,9 +318,9 @@ impl<'de> Visitor<'de> for Nested<'_> {
         if self.depth >= MAX_DEPTH {
             return Err(self.state.fail(Problem::TooDeep));
         }
-        let mut keys = HashSet::new();
-        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if !keys.insert(k.clone().into_owned()) {
+        let mut keys = Keys::default();
+        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+            if !keys.insert(k.clone()) {
                 return Err(self.state.fail(Problem::DuplicateKey(k.into_owned())));
             }
             map.next_value_seed(Nested {
@@ -314,6 +357,31 @@ mod tests {
         );
         let nested = r#"{"ID":"D","data":{"a":[1,{"b":null}],"c":5.0,"d":"ü\u00e9"}}"#;
         assert_eq!(check(nested, None).unwrap(), "D");
+    }
+
+    #[test]
+    fn a_key_twice_is_found_however_many_keys_and_however_written() {
+        for n in [3, 63, 64, 65, 200] {
+            let mut keys: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
+            let good = format!("{{\"ID\":\"A\",{}}}", keys.join(","));
+            assert_eq!(check(&good, Some("A")).unwrap(), "A", "{n} keys");
+            keys.push(format!("\"k{}\":0", n / 2));
+            let bad = format!("{{\"ID\":\"A\",{}}}", keys.join(","));
+            assert_eq!(
+                check(&bad, None),
+                Err(Problem::DuplicateKey(format!("k{}", n / 2))),
+                "{n} keys"
+            );
+        }
+        // An escaped key is the same key.
+        assert_eq!(
+            check(r#"{"ID":"A","store_ID":"S","store_\u0049D":"X"}"#, None),
+            Err(Problem::DuplicateKey("store_ID".into()))
+        );
+        assert_eq!(
+            check(r#"{"ID":"A","\u0049D":"B"}"#, None),
+            Err(Problem::DuplicateKey("ID".into()))
+        );
     }
 
     #[test]

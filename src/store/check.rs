@@ -28,8 +28,10 @@ use crate::legacy::owner::{self, Rows, Write, Writer};
 use crate::legacy::registry::{self, Kind, DISPENSARY_HELD};
 
 /// Records read and checked per transaction: the write lock the clinic's app
-/// waits for is held for milliseconds, not for a whole scan.
-const RECORDS_PER_CHECK: usize = 1000;
+/// waits for is held for milliseconds, not for a whole scan, and the chunk's
+/// rows in memory stay a few hundred kilobytes (1,000 rows of ~1 KB held
+/// 2 MB, most of a push's peak heap; issue 31).
+const RECORDS_PER_CHECK: usize = 250;
 /// Findings kept in full for `status` and the log; the counts cover the rest.
 pub const LISTED: usize = 50;
 /// Records kept on the list the central is asked to send again.
@@ -96,8 +98,8 @@ impl Key {
 
 /// The rows a judgement of this site's own write looks at, with the answer
 /// for a created row (`user`, `barcode`) given: whether this site made it.
-/// With `memo`, each row read is kept for the next judgement (a confirmation
-/// run writes no record, so a line's header read once stays true).
+/// With `memo`, each header field read is kept for the next judgement (a
+/// confirmation run writes no record, so a line's header read once stays true).
 struct Judged<'t, 'a> {
     tx: &'t Tx<'a>,
     created_here: bool,
@@ -107,36 +109,42 @@ struct Judged<'t, 'a> {
 impl Rows for Judged<'_, '_> {
     type Error = StoreError;
     fn row(&self, table: &str, id: &str) -> Result<Option<Value>, StoreError> {
+        self.tx.get(table, id)
+    }
+    fn field(&self, table: &str, id: &str, name: &str) -> Result<Option<String>, StoreError> {
+        let read = || self.tx.get_field(table, id, name);
         let Some(memo) = self.memo else {
-            return self.tx.get(table, id);
+            return read();
         };
-        let key = (table.to_string(), id.to_string());
-        if let Some(hit) = memo.rows.borrow().get(&key) {
+        // Only the field is kept, never the row: a memo of whole rows held
+        // megabytes of parsed JSON during a check.
+        let key = (table.to_string(), id.to_string(), name.to_string());
+        if let Some(hit) = memo.fields.borrow().get(&key) {
             return Ok(hit.clone());
         }
-        let row = self.tx.get(table, id)?;
-        let mut rows = memo.rows.borrow_mut();
-        if rows.len() >= CONFIRMING_ROWS {
-            rows.clear();
+        let value = read()?;
+        let mut fields = memo.fields.borrow_mut();
+        if fields.len() >= CONFIRMING_FIELDS {
+            fields.clear();
         }
-        rows.insert(key, row.clone());
-        Ok(row)
+        fields.insert(key, value.clone());
+        Ok(value)
     }
     fn created_by_writer(&self, _: &str, _: &str) -> Result<Option<bool>, StoreError> {
         Ok(Some(self.created_here))
     }
 }
 
-/// Rows a [`Confirming`] keeps at most.
-const CONFIRMING_ROWS: usize = 1024;
+/// Fields a [`Confirming`] keeps at most (a few hundred bytes each).
+const CONFIRMING_FIELDS: usize = 1024;
 
 /// What a run of judgements shares — a push's confirmations, a chunk of the
 /// check (issue 31: each judgement read the active store and its line's
-/// header again): the agent's active store, read once, and the rows the
-/// judgements read. Only for a run that writes no record meanwhile.
+/// header again): the agent's active store, read once, and the header fields
+/// the judgements read. Only for a run that writes no record meanwhile.
 pub(in crate::store) struct Confirming {
     active: Option<String>,
-    rows: std::cell::RefCell<std::collections::HashMap<(String, String), Option<Value>>>,
+    fields: std::cell::RefCell<std::collections::HashMap<(String, String, String), Option<String>>>,
 }
 
 impl Tx<'_> {
@@ -144,7 +152,7 @@ impl Tx<'_> {
     pub(in crate::store) fn confirming(&self) -> Result<Confirming, StoreError> {
         Ok(Confirming {
             active: state::get(self.agent(), state::key::ACTIVE_STORE)?.filter(|a| !a.is_empty()),
-            rows: Default::default(),
+            fields: Default::default(),
         })
     }
 
@@ -321,7 +329,8 @@ fn is_local(table: &str) -> bool {
 impl Store {
     /// What the last check found (for `status`).
     pub fn last_check(&self) -> Result<Option<Checked>, StoreError> {
-        Ok(state::get(self.agent(), state::key::LAST_CHECK)?
+        Ok(self
+            .state_value(state::key::LAST_CHECK)?
             .and_then(|t| serde_json::from_str(&t).ok()))
     }
 
@@ -682,26 +691,27 @@ impl Store {
         self.note_restore(left)
     }
 
-    /// Saves what a check found (for `status`).
+    /// Saves what a check found (for `status`), with the sync's attempt.
     pub fn save_check(&self, c: &Checked) -> Result<(), StoreError> {
-        state::set(
-            self.agent(),
+        self.defer_state(
             state::key::LAST_CHECK,
-            &serde_json::to_string(c).unwrap_or_default(),
-        )
+            serde_json::to_string(c).unwrap_or_default(),
+        );
+        Ok(())
     }
 
-    /// Syncs since the last full check; `reset` starts the count again.
+    /// Syncs since the last full check, counting this one (`reset`: a check
+    /// ran, the count starts again); saved with the sync's attempt.
     pub fn syncs_since_check(&self, reset: bool) -> Result<u64, StoreError> {
         let n = if reset {
             0
         } else {
-            state::get(self.agent(), state::key::SYNCS_SINCE_CHECK)?
+            self.state_value(state::key::SYNCS_SINCE_CHECK)?
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
                 + 1
         };
-        state::set(self.agent(), state::key::SYNCS_SINCE_CHECK, &n.to_string())?;
+        self.defer_state(state::key::SYNCS_SINCE_CHECK, n.to_string());
         Ok(n)
     }
 }

@@ -234,7 +234,7 @@ impl Store {
         if let Some(e) = epoch {
             state::set(self.agent(), state::key::CENTRAL_EPOCH, e)?;
         }
-        state::set(self.agent(), state::key::SYNCS_SINCE_COMPARE, "0")?;
+        self.defer_state(state::key::SYNCS_SINCE_COMPARE, "0".into());
         state::unset(self.agent(), state::key::COMPARE_DUE)
     }
 
@@ -255,15 +255,13 @@ impl Store {
 
     /// Syncs since the last comparison, counting this one.
     pub fn syncs_since_compare(&self) -> Result<u64, StoreError> {
-        let n = state::get(self.agent(), state::key::SYNCS_SINCE_COMPARE)?
+        let n = self
+            .state_value(state::key::SYNCS_SINCE_COMPARE)?
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
             + 1;
-        state::set(
-            self.agent(),
-            state::key::SYNCS_SINCE_COMPARE,
-            &n.to_string(),
-        )?;
+        // Saved with the sync's attempt (see Store::defer_state).
+        self.defer_state(state::key::SYNCS_SINCE_COMPARE, n.to_string());
         Ok(n)
     }
 }

@@ -82,6 +82,22 @@ pub struct Store {
     /// Opened from read-only storage (a card that turned read-only, a
     /// read-only mount): readable for `status` and `check`, nothing written.
     read_only: bool,
+    /// State values saved with the sync's record of its attempt, not each in
+    /// a commit of its own (see [`Store::defer_state`]).
+    deferred: std::cell::RefCell<Vec<(&'static str, String)>>,
+}
+
+impl Drop for Store {
+    /// What was deferred and not saved with an attempt (a cycle run without
+    /// the runner, an error before the attempt was recorded) is saved now.
+    fn drop(&mut self) {
+        if self.read_only || self.deferred.get_mut().is_empty() {
+            return;
+        }
+        if let Err(e) = self.save_deferred() {
+            log::warn!("could not save the sync counters: {e}");
+        }
+    }
 }
 
 /// The agent's own state file beside the database.
@@ -204,6 +220,7 @@ impl Store {
             path: path.to_path_buf(),
             check_key: check::Key::none(),
             read_only: false,
+            deferred: Default::default(),
         })
     }
 
@@ -258,6 +275,7 @@ impl Store {
             path: path.to_path_buf(),
             check_key: check::Key::none(),
             read_only,
+            deferred: Default::default(),
         })
     }
 
@@ -291,6 +309,7 @@ impl Store {
             path,
             check_key: check::Key::none(),
             read_only: false,
+            deferred: Default::default(),
         };
         schema::migrate(&mut store)?;
         store.check_key = check::Key::load(&store.agent)?;
@@ -635,6 +654,29 @@ impl Tx<'_> {
 
     pub fn get(&self, table: &str, id: &str) -> Result<Option<Value>, StoreError> {
         get_record(self.conn(), table, id)
+    }
+
+    /// One string field of a record (`None`: no such record; "" when it has
+    /// no such string), read by SQLite without parsing the row here: what a
+    /// line's owner needs of its header (see [`crate::legacy::owner::Rows::field`]).
+    /// SQLite reads a key as the triggers do.
+    pub(in crate::store) fn get_field(
+        &self,
+        table: &str,
+        id: &str,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.conn()
+            .prepare_cached(
+                "SELECT CASE WHEN json_type(data, '$.\"' || ?3 || '\"') = 'text' \
+                 THEN json_extract(data, '$.\"' || ?3 || '\"') ELSE '' END \
+                 FROM record WHERE table_name = ?1 AND record_id = ?2",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![table, id, name], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| StoreError::sqlite("reading a record's field", e))
     }
 
     /// A local edit in this transaction (see [`local`]): judged and captured by

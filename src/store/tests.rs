@@ -251,3 +251,29 @@ fn a_dispensary_keeps_its_transactions_until_the_preference_turns_on() {
     assert_eq!(order, ["LOC", "P1", "PL1"], "released in push order");
     assert_eq!(s.refresh_hold().unwrap(), None, "no change, nothing to do");
 }
+
+#[test]
+fn a_field_is_read_as_the_rules_read_it() {
+    let mut s = initialised();
+    s.put(
+        "transact",
+        &json!({"ID": "T1", "store_ID": "S_KAW", "invoice_num": 7, "name_ID": null}),
+    )
+    .unwrap();
+    let tx = s.tx().unwrap();
+    assert_eq!(
+        tx.get_field("transact", "T1", "store_ID")
+            .unwrap()
+            .as_deref(),
+        Some("S_KAW")
+    );
+    // Not a string, null, or absent: "" (as `owner::field`); no record: None.
+    for name in ["invoice_num", "name_ID", "comment"] {
+        assert_eq!(
+            tx.get_field("transact", "T1", name).unwrap().as_deref(),
+            Some(""),
+            "{name}"
+        );
+    }
+    assert_eq!(tx.get_field("transact", "T2", "store_ID").unwrap(), None);
+}
