@@ -552,3 +552,42 @@ fn against_a_central_without_the_extension_only_the_device_is_checked() {
     assert_eq!(json["compare_unavailable"], true, "{json}");
     assert!(json["compared"].is_null());
 }
+
+#[test]
+fn the_check_and_the_comparison_come_every_n_syncs_counted_across_processes() {
+    // The counters are saved with each sync's record of its attempt (one
+    // commit of the state file per idle sync, issue 31): each sync is its own
+    // process, so a count that was not saved would never come round.
+    let mut c = Central::new("every");
+    c.start();
+    let db = device(&c);
+    for (key, n) in [("check_every_syncs", "2"), ("compare_every_syncs", "3")] {
+        let out = agent(&db, &["config", "set", key, n]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (mut checked, mut compared) = (Vec::new(), Vec::new());
+    for i in 0..6 {
+        let r = sync(&db);
+        if !r["checked"].is_null() {
+            checked.push(i);
+        }
+        if !r["compared"].is_null() {
+            compared.push(i);
+        }
+    }
+    assert_eq!(checked.len(), 3, "checks at syncs {checked:?}");
+    assert!(checked.windows(2).all(|w| w[1] - w[0] == 2), "{checked:?}");
+    assert_eq!(compared.len(), 2, "comparisons at syncs {compared:?}");
+    assert_eq!(compared[1] - compared[0], 3, "{compared:?}");
+    // The last check is saved with the attempt, for `status` in another process.
+    let out = agent(&db, &["status", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        status["check"]["records"].as_u64().is_some_and(|n| n >= 2),
+        "{status}"
+    );
+}
