@@ -198,43 +198,14 @@ struct Chunk {
 /// deletes children first; see [`super::staging::integration_order`]), each
 /// judged again now, until the chunk's rows, bytes or time are used up.
 ///
-/// Set-based where SQLite gains by it: the chunk is read with one query, each
-/// row parsed once, and the central's copies of its records and of its lines'
-/// headers read with one query per table; the staged totals move once.
+/// Set-based where SQLite gains by it, in windows of [`WINDOW`] rows: a window
+/// is read with one query, each row parsed once, and the central's copies of
+/// its records and of its lines' headers read with one query per table. Only
+/// rows about to be integrated are read or parsed: on a slow machine (a Pi,
+/// qemu) a chunk that ends on its time bound has not read a thousand rows it
+/// will read again. The staged totals move once per chunk.
 fn apply_chunk(conn: &Connection, site: u32) -> Result<Chunk> {
     let started = std::time::Instant::now();
-    let mut staged: Vec<SyncRecord> = Vec::new();
-    let mut sizes: Vec<(Option<i64>, i64)> = Vec::new();
-    {
-        let mut stmt = conn.prepare_cached(
-            "SELECT table_name, record_id, action, data, out_seq, bytes FROM staging WHERE site_id = ?1 \
-             ORDER BY ord, seq LIMIT ?2",
-        )?;
-        let mut rows = stmt.query(params![site, CHUNK_ROWS as i64])?;
-        let mut bytes = 0i64;
-        while let Some(r) = rows.next()? {
-            let size: i64 = r.get(5)?;
-            if !staged.is_empty() && bytes + size > CHUNK_BYTES {
-                break;
-            }
-            bytes += size;
-            let data: Option<String> = r.get(3)?;
-            staged.push(SyncRecord {
-                id: None,
-                sync_out_id: None,
-                table_name: r.get(0)?,
-                record_id: r.get(1)?,
-                action: r.get(2)?,
-                record_data: data.and_then(|d| serde_json::value::RawValue::from_string(d).ok()),
-            });
-            sizes.push((r.get(4)?, size));
-        }
-    }
-    let shapes: Vec<judge::Shape> = staged
-        .iter()
-        .map(|r| judge::Shape::staged(&r.action, r.data_text(), &r.record_id))
-        .collect();
-    judge::prefetch(conn, &staged, &shapes)?;
     // Judged again now: this site's stores as they are, every row as it is.
     let stores = routing::active_stores(conn, site)?;
     let who = Pusher {
@@ -249,35 +220,92 @@ fn apply_chunk(conn: &Connection, site: u32) -> Result<Chunk> {
         integrated: 0,
         refused: 0,
     };
-    let (mut taken_rows, mut taken_bytes) = (0i64, 0i64);
-    for ((rec, shape), (out_seq, size)) in staged.iter().zip(shapes).zip(sizes) {
-        if chunk.rows > 0 && started.elapsed() >= CHUNK_TIME {
+    let (mut taken_bytes, mut out_of_time) = (0i64, false);
+    while !out_of_time && (chunk.rows as usize) < CHUNK_ROWS && taken_bytes < CHUNK_BYTES {
+        let want = WINDOW.min(CHUNK_ROWS - chunk.rows as usize);
+        let window = read_window(conn, site, want, CHUNK_BYTES - taken_bytes, chunk.rows == 0)?;
+        if window.is_empty() {
             break;
         }
-        chunk.rows += 1;
-        let (table, id) = (rec.table_name.as_str(), rec.record_id.as_str());
-        conn.prepare_cached(
-            "DELETE FROM staging WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3",
-        )?
-        .execute(params![site, table, id])?;
-        taken_rows += 1;
-        taken_bytes += size;
-        if let Some(seq) = out_seq {
-            // What each record's newest pushed version was (see staging::superseded).
+        let (staged, sizes): (Vec<SyncRecord>, Vec<(Option<i64>, i64)>) =
+            window.into_iter().map(|(r, seq, b)| (r, (seq, b))).unzip();
+        let shapes: Vec<judge::Shape> = staged
+            .iter()
+            .map(|r| judge::Shape::staged(&r.action, r.data_text(), &r.record_id))
+            .collect();
+        judge::prefetch(conn, &staged, &shapes)?;
+        for ((rec, shape), (out_seq, size)) in staged.iter().zip(shapes).zip(sizes) {
+            if chunk.rows > 0 && started.elapsed() >= CHUNK_TIME {
+                out_of_time = true;
+                break;
+            }
+            chunk.rows += 1;
+            taken_bytes += size;
+            let (table, id) = (rec.table_name.as_str(), rec.record_id.as_str());
             conn.prepare_cached(
-                "INSERT INTO pushed (site_id, table_name, record_id, out_seq) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (site_id, table_name, record_id) DO UPDATE SET out_seq = max(out_seq, excluded.out_seq)",
+                "DELETE FROM staging WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3",
             )?
-            .execute(params![site, table, id, seq])?;
-        }
-        match integrate_row(conn, site, &who, &held, table, id, shape)? {
-            Outcome::Integrated => chunk.integrated += 1,
-            Outcome::Refused => chunk.refused += 1,
-            Outcome::Unchanged => {}
+            .execute(params![site, table, id])?;
+            if let Some(seq) = out_seq {
+                // What each record's newest pushed version was (see staging::superseded).
+                conn.prepare_cached(
+                    "INSERT INTO pushed (site_id, table_name, record_id, out_seq) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (site_id, table_name, record_id) DO UPDATE SET out_seq = max(out_seq, excluded.out_seq)",
+                )?
+                .execute(params![site, table, id, seq])?;
+            }
+            match integrate_row(conn, site, &who, &held, table, id, shape)? {
+                Outcome::Integrated => chunk.integrated += 1,
+                Outcome::Refused => chunk.refused += 1,
+                Outcome::Unchanged => {}
+            }
         }
     }
-    staging::add_to_total(conn, site, -taken_rows, -taken_bytes)?;
+    staging::add_to_total(conn, site, -(chunk.rows as i64), -taken_bytes)?;
     Ok(chunk)
+}
+
+/// Rows read, parsed and prefetched together in a chunk.
+const WINDOW: usize = 64;
+
+/// The next `want` staged rows of `site` in integration order, at most `bytes`
+/// of data (`first`: the first row of a chunk is taken whatever its size, so
+/// a large row is never stuck): each with its outbox sequence and size.
+fn read_window(
+    conn: &Connection,
+    site: u32,
+    want: usize,
+    bytes: i64,
+    first: bool,
+) -> Result<Vec<(SyncRecord, Option<i64>, i64)>> {
+    let mut out = Vec::with_capacity(want);
+    let mut stmt = conn.prepare_cached(
+        "SELECT table_name, record_id, action, data, out_seq, bytes FROM staging WHERE site_id = ?1 \
+         ORDER BY ord, seq LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![site, want as i64])?;
+    let mut used = 0i64;
+    while let Some(r) = rows.next()? {
+        let size: i64 = r.get(5)?;
+        if (!first || !out.is_empty()) && used + size > bytes {
+            break;
+        }
+        used += size;
+        let data: Option<String> = r.get(3)?;
+        out.push((
+            SyncRecord {
+                id: None,
+                sync_out_id: None,
+                table_name: r.get(0)?,
+                record_id: r.get(1)?,
+                action: r.get(2)?,
+                record_data: data.and_then(|d| serde_json::value::RawValue::from_string(d).ok()),
+            },
+            r.get(4)?,
+            size,
+        ));
+    }
+    Ok(out)
 }
 
 enum Outcome {
