@@ -93,7 +93,7 @@ fn failed_integration_keeps_its_error_and_succeeds_when_the_parent_arrives() {
     let q = |table: &str, id: &str, data: serde_json::Value| {
         c.execute(
             "INSERT INTO sync_out (site_id, table_name, record_id, action, data) VALUES (2, ?1, ?2, 'update', ?3)",
-            rusqlite::params![table, id, data.to_string()],
+            fieldsync::central::db::params![table, id, data.to_string()],
         )
         .unwrap();
     };

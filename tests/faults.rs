@@ -71,7 +71,19 @@ fn table(db: &Path, t: &str) -> BTreeMap<String, Value> {
 }
 
 fn central_table(env: &Env, t: &str) -> BTreeMap<String, Value> {
-    rows_of(&env.central.conn().unwrap(), t)
+    let c = env.central.conn().unwrap();
+    let mut stmt = c
+        .prepare("SELECT record_id, data FROM record WHERE table_name = ?1")
+        .unwrap();
+    stmt.query_map([t], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })
+    .unwrap()
+    .map(|r| {
+        let (id, d) = r.unwrap();
+        (id, serde_json::from_str(&d).unwrap())
+    })
+    .collect()
 }
 
 /// The central's rows of `t` as it sends them: whole, in legacy formats (§10.2).

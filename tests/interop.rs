@@ -209,16 +209,16 @@ fn c37_a_slow_gprs_link_still_delivers_within_a_quarter_of_its_limit() {
     env.addr = server.addr;
     env.site("kaw", "S_KAW");
     let pad = "x".repeat(900);
-    let c = env.central.conn().unwrap();
-    let tx = c.unchecked_transaction().unwrap();
+    let mut c = env.central.conn().unwrap();
+    let tx = c.write_transaction().unwrap();
     for i in 0..n {
         let row = json!({"ID": format!("I{i:05}"), "item_name": format!("Item {i}"), "note": pad});
         tx.execute(
             "INSERT INTO record (table_name, record_id, data) VALUES ('item', ?1, ?2)",
-            rusqlite::params![format!("I{i:05}"), row.to_string()],
+            fieldsync::central::db::params![format!("I{i:05}"), row.to_string()],
         )
         .unwrap();
-        tx.execute("INSERT INTO changelog (table_name, record_id, action, data) VALUES ('item', ?1, 'update', ?2)", rusqlite::params![format!("I{i:05}"), row.to_string()]).unwrap();
+        tx.execute("INSERT INTO changelog (table_name, record_id, action, data) VALUES ('item', ?1, 'update', ?2)", fieldsync::central::db::params![format!("I{i:05}"), row.to_string()]).unwrap();
     }
     tx.commit().unwrap();
     // 40 kbit/s each way, 1 s round trip.
@@ -499,7 +499,7 @@ fn c40_received_rows_are_kept_as_received_and_local_numbers_stay() {
         ),
         ("trans_line", "OL1", line),
     ] {
-        c.execute("INSERT INTO sync_out (site_id, table_name, record_id, action, data) VALUES (2, ?1, ?2, 'update', ?3)", rusqlite::params![t, id, data]).unwrap();
+        c.execute("INSERT INTO sync_out (site_id, table_name, record_id, action, data) VALUES (2, ?1, ?2, 'update', ?3)", fieldsync::central::db::params![t, id, data]).unwrap();
     }
     assert_eq!(env.sync(&db).0, 0);
     let kept: String = sql(&db)

@@ -7,7 +7,7 @@
 //! "Mirrored sync") central data is edited on the primary site only: the
 //! central's own edits of it are refused with the primary's name.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::db::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
 use super::{hash_digest, routing, write_tx, Central, CentralError, Result, CENTRAL_SITE_ID};

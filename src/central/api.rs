@@ -6,7 +6,7 @@
 //! body ([`Central::authenticate`]), then calls [`Central::serve`];
 //! [`Central::handle`] does both for an in-process caller.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::db::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
 use super::auth::SiteRow;

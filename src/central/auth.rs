@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::db::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
 use super::api::{Reply, Request};

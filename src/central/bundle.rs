@@ -16,7 +16,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, OptionalExtension};
+use super::db::{params, OptionalExtension};
 
 use super::auth::SiteRow;
 use super::staging::{Carrier, PushBody, Staged};
@@ -259,7 +259,7 @@ impl Central {
     /// those skipped because a newer push of them is here already.
     fn stage_bundle_push(
         &self,
-        conn: &mut rusqlite::Connection,
+        conn: &mut super::db::Connection,
         site: &SiteRow,
         mut records: Vec<SyncRecord>,
         refused: &mut Vec<Refused>,
@@ -338,9 +338,9 @@ impl Central {
                 site.name
             )));
         }
-        let mut conn = self.conn()?;
+        let conn = self.conn()?;
         // One read transaction: the header's counts and the pages agree.
-        let tx = conn.transaction()?;
+        let tx = conn.read_transaction()?;
         let hardware: String = tx.query_row(
             "SELECT hardware_id FROM site WHERE site_id = ?1",
             [site.site_id],

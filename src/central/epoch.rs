@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension};
+use super::db::{Connection, OptionalExtension};
 
 use super::{Central, Result};
 

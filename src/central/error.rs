@@ -10,7 +10,7 @@ use crate::wire::bundle::BundleError;
 #[derive(Debug)]
 pub enum CentralError {
     /// The central's database failed.
-    Db(rusqlite::Error),
+    Db(super::db::Error),
     /// The administrator asked for something that cannot be done as asked
     /// (no such site, a mirrored system's central data, a wrong password):
     /// the message says what to do instead, and nothing was changed.
@@ -51,8 +51,8 @@ impl std::error::Error for CentralError {
     }
 }
 
-impl From<rusqlite::Error> for CentralError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<super::db::Error> for CentralError {
+    fn from(e: super::db::Error) -> Self {
         CentralError::Db(e)
     }
 }

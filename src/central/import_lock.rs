@@ -4,7 +4,7 @@
 //! A lock from an import that died expires; rows an import that stopped
 //! half-way staged are marked, so the next import may go ahead and seal them.
 
-use rusqlite::{params, OptionalExtension};
+use super::db::{params, OptionalExtension};
 
 use super::auth::SiteRow;
 use super::{Central, CentralError, Result};
@@ -26,7 +26,7 @@ pub(super) fn partial_key(site: u32) -> String {
 
 /// The token of a live import lock on `site`, if any (`api::push` refuses the
 /// site's own pushes while one is held).
-pub fn held(conn: &rusqlite::Connection, site: u32) -> Result<Option<String>> {
+pub fn held(conn: &super::db::Connection, site: u32) -> Result<Option<String>> {
     let v: Option<String> = conn
         .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
         .query_row([lock_key(site)], |r| r.get(0))

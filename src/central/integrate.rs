@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, Connection};
+use super::db::{params, Connection};
 use serde_json::{Map, Value};
 
 use super::judge::{self, Pusher};

@@ -23,6 +23,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod bundle;
+pub mod db;
 pub mod epoch;
 mod error;
 pub mod http;
@@ -42,7 +43,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use db::{Connection, Tx};
 
 /// The central's own site id (`mSupplyCentralSiteId`); remote sites count from 2.
 pub const CENTRAL_SITE_ID: u32 = 1;
@@ -303,7 +304,7 @@ pub(crate) fn parse_id(s: &str) -> Option<i64> {
 
 impl Central {
     pub fn open(path: &Path) -> Result<Central> {
-        let keeper = Connection::open(path)?;
+        let keeper = Connection::open_sqlite(path)?;
         keeper.busy_timeout(BUSY_TIMEOUT)?;
         let c = Central {
             _keeper: Arc::new(Mutex::new(keeper)),
@@ -325,7 +326,7 @@ impl Central {
         };
         let mut conn = c.conn()?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = conn.write_transaction()?;
         for sql in MIGRATIONS.iter().skip(version as usize) {
             tx.execute_batch(sql)?;
         }
@@ -338,11 +339,11 @@ impl Central {
             for (table, action) in kinds {
                 tx.execute(
                     "UPDATE staging SET ord = ?3 WHERE table_name = ?1 AND action = ?2",
-                    rusqlite::params![table, action, staging::integration_order(&table, &action)],
+                    db::params![table, action, staging::integration_order(&table, &action)],
                 )?;
             }
         }
-        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+        tx.pragma_update("user_version", MIGRATIONS.len() as i64)?;
         // Sites that were mid-initialisation when the server stopped get to ask again.
         tx.execute(
             "UPDATE site SET init_status = 'error' WHERE init_status = 'started'",
@@ -361,10 +362,10 @@ impl Central {
     /// A connection per use: WAL lets a long initialisation run beside other
     /// sites. FULL: a commit is on disk before the answer that reports it.
     pub fn conn(&self) -> Result<Connection> {
-        let conn = Connection::open(&*self.path)?;
+        let conn = Connection::open_sqlite(&self.path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update("journal_mode", "WAL")?;
+        conn.pragma_update("synchronous", "FULL")?;
         Ok(conn)
     }
 
@@ -463,7 +464,7 @@ pub struct SiteReport {
 pub fn write_tx(conn: &mut Connection) -> Result<WriteTx<'_>> {
     let turn = Turn::take();
     Ok(WriteTx {
-        tx: conn.transaction_with_behavior(TransactionBehavior::Immediate)?,
+        tx: conn.write_transaction()?,
         _turn: turn,
     })
 }
@@ -472,19 +473,19 @@ pub fn write_tx(conn: &mut Connection) -> Result<WriteTx<'_>> {
 /// dropped uncommitted, and the turn passes on after either.
 pub struct WriteTx<'c> {
     // Declared first: dropped (rolled back) before the turn passes.
-    tx: Transaction<'c>,
+    tx: Tx<'c>,
     _turn: Turn,
 }
 
-impl<'c> WriteTx<'c> {
-    pub fn commit(self) -> rusqlite::Result<()> {
+impl WriteTx<'_> {
+    pub fn commit(self) -> db::Result<()> {
         self.tx.commit()
     }
 }
 
-impl<'c> std::ops::Deref for WriteTx<'c> {
-    type Target = Transaction<'c>;
-    fn deref(&self) -> &Transaction<'c> {
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
         &self.tx
     }
 }

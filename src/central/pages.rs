@@ -2,7 +2,7 @@
 //! site may see and its queue — for the v5 endpoints and for USB bundles, and
 //! where each site's central-records cursor is known to be.
 
-use rusqlite::{params, Connection};
+use super::db::{params, Connection};
 use serde_json::Value;
 
 use super::api::Reply;
@@ -55,7 +55,7 @@ pub const PAGE_BYTES: usize = 4 << 20;
 pub(super) fn page(
     conn: &Connection,
     sql: &str,
-    args: impl rusqlite::Params,
+    args: impl super::db::Params,
     head: String,
     lead: impl Fn(i64) -> String,
 ) -> super::Result<Reply> {
@@ -72,7 +72,7 @@ pub(super) fn page(
 pub(super) fn page_body(
     conn: &Connection,
     sql: &str,
-    args: impl rusqlite::Params,
+    args: impl super::db::Params,
     head: String,
     lead: impl Fn(i64) -> String,
     max_bytes: usize,

@@ -15,7 +15,7 @@
 //! never staged over it; staging is bounded per site in rows and in bytes; no
 //! new push is staged while the site's last one is being integrated.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::db::{params, Connection, OptionalExtension};
 
 use super::auth::SiteRow;
 use super::judge::{self, Pusher, Refused};
@@ -85,7 +85,7 @@ impl Central {
         if has_expired(conn, site.site_id)? {
             expire(conn, site.site_id)?;
         }
-        let read = conn.transaction()?;
+        let read = conn.read_transaction()?;
         if integrating(&read, site.site_id)? {
             return Ok(Staged::Integrating);
         }

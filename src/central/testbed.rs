@@ -144,7 +144,7 @@ impl Central {
         tx.execute(
             "INSERT INTO site (site_id, uuid, code, name, password_hash, test_site, added_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",
-            rusqlite::params![site_id, uuid, name.to_uppercase(), name, hash, super::now()],
+            super::db::params![site_id, uuid, name.to_uppercase(), name, hash, super::now()],
         )?;
         routing::central_change(
             &tx,

@@ -18,7 +18,7 @@
 
 use std::collections::BTreeSet;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use super::db::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
 use super::routing::{self, active_site, get};

@@ -18,7 +18,7 @@
 
 use std::net::IpAddr;
 
-use rusqlite::params;
+use super::db::params;
 use serde::Deserialize;
 use serde_json::{json, Value};
 

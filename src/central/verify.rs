@@ -52,7 +52,7 @@ impl Central {
     /// named record the site may hold.
     pub(crate) fn requeue(
         &self,
-        conn: &mut rusqlite::Connection,
+        conn: &mut super::db::Connection,
         site: &SiteRow,
         ask: Requeue,
     ) -> Result<RequeueAnswer> {
@@ -95,7 +95,7 @@ impl Central {
 /// data every site reads (dispensary-only tables only a dispensary site), the
 /// rest where initialisation would queue it.
 fn holds(
-    conn: &rusqlite::Connection,
+    conn: &super::db::Connection,
     site: u32,
     dispensary: bool,
     table: &str,
@@ -155,12 +155,12 @@ impl Central {
     /// ([`compare_problem`]).
     pub(crate) fn compare(
         &self,
-        conn: &rusqlite::Connection,
+        conn: &super::db::Connection,
         site: &SiteRow,
         ask: CompareRequest,
     ) -> Result<CompareAnswer> {
         // One snapshot for every table of the request.
-        let tx = conn.unchecked_transaction()?;
+        let tx = conn.read_transaction()?;
         let mut nodes = ask.nodes;
         if ask.root {
             let named: std::collections::HashSet<String> =

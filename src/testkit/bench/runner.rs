@@ -139,8 +139,8 @@ fn write_import(path: &Path, rows: &[(&str, Value)]) -> u64 {
 /// log), half store data of a store the site collects (queued at initialisation).
 /// Returns the raw JSON bytes of the rows.
 fn fill_central(env: &Env, g: &mut Gen, n: usize) -> u64 {
-    let conn = env.central.conn().unwrap();
-    let tx = conn.unchecked_transaction().unwrap();
+    let mut conn = env.central.conn().unwrap();
+    let tx = conn.write_transaction().unwrap();
     let mut raw = 0u64;
     for i in 0..n / 2 {
         let (t, row) = central_row(g, i);
@@ -148,12 +148,12 @@ fn fill_central(env: &Env, g: &mut Gen, n: usize) -> u64 {
         raw += text.len() as u64;
         tx.execute(
             "INSERT INTO record (table_name, record_id, data) VALUES (?1, ?2, ?3)",
-            rusqlite::params![t, row["ID"].as_str().unwrap(), text],
+            crate::central::db::params![t, row["ID"].as_str().unwrap(), text],
         )
         .unwrap();
         tx.execute(
             "INSERT INTO changelog (table_name, record_id, action, data) VALUES (?1, ?2, 'update', ?3)",
-            rusqlite::params![t, row["ID"].as_str().unwrap(), text],
+            crate::central::db::params![t, row["ID"].as_str().unwrap(), text],
         )
         .unwrap();
     }
@@ -162,7 +162,7 @@ fn fill_central(env: &Env, g: &mut Gen, n: usize) -> u64 {
         raw += text.len() as u64;
         tx.execute(
             "INSERT INTO record (table_name, record_id, data) VALUES (?1, ?2, ?3)",
-            rusqlite::params![t, row["ID"].as_str().unwrap(), text],
+            crate::central::db::params![t, row["ID"].as_str().unwrap(), text],
         )
         .unwrap();
     }
