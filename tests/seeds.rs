@@ -458,7 +458,7 @@ fn replaced_device_and_the_sync_report() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
         .args([
             "--db",
-            s.env.dir.join("central.sqlite").to_str().unwrap(),
+            s.env.central_db.as_str(),
             "site",
             "reset-hardware-id",
             "site1",
@@ -484,12 +484,7 @@ fn replaced_device_and_the_sync_report() {
         )
         .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
-        .args([
-            "--db",
-            s.env.dir.join("central.sqlite").to_str().unwrap(),
-            "report",
-            "--json",
-        ])
+        .args(["--db", s.env.central_db.as_str(), "report", "--json"])
         .output()
         .unwrap();
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -514,7 +509,7 @@ fn replaced_device_and_the_sync_report() {
     assert_eq!(row("fresh")["last_seen"], Value::Null);
     assert_eq!(row("fresh")["silent"], false, "added today: not silent yet");
     let twice = std::process::Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
-        .args(["--db", s.env.dir.join("central.sqlite").to_str().unwrap()])
+        .args(["--db", s.env.central_db.as_str()])
         .args(["site", "add", "Fresh", "--password-env", "PW"])
         .env("PW", "pw")
         .output()
@@ -527,11 +522,7 @@ fn replaced_device_and_the_sync_report() {
     );
     assert_eq!(rows["backoffs"], json!([]), "no wrong passwords yet");
     let text = std::process::Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
-        .args([
-            "--db",
-            s.env.dir.join("central.sqlite").to_str().unwrap(),
-            "report",
-        ])
+        .args(["--db", s.env.central_db.as_str(), "report"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&text.stdout);

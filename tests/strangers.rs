@@ -275,7 +275,12 @@ fn wrong_passwords_slow_the_guesser_and_never_the_site() {
     let (_, guessing) = timed(|| {
         let workers: Vec<_> = (0..30)
             .map(|_| {
-                let env = Env::view(s.env.dir.clone(), s.env.central.clone(), s.env.addr);
+                let env = Env::view(
+                    s.env.dir.clone(),
+                    s.env.central.clone(),
+                    s.env.central_db.clone(),
+                    s.env.addr,
+                );
                 std::thread::spawn(move || {
                     (0..5)
                         .map(|_| v5_from(7, &env, "b", Some("guess"), "GET", "/site", b"").status)
@@ -361,7 +366,12 @@ fn longest_lock_wait<T>(env: &Env, site: &str, work: impl FnOnce() -> T) -> (T, 
     let stop = Arc::new(AtomicBool::new(false));
     let probe = {
         let stop = stop.clone();
-        let env = Env::view(env.dir.clone(), env.central.clone(), env.addr);
+        let env = Env::view(
+            env.dir.clone(),
+            env.central.clone(),
+            env.central_db.clone(),
+            env.addr,
+        );
         let site = site.to_string();
         std::thread::spawn(move || {
             let mut longest = Duration::ZERO;
@@ -853,7 +863,14 @@ fn every_attack_at_once_beside_real_agents() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut attackers = slow_heads(2, 16, s.env.addr, stop.clone());
     attackers.extend(idle_keepalives(3, 32, s.env.addr, stop.clone()));
-    let env = |s: &Served| Env::view(s.env.dir.clone(), s.env.central.clone(), s.env.addr);
+    let env = |s: &Served| {
+        Env::view(
+            s.env.dir.clone(),
+            s.env.central.clone(),
+            s.env.central_db.clone(),
+            s.env.addr,
+        )
+    };
     {
         let (stop, env) = (stop.clone(), env(&s));
         attackers.push(std::thread::spawn(move || {

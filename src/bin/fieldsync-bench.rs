@@ -3,7 +3,7 @@
 //!
 //!   fieldsync-bench [DIR] [--from-results]
 //!   fieldsync-bench [DIR] --compare N
-//!   fieldsync-bench [DIR] --fleet N[,N…]
+//!   fieldsync-bench [DIR] --fleet N[,N…] [--postgres postgres://USER@HOST/DB]
 //!   fieldsync-bench --size N
 
 fn main() {
@@ -19,8 +19,23 @@ fn main() {
             std::process::exit(2);
         }
         args.drain(i..i + 2);
+        let postgres = match args.iter().position(|a| a == "--postgres") {
+            Some(p) => {
+                let Some(url) = args.get(p + 1).cloned() else {
+                    eprintln!("fieldsync-bench: --postgres needs a base URL, e.g. postgres://fieldsync@127.0.0.1:55432/postgres");
+                    std::process::exit(2);
+                };
+                args.drain(p..p + 2);
+                Some(url)
+            }
+            None => None,
+        };
         let dir = args.first().map_or("bench", String::as_str);
-        fieldsync::testkit::bench::runner::fleet_only(std::path::Path::new(dir), &sizes);
+        fieldsync::testkit::bench::runner::fleet_only(
+            std::path::Path::new(dir),
+            &sizes,
+            postgres.as_deref(),
+        );
         return;
     }
     // One push and one pull of N records, printed and not merged: the quick

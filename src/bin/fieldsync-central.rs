@@ -12,7 +12,9 @@ use fieldsync::central::Central;
 /// stores and central data. TLS for a pilot: a reverse proxy in front (README).
 #[derive(FromArgs)]
 struct Cli {
-    /// the central's database (default ./central.sqlite)
+    /// the central's database: an SQLite file (default ./central.sqlite) or a
+    /// postgres://user:password@host/database URL (or set it in FIELDSYNC_CENTRAL_DB,
+    /// so the password is not on the command line)
     #[argh(option, default = "PathBuf::from(\"central.sqlite\")")]
     db: PathBuf,
     #[argh(subcommand)]
@@ -35,6 +37,18 @@ enum Command {
     Report(Report),
     ImportBundle(ImportBundle),
     ExportBundle(ExportBundle),
+    CopyTo(CopyTo),
+}
+
+/// copy this central, whole, into a new store: an empty PostgreSQL database
+/// (postgres://…) or a new SQLite file; stop the central first, then serve
+/// with --db set to the copy
+#[derive(FromArgs)]
+#[argh(subcommand, name = "copy-to")]
+struct CopyTo {
+    /// the new store: a postgres:// URL (or set FIELDSYNC_CENTRAL_COPY_TO) or an SQLite file's path
+    #[argh(positional)]
+    target: Option<String>,
 }
 
 /// apply a site's USB bundle (`fieldsync export`) as that site's pushes
@@ -421,6 +435,15 @@ fn run(cli: Cli) -> Result<(), String> {
             command: SiteCommand::Add(_)
         })
     );
+    let db = match std::env::var("FIELDSYNC_CENTRAL_DB") {
+        Ok(v) if cli.db == std::path::Path::new("central.sqlite") && !v.is_empty() => v,
+        _ => cli.db.to_string_lossy().into_owned(),
+    };
+    if fieldsync::central::is_postgres_url(&db) {
+        let central =
+            Central::open_postgres(&db, creates).map_err(|e| format!("--db (PostgreSQL): {e}"))?;
+        return command(cli.command, central);
+    }
     if !creates && !cli.db.exists() {
         return Err(format!(
             "no central database at {}: check --db (a new central starts with \
@@ -430,8 +453,12 @@ fn run(cli: Cli) -> Result<(), String> {
         ));
     }
     let central = Central::open(&cli.db).map_err(|e| e.to_string())?;
+    command(cli.command, central)
+}
+
+fn command(command: Command, central: Central) -> Result<(), String> {
     let e = |e: fieldsync::central::CentralError| e.to_string();
-    match cli.command {
+    match command {
         Command::Serve(s) => {
             let mut central = central;
             if let Some(url) = &s.public_url {
@@ -549,6 +576,35 @@ fn run(cli: Cli) -> Result<(), String> {
             None => Err("no such record".into()),
         },
         Command::Report(r) => report(&central, r.json),
+        Command::CopyTo(c) => {
+            let target = match (c.target, std::env::var("FIELDSYNC_CENTRAL_COPY_TO")) {
+                (Some(t), _) => t,
+                (None, Ok(t)) if !t.is_empty() => t,
+                _ => {
+                    return Err(
+                        "copy-to: name the new store (a postgres:// URL or an SQLite file)".into(),
+                    )
+                }
+            };
+            if !fieldsync::central::is_postgres_url(&target)
+                && std::path::Path::new(&target).exists()
+            {
+                return Err(format!(
+                    "copy-to: {target} exists; the copy goes into a new SQLite file (or an empty PostgreSQL database)"
+                ));
+            }
+            let into = Central::open_db(&target).map_err(|err| format!("copy-to: {err}"))?;
+            let copied = central
+                .copy_to(&into)
+                .map_err(|err| format!("copy-to: {err}"))?;
+            for (table, n) in &copied {
+                println!("{table}: {n} row(s)");
+            }
+            println!(
+                "copied; serve the central with --db set to the new store (the old one is unchanged)"
+            );
+            Ok(())
+        }
         Command::ImportBundle(i) => {
             let pw = password(i.password_file, i.password_env, i.password_stdin)?;
             let done = central.import_bundle(&i.file, &pw).map_err(e)?;

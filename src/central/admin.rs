@@ -24,9 +24,11 @@ impl Central {
     pub fn add_site(&self, name: &str, code: &str, password: &str) -> Result<u32> {
         let mut conn = self.conn()?;
         let taken: Option<String> = conn
-            .query_row("SELECT name FROM site WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT name FROM site WHERE lower(name) = lower(?1)",
+                [name],
+                |r| r.get(0),
+            )
             .optional()?;
         if let Some(other) = taken {
             return Err(CentralError::Refused(format!(
@@ -37,7 +39,7 @@ impl Central {
         let hash = hash_digest(crate::wire::credentials::password_digest(password).expose())?;
         let tx = write_tx(&mut conn)?;
         let next: u32 = tx.query_row(
-            "SELECT max(coalesce(max(site_id), 1), 1) + 1 FROM site",
+            "SELECT coalesce(max(CASE WHEN site_id > 1 THEN site_id END), 1) + 1 FROM site",
             [],
             |r| r.get(0),
         )?;
@@ -59,9 +61,11 @@ impl Central {
     }
 
     pub fn site_id(&self, conn: &Connection, name: &str) -> Result<u32> {
-        conn.query_row("SELECT site_id FROM site WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })
+        conn.query_row(
+            "SELECT site_id FROM site WHERE lower(name) = lower(?1)",
+            [name],
+            |r| r.get(0),
+        )
         .optional()?
         .ok_or_else(|| {
             CentralError::Refused(format!(
@@ -222,7 +226,8 @@ impl Central {
         )?;
         if old_site > CENTRAL_SITE_ID {
             tx.execute(
-                "INSERT OR REPLACE INTO copy (store_id, site_id, kind) VALUES (?1, ?2, 'transfer')",
+                "INSERT INTO copy (store_id, site_id, kind) VALUES (?1, ?2, 'transfer') \
+                 ON CONFLICT (store_id, site_id) DO UPDATE SET kind = excluded.kind",
                 params![id, old_site],
             )?;
         }
@@ -250,7 +255,8 @@ impl Central {
             }
             "collector" | "transfer" => {
                 tx.execute(
-                    "INSERT OR REPLACE INTO copy (store_id, site_id, kind) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO copy (store_id, site_id, kind) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (store_id, site_id) DO UPDATE SET kind = excluded.kind",
                     params![store, site_id, kind],
                 )?;
                 // The store row reaches every copy site; a collector gets the data too.
@@ -483,7 +489,7 @@ impl Central {
 pub(crate) fn primary_site(conn: &Connection) -> Result<Option<u32>> {
     Ok(conn
         .query_row(
-            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'primary_site'",
+            "SELECT CAST(value AS BIGINT) FROM meta WHERE key = 'primary_site'",
             [],
             |r| r.get(0),
         )

@@ -296,7 +296,7 @@ impl Central {
             if routing::has_dispensary(&tx, site.site_id)? {
                 // It reads the dispensary-only central data from the change log.
                 tx.execute(
-                    "INSERT OR REPLACE INTO meta VALUES (?1, '1')",
+                    "INSERT INTO meta (key, value) VALUES (?1, '1') ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     [format!("dispensary_data_sent:{}", site.site_id)],
                 )?;
             }

@@ -371,7 +371,7 @@ fn stored_site(conn: &Connection, name: &str) -> Result<Option<Stored>> {
     Ok(conn
         .prepare_cached(
             "SELECT site_id, uuid, code, name, password_hash, password_gen, hardware_id, init_status, \
-             om_central_url, test_site FROM site WHERE name = ?1",
+             om_central_url, test_site FROM site WHERE lower(name) = lower(?1)",
         )?
         .query_row([name], |r| {
             Ok(Stored {
@@ -406,9 +406,10 @@ fn wrong_password(conn: &Connection, name: &str, source: IpAddr) -> Result<Durat
     let count = |key: &str| -> Result<i64> {
         Ok(conn
             .prepare_cached(
-                "INSERT INTO login_backoff (site_name, address, failures, last) VALUES (?1, ?2, 1, ?3) \
+                "INSERT INTO login_backoff (site_name, address, failures, last) VALUES (?1, ?2, 1, CAST(?3 AS BIGINT)) \
                  ON CONFLICT (site_name, address) DO UPDATE SET \
-                 failures = CASE WHEN last < ?3 - ?4 THEN 1 ELSE failures + 1 END, last = ?3 \
+                 failures = CASE WHEN login_backoff.last < CAST(?3 AS BIGINT) - CAST(?4 AS BIGINT) \
+                 THEN 1 ELSE login_backoff.failures + 1 END, last = CAST(?3 AS BIGINT) \
                  RETURNING failures",
             )?
             .query_row(params![key, address, t, BACKOFF_FORGET_SECS], |r| r.get(0))?)
@@ -418,7 +419,7 @@ fn wrong_password(conn: &Connection, name: &str, source: IpAddr) -> Result<Durat
     conn.prepare_cached(
         "DELETE FROM login_backoff WHERE (site_name, address) IN \
          (SELECT site_name, address FROM login_backoff ORDER BY last \
-          LIMIT max(0, (SELECT count(*) FROM login_backoff) - ?1))",
+          LIMIT (SELECT CASE WHEN count(*) > ?1 THEN count(*) - ?1 ELSE 0 END FROM login_backoff))",
     )?
     .execute([MAX_BACKOFFS])?;
     let delay = delay_for(for_name.max(for_address / ADDRESS_WEIGHT));

@@ -55,7 +55,7 @@ impl Central {
         let conn = self.conn()?;
         let row: Option<(u32, String, String, String, String, String)> = conn
             .query_row(
-                "SELECT site_id, uuid, code, name, init_status, password_hash FROM site WHERE name = ?1",
+                "SELECT site_id, uuid, code, name, init_status, password_hash FROM site WHERE lower(name) = lower(?1)",
                 [name],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
             )
@@ -143,7 +143,7 @@ impl Central {
                 // next import of a bundle of this site may go ahead.
                 let marked = self.conn().and_then(|c| {
                     c.execute(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                         params![
                             import_lock::partial_key(site.site_id),
                             credentials::hex(&header.id)

@@ -53,7 +53,7 @@ pub(super) fn load(conn: &Connection) -> Result<String> {
     }
     let e = fresh();
     conn.execute(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?1)",
+        "INSERT INTO meta (key, value) VALUES ('epoch', ?1) ON CONFLICT (key) DO NOTHING",
         [&e],
     )?;
     Ok(
@@ -66,7 +66,7 @@ pub(super) fn load(conn: &Connection) -> Result<String> {
 fn generation(conn: &Connection) -> Result<u64> {
     Ok(conn
         .query_row(
-            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'",
+            "SELECT CAST(value AS BIGINT) FROM meta WHERE key = 'generation'",
             [],
             |r| r.get::<_, i64>(0),
         )
@@ -93,7 +93,7 @@ impl Central {
     pub fn check_restored(&self) -> Result<bool> {
         let conn = self.conn()?;
         let (epoch, now) = (load(&conn)?, generation(&conn)?);
-        let note = note_path(&self.path);
+        let note = self.note_path();
         let restored = match read_note(&note) {
             Some((noted, was)) if noted == epoch && now < was => {
                 let new = fresh();
@@ -123,7 +123,7 @@ impl Central {
     pub fn write_note(&self) -> Result<()> {
         let conn = self.conn()?;
         let (epoch, now) = (load(&conn)?, generation(&conn)?);
-        let note = note_path(&self.path);
+        let note = self.note_path();
         if read_note(&note) == Some((epoch.clone(), now)) {
             return Ok(());
         }

@@ -39,7 +39,7 @@ impl Central {
     pub(crate) fn seal(&self, conn: &Connection, site: u32) -> Result<()> {
         conn.execute(
             "INSERT INTO integration (site_id, state, attempts, updated) VALUES (?1, 'pending', 0, ?2) \
-             ON CONFLICT (site_id) DO UPDATE SET state = CASE WHEN state = 'running' THEN 'running' ELSE 'pending' END, \
+             ON CONFLICT (site_id) DO UPDATE SET state = CASE WHEN integration.state = 'running' THEN 'running' ELSE 'pending' END, \
              attempts = 0, updated = excluded.updated",
             params![site, now()],
         )?;
@@ -250,7 +250,7 @@ fn apply_chunk(conn: &Connection, site: u32) -> Result<Chunk> {
                 // What each record's newest pushed version was (see staging::superseded).
                 conn.prepare_cached(
                     "INSERT INTO pushed (site_id, table_name, record_id, out_seq) VALUES (?1, ?2, ?3, ?4) \
-                     ON CONFLICT (site_id, table_name, record_id) DO UPDATE SET out_seq = max(out_seq, excluded.out_seq)",
+                     ON CONFLICT (site_id, table_name, record_id) DO UPDATE SET out_seq = CASE WHEN excluded.out_seq > pushed.out_seq THEN excluded.out_seq ELSE pushed.out_seq END",
                 )?
                 .execute(params![site, table, id, seq])?;
             }
@@ -367,7 +367,7 @@ fn integrate_row(
     if table == "transact" || table == "requisition" {
         // Its responding half is made once every line of this push is in.
         conn.prepare_cached(
-            "INSERT OR IGNORE INTO respond (site_id, table_name, record_id) VALUES (?1, ?2, ?3)",
+            "INSERT INTO respond (site_id, table_name, record_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
         )?
         .execute(params![site, table, id])?;
     }

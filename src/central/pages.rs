@@ -38,7 +38,7 @@ pub(super) fn site_cursor_key(site: u32) -> String {
 pub(super) fn record_site_cursor(conn: &Connection, site: u32, cursor: u64) -> super::Result<()> {
     conn.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE \
-         SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+         SET value = excluded.value WHERE CAST(meta.value AS BIGINT) < CAST(excluded.value AS BIGINT)",
         params![site_cursor_key(site), cursor.to_string()],
     )?;
     Ok(())

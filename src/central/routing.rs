@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
-use super::db::{params, Connection, OptionalExtension};
+use super::db::{params, Connection, Dialect, OptionalExtension};
 use serde_json::{json, Value};
 
 use super::{CentralError, Result, CENTRAL_SITE_ID};
@@ -106,10 +106,17 @@ pub(crate) fn prefetch(conn: &Connection, table: &str, ids: &[&str]) -> Result<(
     for part in wanted.chunks(MEMO_ROWS / 4) {
         let list = serde_json::to_string(part).map_err(|e| CentralError::Invalid(e.to_string()))?;
         let mut found: HashMap<String, Rc<Value>> = HashMap::with_capacity(part.len());
-        let mut stmt = conn.prepare_cached(
-            "SELECT record_id, data FROM record WHERE table_name = ?1 \
-             AND record_id IN (SELECT value FROM json_each(?2))",
-        )?;
+        // The ids as one JSON array: one statement whatever their number.
+        let mut stmt = conn.prepare_cached(match conn.dialect() {
+            Dialect::Sqlite => {
+                "SELECT record_id, data FROM record WHERE table_name = ?1 \
+                 AND record_id IN (SELECT value FROM json_each(?2))"
+            }
+            Dialect::Postgres => {
+                "SELECT record_id, data FROM record WHERE table_name = ?1 \
+                 AND record_id IN (SELECT json_array_elements_text(CAST(?2 AS json)))"
+            }
+        })?;
         let mut rows = stmt.query(params![table, list])?;
         while let Some(r) = rows.next()? {
             let (id, text): (String, String) = (r.get(0)?, r.get(1)?);
@@ -206,7 +213,7 @@ fn copy_sites(conn: &Connection, store: &str, kind: Option<&str>) -> Result<Vec<
     }
     let sites: Vec<u32> = conn
         .prepare_cached(
-            "SELECT site_id FROM copy WHERE store_id = ?1 AND (?2 IS NULL OR kind = ?2)",
+            "SELECT site_id FROM copy WHERE store_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR kind = ?2)",
         )?
         .query_map(params![store, kind], |r| r.get(0))?
         .collect::<std::result::Result<_, _>>()?;
@@ -713,7 +720,7 @@ pub fn ensure_dispensary_data(conn: &Connection, site: u32) -> Result<()> {
     let wants = has_dispensary(conn, site)?;
     if wants && !sent {
         queue_matching(conn, site, |table, _| Ok(DISPENSARY_ONLY.contains(&table)))?;
-        conn.execute("INSERT OR REPLACE INTO meta VALUES (?1, '1')", [&marker])?;
+        conn.execute("INSERT INTO meta (key, value) VALUES (?1, '1') ON CONFLICT (key) DO UPDATE SET value = excluded.value", [&marker])?;
     } else if !wants && sent {
         conn.execute("DELETE FROM meta WHERE key = ?1", [&marker])?;
     }

@@ -212,9 +212,13 @@ fn has_expired(conn: &Connection, site: u32) -> Result<bool> {
 /// Moves `site`'s staged totals by (`rows`, `bytes`).
 pub(crate) fn add_to_total(conn: &Connection, site: u32, rows: i64, bytes: i64) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO staged_total (site_id, rows, bytes, first_at) VALUES (?1, max(?2, 0), max(?3, 0), ?4) \
-         ON CONFLICT (site_id) DO UPDATE SET rows = max(rows + ?2, 0), bytes = max(bytes + ?3, 0), \
-         first_at = CASE WHEN rows = 0 THEN ?4 ELSE first_at END",
+        "INSERT INTO staged_total (site_id, rows, bytes, first_at) \
+         VALUES (?1, CASE WHEN CAST(?2 AS BIGINT) > 0 THEN CAST(?2 AS BIGINT) ELSE 0 END, \
+                 CASE WHEN CAST(?3 AS BIGINT) > 0 THEN CAST(?3 AS BIGINT) ELSE 0 END, ?4) \
+         ON CONFLICT (site_id) DO UPDATE SET \
+         rows = CASE WHEN staged_total.rows + CAST(?2 AS BIGINT) > 0 THEN staged_total.rows + CAST(?2 AS BIGINT) ELSE 0 END, \
+         bytes = CASE WHEN staged_total.bytes + CAST(?3 AS BIGINT) > 0 THEN staged_total.bytes + CAST(?3 AS BIGINT) ELSE 0 END, \
+         first_at = CASE WHEN staged_total.rows = 0 THEN CAST(?4 AS BIGINT) ELSE staged_total.first_at END",
     )?
     .execute(params![site, rows, bytes, now()])?;
     Ok(())
@@ -230,8 +234,9 @@ fn expire(conn: &mut Connection, site: u32) -> Result<()> {
     )?;
     // Counted again whatever went: the oldest row's time moves on too.
     tx.execute(
-        "INSERT OR REPLACE INTO staged_total (site_id, rows, bytes, first_at) \
-         SELECT ?1, count(*), coalesce(sum(bytes), 0), coalesce(min(staged_at), 0) FROM staging WHERE site_id = ?1",
+        "INSERT INTO staged_total (site_id, rows, bytes, first_at) \
+         SELECT ?1, count(*), CAST(coalesce(sum(bytes), 0) AS BIGINT), coalesce(min(staged_at), 0) FROM staging WHERE site_id = ?1 \
+         ON CONFLICT (site_id) DO UPDATE SET rows = excluded.rows, bytes = excluded.bytes, first_at = excluded.first_at",
         [site],
     )?;
     if gone > 0 {
@@ -309,8 +314,9 @@ fn superseded(conn: &Connection, site: u32, rec: &SyncRecord) -> Result<bool> {
     };
     let known: Option<i64> = conn
         .prepare_cached(
-            "SELECT max(coalesce((SELECT out_seq FROM staging WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3), -1), \
-                        coalesce((SELECT out_seq FROM pushed WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3), -1))",
+            "SELECT max(v) FROM (\
+             SELECT coalesce((SELECT out_seq FROM staging WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3), -1) AS v \
+             UNION ALL SELECT coalesce((SELECT out_seq FROM pushed WHERE site_id = ?1 AND table_name = ?2 AND record_id = ?3), -1)) AS known",
         )?
         .query_row(params![site, rec.table_name, rec.record_id], |r| r.get(0))?;
     Ok(known.is_some_and(|k| k >= seq))

@@ -136,7 +136,7 @@ impl Central {
         let mut conn = self.conn()?;
         let tx = write_tx(&mut conn)?;
         let site_id: u32 = tx.query_row(
-            "SELECT max(coalesce(max(site_id), 1), 1) + 1 FROM site",
+            "SELECT coalesce(max(CASE WHEN site_id > 1 THEN site_id END), 1) + 1 FROM site",
             [],
             |r| r.get(0),
         )?;

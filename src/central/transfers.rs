@@ -18,7 +18,7 @@
 
 use std::collections::BTreeSet;
 
-use super::db::{params, Connection, OptionalExtension};
+use super::db::{params, Connection, Dialect, OptionalExtension};
 use serde_json::{json, Value};
 
 use super::routing::{self, active_site, get};
@@ -192,11 +192,20 @@ fn strip_om(row: &Value) -> Value {
 /// The next number of a responding document of a store active on the central.
 fn next_central_number(conn: &Connection, kind: &Kind, store: &str) -> Result<i64> {
     let max: Option<i64> = conn
-        .prepare_cached(&format!(
-            "SELECT max(json_extract(data, '$.{}')) FROM record WHERE table_name = ?1 \
-             AND json_extract(data, '$.store_ID') = ?2 AND json_extract(data, '$.type') = ?3",
-            kind.number
-        ))?
+        .prepare_cached(&match conn.dialect() {
+            Dialect::Sqlite => format!(
+                "SELECT max(json_extract(data, '$.{0}')) FROM record WHERE table_name = ?1 \
+                 AND json_extract(data, '$.store_ID') = ?2 AND json_extract(data, '$.type') = ?3",
+                kind.number
+            ),
+            // json_extract gives text on PostgreSQL: numbers only, compared as numbers.
+            Dialect::Postgres => format!(
+                "SELECT CAST(max(CAST(data::jsonb ->> '{0}' AS numeric)) AS BIGINT) FROM record \
+                 WHERE table_name = ?1 AND jsonb_typeof(data::jsonb -> '{0}') = 'number' \
+                 AND json_extract(data, '$.store_ID') = ?2 AND json_extract(data, '$.type') = ?3",
+                kind.number
+            ),
+        })?
         .query_row(params![kind.header, store, kind.responding], |r| r.get(0))?;
     Ok(max.unwrap_or(0).max(0) + 1)
 }

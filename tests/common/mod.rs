@@ -18,6 +18,9 @@ use serde_json::{json, Value};
 pub struct Env {
     pub dir: PathBuf,
     pub central: Central,
+    /// The central's `--db`: its SQLite file, or its PostgreSQL database's URL
+    /// when the suites run on PostgreSQL (`FIELDSYNC_TEST_POSTGRES`).
+    pub central_db: String,
     pub addr: SocketAddr,
     /// Whether dropping this removes `dir` (a view of another test's
     /// directory does not).
@@ -43,13 +46,14 @@ impl Env {
             std::env::temp_dir().join(format!("fieldsync-test-{}-{name}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let central = Central::open(&dir.join("central.sqlite")).unwrap();
+        let (central, central_db) = Central::open_for_test(&dir);
         let addr = fieldsync::central::http::spawn(central.clone(), "127.0.0.1:0")
             .unwrap()
             .addr;
         Env {
             dir,
             central,
+            central_db,
             addr,
             owns_dir: true,
         }
@@ -57,10 +61,11 @@ impl Env {
 
     /// Another view of a test's directory and central (served elsewhere, at
     /// `addr`); dropping it removes nothing.
-    pub fn view(dir: PathBuf, central: Central, addr: SocketAddr) -> Env {
+    pub fn view(dir: PathBuf, central: Central, central_db: String, addr: SocketAddr) -> Env {
         Env {
             dir,
             central,
+            central_db,
             addr,
             owns_dir: false,
         }
@@ -540,10 +545,9 @@ impl Served {
             std::env::temp_dir().join(format!("fieldsync-strangers-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let db = dir.join("central.sqlite");
         // Opened here first: the schema exists before the server and the test
         // both use it.
-        let central = Central::open(&db).unwrap();
+        let (central, db) = Central::open_for_test(&dir);
         let log = dir.join("central.log");
         let child = Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
             .arg("--db")
@@ -574,7 +578,7 @@ impl Served {
         };
         Served {
             child,
-            env: Env::view(dir, central, addr),
+            env: Env::view(dir, central, db, addr),
             log,
         }
     }
@@ -593,7 +597,7 @@ impl Served {
     pub fn admin(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
             .arg("--db")
-            .arg(self.env.dir.join("central.sqlite"))
+            .arg(&self.env.central_db)
             .args(args)
             .output()
             .unwrap()

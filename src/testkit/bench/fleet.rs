@@ -61,6 +61,31 @@ pub(super) fn cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// CPU of the PostgreSQL server's processes (each live one's, and what the
+/// server's exited children used): on a PostgreSQL central the statements'
+/// work is there, not in the bench process.
+fn postgres_cpu() -> Duration {
+    let mut ticks = 0u64;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.ends_with("(postgres") {
+            continue;
+        }
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // utime, stime, cutime, cstime: the 12th to 15th fields after `)`.
+        ticks += f.get(11..15).map_or(0, |t| t.iter().sum());
+    }
+    Duration::from_millis(ticks * 10)
+}
+
 fn peak_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -74,6 +99,7 @@ struct Fleet {
     dir: PathBuf,
     central: Central,
     url: String,
+    postgres: bool,
 }
 
 impl Fleet {
@@ -152,7 +178,30 @@ impl Fleet {
         tx.commit().expect("commit");
     }
 
+    /// The central's CPU so far: the bench process's, and on PostgreSQL the server's too.
+    fn cpu(&self) -> Duration {
+        if self.postgres {
+            cpu() + postgres_cpu()
+        } else {
+            cpu()
+        }
+    }
+
     fn size_mib(&self) -> f64 {
+        if self.postgres {
+            let bytes: i64 = self
+                .central
+                .conn()
+                .and_then(|c| {
+                    Ok(
+                        c.query_row("SELECT pg_database_size(current_database())", [], |r| {
+                            r.get(0)
+                        })?,
+                    )
+                })
+                .unwrap_or(0);
+            return bytes as f64 / 1_048_576.0;
+        }
         ["central.sqlite", "central.sqlite-wal"]
             .iter()
             .filter_map(|f| std::fs::metadata(self.dir.join(f)).ok())
@@ -184,12 +233,20 @@ fn scenario(d: &[Duration], wall: Duration, cpu: Duration, records: u64) -> Valu
     })
 }
 
-/// The three scenarios at `sites` sites, with a backlog of `backlog` records.
-pub fn run(root: &Path, sites: usize, backlog: usize, seed: u64) -> Value {
+/// The three scenarios at `sites` sites, with a backlog of `backlog` records;
+/// the central on SQLite, or on a new database of the PostgreSQL server at
+/// `postgres` (a base URL whose user may create databases).
+pub fn run(root: &Path, sites: usize, backlog: usize, seed: u64, postgres: Option<&str>) -> Value {
     let dir = root.join(format!("fleet-{sites}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("bench dir");
-    let c = Central::open(&dir.join("central.sqlite")).expect("central");
+    let c = match postgres {
+        Some(base) => {
+            let url = central::db::create_test_database(base, &dir).expect("a bench database");
+            Central::open_db(&url).expect("central")
+        }
+        None => Central::open(&dir.join("central.sqlite")).expect("central"),
+    };
     let mut g = Gen(seed ^ sites as u64);
     for i in 0..sites {
         c.add_site(
@@ -212,6 +269,7 @@ pub fn run(root: &Path, sites: usize, backlog: usize, seed: u64) -> Value {
         dir,
         central: c,
         url: format!("http://{addr}"),
+        postgres: postgres.is_some(),
     };
     let all: Vec<usize> = (0..sites).collect();
     eprintln!("bench: fleet of {sites}: configuring the sites");
@@ -240,12 +298,12 @@ pub fn run(root: &Path, sites: usize, backlog: usize, seed: u64) -> Value {
         "bench: fleet of {sites}: {} sites initialising at once",
         burst.len()
     );
-    let (cpu0, t0) = (cpu(), Instant::now());
+    let (cpu0, t0) = (fleet.cpu(), Instant::now());
     let d = fleet.each(&burst, burst.len(), |i| fleet.sync(i));
     let burst_v = scenario(
         &d,
         t0.elapsed(),
-        cpu() - cpu0,
+        fleet.cpu() - cpu0,
         (burst.len() * (CENTRAL_ROWS + 1)) as u64,
     );
     let rest: Vec<usize> = (burst.len()..sites).collect();
@@ -256,9 +314,14 @@ pub fn run(root: &Path, sites: usize, backlog: usize, seed: u64) -> Value {
     for &i in &all {
         fleet.day(i, &mut g, PER_DAY);
     }
-    let (cpu0, t0) = (cpu(), Instant::now());
+    let (cpu0, t0) = (fleet.cpu(), Instant::now());
     let d = fleet.each(&all, CONCURRENCY, |i| fleet.sync(i));
-    let steady = scenario(&d, t0.elapsed(), cpu() - cpu0, (sites * PER_DAY) as u64);
+    let steady = scenario(
+        &d,
+        t0.elapsed(),
+        fleet.cpu() - cpu0,
+        (sites * PER_DAY) as u64,
+    );
 
     // Backlog: site 0 pushes `backlog` records while the others sync a day.
     eprintln!("bench: fleet of {sites}: a backlog of {backlog} records beside the others");
@@ -267,7 +330,7 @@ pub fn run(root: &Path, sites: usize, backlog: usize, seed: u64) -> Value {
     for &i in &others {
         fleet.day(i, &mut g, PER_DAY);
     }
-    let (cpu0, t0) = (cpu(), Instant::now());
+    let (cpu0, t0) = (fleet.cpu(), Instant::now());
     let (backlog_took, d) = std::thread::scope(|s| {
         let big = s.spawn(|| fleet.sync(0));
         let d = fleet.each(&others, CONCURRENCY - 1, |i| fleet.sync(i));
@@ -276,7 +339,7 @@ pub fn run(root: &Path, sites: usize, backlog: usize, seed: u64) -> Value {
     let mut backlog_v = scenario(
         &d,
         t0.elapsed(),
-        cpu() - cpu0,
+        fleet.cpu() - cpu0,
         (backlog + others.len() * PER_DAY) as u64,
     );
     backlog_v["backlog_records"] = json!(backlog);
@@ -295,6 +358,7 @@ pub fn run(root: &Path, sites: usize, backlog: usize, seed: u64) -> Value {
     let expected = (sites * PER_DAY * 2 + backlog) as i64 - PER_DAY as i64;
     json!({
         "sites": sites,
+        "store": if postgres.is_some() { "PostgreSQL" } else { "SQLite" },
         "agent": "the release fieldsync binary, one process per sync; central in the bench process over loopback HTTP",
         "concurrency": CONCURRENCY,
         "per_day": PER_DAY,

@@ -247,9 +247,17 @@ pub fn report(sizes: &[Size], r: &BTreeMap<String, Value>) -> String {
             }
         }
     }
-    if let Some(runs) = r.get("fleet").and_then(Value::as_array) {
-        let _ = writeln!(md, "\n## The central at fleet scale (issue 31)\n");
-        let _ = writeln!(md, "`fieldsync-bench --fleet N`: N sites, each the release agent binary (one process per sync), against one reference central (SQLite) in the bench process over loopback HTTP; 8 syncs in flight; a day is 50 records a site. Central CPU is the bench process's.\n");
+    for (key, store) in [("fleet", "SQLite"), ("fleet_postgres", "PostgreSQL")] {
+        let Some(runs) = r.get(key).and_then(Value::as_array) else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "\n## The central at fleet scale on {store} (issue 31)\n"
+        );
+        let _ = writeln!(md, "`fieldsync-bench --fleet N{}`: N sites, each the release agent binary (one process per sync), against one reference central ({store}) in the bench process over loopback HTTP; 8 syncs in flight; a day is 50 records a site. Central CPU is the bench process's{}.\n",
+            if key == "fleet" { "" } else { " --postgres URL" },
+            if key == "fleet" { "" } else { " and the PostgreSQL server's processes' (a local server, 15, default settings but `shared_buffers = 128MB`, fsync and synchronous_commit on)" });
         let _ = writeln!(md, "| sites | scenario | syncs | syncs/s | p50 s | p99 s | records | central CPU µs/record | notes |");
         let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---|");
         for run in runs {

@@ -331,11 +331,13 @@ pub fn compare_only(out_dir: &Path, n: usize) {
 /// `fieldsync-bench --fleet N[,N…]`: only the fleet bench (issue 31), at each
 /// size, merged into DIR's results and report. The backlog is 100 records per
 /// site, at most 100,000.
-pub fn fleet_only(out_dir: &Path, sizes: &[usize]) {
+/// `postgres`: a base URL; the central runs on a new database there, and the
+/// runs are kept under `fleet_postgres` beside the SQLite ones.
+pub fn fleet_only(out_dir: &Path, sizes: &[usize], postgres: Option<&str>) {
     let root = std::env::temp_dir().join(format!("fieldsync-bench-{}", std::process::id()));
     let mut runs = Vec::new();
     for &n in sizes {
-        let leg = super::fleet::run(&root, n, (n * 100).min(100_000), 20261122);
+        let leg = super::fleet::run(&root, n, (n * 100).min(100_000), 20261122, postgres);
         println!("{}", serde_json::to_string_pretty(&leg).unwrap());
         runs.push(leg);
         let _ = std::fs::remove_dir_all(root.join(format!("fleet-{n}")));
@@ -346,7 +348,12 @@ pub fn fleet_only(out_dir: &Path, sizes: &[usize]) {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    results.insert("fleet".into(), json!(runs));
+    let key = if postgres.is_some() {
+        "fleet_postgres"
+    } else {
+        "fleet"
+    };
+    results.insert(key.into(), json!(runs));
     std::fs::create_dir_all(out_dir).unwrap();
     std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap()).unwrap();
     if results.contains_key("sizes") {
