@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 fn central_cli(env: &Env, args: &[&str], password: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
         .arg("--db")
-        .arg(env.dir.join("central.sqlite"))
+        .arg(&env.central_db)
         .args(args)
         .env("SITE_PW", password)
         .output()

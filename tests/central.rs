@@ -933,7 +933,9 @@ impl CentralProcess {
     /// library, and the directory whose files it images).
     fn serve(&self, shim: Option<(&std::path::Path, &std::path::Path)>) -> Killed {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fieldsync-central"));
-        cmd.arg("--db")
+        // A PostgreSQL central keeps its restore note in its working directory.
+        cmd.current_dir(&self.dir)
+            .arg("--db")
             .arg(&self.db)
             .args(["serve", "--listen", &self.listen])
             .stdout(std::process::Stdio::null())

@@ -466,12 +466,20 @@ macro_rules! int_from_sql {
     ($($t:ty),*) => {$(
         impl FromSql for $t {
             fn from_val(v: Val<'_>) -> Result<Self> {
-                match v {
-                    Val::Int(i) => <$t>::try_from(i).map_err(|_| {
-                        Error::Conversion(format!("{i} is out of range for {}", stringify!($t)))
-                    }),
-                    v => v.wrong("an integer"),
-                }
+                let i = match v {
+                    Val::Int(i) => i,
+                    // A JSON field read with json_extract is text on
+                    // PostgreSQL where SQLite gives its number: decimal digits
+                    // are taken as the number they spell.
+                    Val::Text(t) => match std::str::from_utf8(t).ok().and_then(|t| t.parse::<i64>().ok()) {
+                        Some(i) => i,
+                        None => return v.wrong("an integer"),
+                    },
+                    v => return v.wrong("an integer"),
+                };
+                <$t>::try_from(i).map_err(|_| {
+                    Error::Conversion(format!("{i} is out of range for {}", stringify!($t)))
+                })
             }
         }
     )*};

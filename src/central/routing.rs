@@ -677,22 +677,52 @@ fn queue_matching(
 ) -> Result<u64> {
     let mut n = 0;
     for t in registry::tables() {
-        let mut stmt = conn.prepare_cached(
-            "SELECT record_id, data FROM record WHERE table_name = ?1 ORDER BY record_id",
-        )?;
-        let mut rows = stmt.query([t.name])?;
-        while let Some(r) = rows.next()? {
-            let (id, data): (String, String) = (r.get(0)?, r.get(1)?);
+        scan_table(conn, t.name, |id, data| {
             let Ok(row) = serde_json::from_str::<Value>(&data) else {
-                continue;
+                return Ok(());
             };
             if wanted(t.name, &row)? {
                 enqueue_text(conn, site, t.name, &id, "update", Some(&data), false)?;
                 n += 1;
             }
-        }
+            Ok(())
+        })?;
     }
     Ok(n)
+}
+
+/// Rows a whole-table scan reads per statement.
+const SCAN_CHUNK: usize = 500;
+
+/// Every stored row of `table` (id, text), in id order, read [`SCAN_CHUNK`]
+/// rows at a time from the last id read: memory does not grow with the
+/// table on either store (PostgreSQL fetches a statement's rows whole), and
+/// `each` may run statements of its own on the same connection.
+pub(crate) fn scan_table(
+    conn: &Connection,
+    table: &str,
+    mut each: impl FnMut(String, String) -> Result<()>,
+) -> Result<()> {
+    let mut after: Option<String> = None;
+    loop {
+        let chunk: Vec<(String, String)> = conn
+            .prepare_cached(
+                "SELECT record_id, data FROM record WHERE table_name = ?1 \
+                 AND (CAST(?2 AS TEXT) IS NULL OR record_id > ?2) ORDER BY record_id LIMIT ?3",
+            )?
+            .query_map(params![table, after, SCAN_CHUNK as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        let n = chunk.len();
+        for (id, data) in chunk {
+            after = Some(id.clone());
+            each(id, data)?;
+        }
+        if n < SCAN_CHUNK {
+            return Ok(());
+        }
+    }
 }
 
 /// Queues all store data of `store` (and its central store data) to `site`:

@@ -191,23 +191,19 @@ impl Central {
         tables.dedup();
         routing::with_memo(|| {
             for table in &tables {
-                let mut stmt =
-                    tx.prepare_cached("SELECT record_id, data FROM record WHERE table_name = ?1")?;
-                let mut rows = stmt.query([table])?;
-                while let Some(r) = rows.next()? {
-                    let (id, data): (String, String) = (r.get(0)?, r.get(1)?);
+                routing::scan_table(&tx, table, |id, data| {
                     let bucket = digest::bucket(&id);
                     let wanted = tallies
                         .iter()
                         .any(|t| &t.node.table == table && bucket.starts_with(&t.node.prefix));
                     if !wanted {
-                        continue;
+                        return Ok(());
                     }
                     let Ok(row) = serde_json::from_str::<Value>(&data) else {
-                        continue;
+                        return Ok(());
                     };
                     if !holds(&tx, site.site_id, dispensary, table, &row)? {
-                        continue;
+                        return Ok(());
                     }
                     let d = digest::record(table, &id, &data);
                     for t in tallies
@@ -225,7 +221,8 @@ impl Central {
                             });
                         }
                     }
-                }
+                    Ok(())
+                })?;
             }
             Ok(())
         })?;

@@ -550,6 +550,8 @@ impl Served {
         let (central, db) = Central::open_for_test(&dir);
         let log = dir.join("central.log");
         let child = Command::new(env!("CARGO_BIN_EXE_fieldsync-central"))
+            // A PostgreSQL central keeps its restore note in its working directory.
+            .current_dir(&dir)
             .arg("--db")
             .arg(&db)
             .args(["serve", "--listen", "127.0.0.1:0"])
